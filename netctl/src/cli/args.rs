@@ -1,0 +1,249 @@
+//! The command line, as clap types. Handlers live in `commands`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+#[derive(Parser)]
+#[command(name = "netctl", version, about = "Container networking for Linux hosts, with an eBPF fast path")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct NsOpt {
+    /// Work in this named network namespace instead of the current one.
+    #[arg(long = "netns", short = 'n', global = true)]
+    pub netns: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Every namespace with links, addresses, routes, veth peers and bridges.
+    Show {
+        /// Only these namespaces (repeatable).
+        #[arg(long = "netns", short = 'n')]
+        netns: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the kernel match a topology file.
+    Apply {
+        file: PathBuf,
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything an applied topology owns (FILE or topology name).
+    Destroy { target: String },
+    /// Check a topology file without touching the kernel.
+    Validate { file: PathBuf },
+    /// Named network namespaces (interoperable with `ip netns`).
+    #[command(subcommand)]
+    Netns(NetnsCmd),
+    /// Links: list, move between namespaces, change, delete.
+    #[command(subcommand)]
+    Link(LinkCmd),
+    /// veth pairs.
+    #[command(subcommand)]
+    Veth(VethCmd),
+    /// Bridges and their ports.
+    #[command(subcommand)]
+    Bridge(BridgeCmd),
+    /// Addresses.
+    #[command(subcommand)]
+    Addr(AddrCmd),
+    /// Routes.
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// IPv4/IPv6 forwarding in a namespace.
+    Forward {
+        #[arg(value_parser = ["on", "off", "show"])]
+        state: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NetnsCmd {
+    Add { name: String },
+    Del { name: String },
+    List,
+    /// Run a command inside a namespace (no /sys remount, unlike ip netns exec).
+    Exec {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LinkCmd {
+    Show {
+        #[command(flatten)]
+        ns: NsOpt,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a device into another namespace.
+    Move {
+        dev: String,
+        /// Target namespace.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Set {
+        dev: String,
+        #[arg(long, value_parser = ["up", "down"])]
+        state: Option<String>,
+        #[arg(long)]
+        mtu: Option<u32>,
+        #[arg(long)]
+        mac: Option<String>,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Del {
+        dev: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VethCmd {
+    /// Create a pair; the peer goes straight into --peer-netns.
+    Add {
+        name: String,
+        #[arg(long, default_value = "eth0")]
+        peer: String,
+        #[arg(long)]
+        peer_netns: Option<String>,
+        /// Bridge to attach the local end to.
+        #[arg(long)]
+        bridge: Option<String>,
+        /// MAC of the peer (container) end.
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        mtu: Option<u32>,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BridgeCmd {
+    Add {
+        name: String,
+        /// Ageing time in seconds (kernel default 300).
+        #[arg(long)]
+        ageing: Option<u32>,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Del {
+        name: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Attach {
+        bridge: String,
+        port: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Detach {
+        port: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Ageing {
+        bridge: String,
+        seconds: u32,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Hairpin {
+        port: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AddrCmd {
+    Add {
+        addr: IpNet,
+        #[arg(long)]
+        dev: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Del {
+        addr: IpNet,
+        #[arg(long)]
+        dev: String,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RouteCmd {
+    /// Print a table like `ip route` (main by default).
+    Show {
+        /// `main`, `local`, `default`, `all` or a number.
+        #[arg(long, default_value = "main")]
+        table: String,
+        #[command(flatten)]
+        ns: NsOpt,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain which entry a destination matches and why.
+    Get {
+        addr: IpAddr,
+        #[command(flatten)]
+        ns: NsOpt,
+        #[arg(long)]
+        json: bool,
+    },
+    Add {
+        /// Destination prefix or `default`.
+        to: String,
+        #[arg(long)]
+        via: Option<IpAddr>,
+        #[arg(long)]
+        dev: Option<String>,
+        #[arg(long)]
+        table: Option<u32>,
+        #[arg(long)]
+        metric: Option<u32>,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+    Del {
+        to: String,
+        #[arg(long)]
+        via: Option<IpAddr>,
+        #[arg(long)]
+        dev: Option<String>,
+        #[arg(long)]
+        table: Option<u32>,
+        #[arg(long)]
+        metric: Option<u32>,
+        #[command(flatten)]
+        ns: NsOpt,
+    },
+}
