@@ -48,7 +48,11 @@ impl std::fmt::Debug for CounterProgram {
 impl CounterProgram {
     /// Loads the embedded object and the counter program into the kernel.
     ///
-    /// When the verifier rejects the program, the error carries its log.
+    /// # Errors
+    ///
+    /// [`Error::Bpf`] when netctl was built with `AYA_BUILD_SKIP`, when the
+    /// object or program cannot be loaded, and when the verifier rejects the
+    /// program: then the message carries the verifier's log.
     pub fn load() -> Result<Self> {
         let object = object();
         if object.is_empty() {
@@ -73,10 +77,20 @@ impl CounterProgram {
     ///
     /// `ifname` is looked up in the calling thread's network namespace; see
     /// the [module docs](self).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bpf`] when there is no such device in the calling thread's
+    /// namespace or the kernel refuses the tcx link.
     pub fn attach_ingress(&mut self, ifname: &str) -> Result<()> {
         let link = classifier(&mut self.ebpf)?
             .attach(ifname, TcAttachType::Ingress)
-            .map_err(|e| bpf_error(&format!("attaching {PROG_TC_COUNT} to {ifname} ingress"), &e))?;
+            .map_err(|e| {
+                bpf_error(
+                    &format!("attaching {PROG_TC_COUNT} to {ifname} ingress"),
+                    &e,
+                )
+            })?;
         self.attached.push((ifname.to_owned(), link));
         Ok(())
     }
@@ -84,6 +98,10 @@ impl CounterProgram {
     /// Packets and bytes seen per ingress ifindex, summed over CPUs, sorted by
     /// ifindex. Ifindexes belong to the namespace of the device they were
     /// counted on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bpf`] when the map cannot be read.
     pub fn counters(&self) -> Result<Vec<(u32, IfCounters)>> {
         let map = self
             .ebpf
@@ -96,7 +114,9 @@ impl CounterProgram {
             .map(|entry| {
                 let (ifindex, per_cpu) =
                     entry.map_err(|e| bpf_error(&format!("reading map {MAP_IF_COUNTERS}"), &e))?;
-                let sum = per_cpu.iter().fold(IfCounters::default(), |acc, c| acc.add(*c));
+                let sum = per_cpu
+                    .iter()
+                    .fold(IfCounters::default(), |acc, c| acc.add(*c));
                 Ok((ifindex, sum))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -113,7 +133,7 @@ fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 }
 
 /// `what: error: cause: ...`, skipping causes the message already contains
-/// (aya's load error repeats its io::Error and appends the verifier log).
+/// (aya's load error repeats its `io::Error` and appends the verifier log).
 fn bpf_error(what: &str, e: &dyn StdError) -> Error {
     let mut msg = format!("{what}: {e}");
     let mut source = e.source();

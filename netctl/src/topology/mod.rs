@@ -9,6 +9,7 @@ pub mod store;
 pub use apply::{Report, apply, destroy};
 pub use model::*;
 pub use parse::{TopologyError, parse};
+pub use plan::Step;
 
 /// Reads and validates a topology file.
 pub fn load_file(path: &std::path::Path) -> crate::Result<Topology> {
@@ -16,3 +17,6 @@ pub fn load_file(path: &std::path::Path) -> crate::Result<Topology> {
         .map_err(|e| crate::Error::io(format!("read {}", path.display()), e))?;
     parse(&text, &path.display().to_string()).map_err(|e| crate::Error::Invalid(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Declarative topologies against the real kernel: apply, traffic,
+//! re-apply, edit, destroy, and refusal of bad input.
+
+use netctl::topology::{self, Step};
+use netctl_tests::*;
+
+#[test]
+fn docker_default_containers_reach_each_other_and_the_gateway() {
+    let name = unique("dd");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let t = example("docker-default.toml", &name);
+    let r = rt();
+    let rep = r.block_on(topology::apply(&t, false)).unwrap();
+    assert!(rep.changed());
+
+    let c1 = format!("{name}-c1");
+    let c2 = format!("{name}-c2");
+    let c3 = format!("{name}-c3");
+    assert!(ping(&c1, "172.17.0.3"), "c1 -> c2");
+    assert!(ping(&c1, "172.17.0.4"), "c1 -> c3");
+    assert!(ping(&c3, "172.17.0.2"), "c3 -> c1");
+    assert!(ping(&c2, "172.17.0.1"), "c2 -> gateway");
+    assert_eq!(tcp_echo(&c2, &c1, "172.17.0.3", 8080), "echo:hello");
+    assert_eq!(tcp_echo(&format!("{name}-host"), &c3, "172.17.0.1", 8081), "echo:hello");
+
+    // The container ends are named and addressed as asked, the host ends
+    // are on docker0, lo is up.
+    let eth0 = ip_json(&["-n", &c1, "addr", "show", "eth0"]);
+    assert_eq!(eth0[0]["address"], "02:42:ac:11:00:02");
+    assert_eq!(eth0[0]["addr_info"][0]["local"], "172.17.0.2");
+    let lo = ip_json(&["-n", &c1, "link", "show", "lo"]);
+    assert!(lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    let ports = ip_json(&["-n", &format!("{name}-host"), "link", "show", "master", "docker0"]);
+    assert_eq!(ports.as_array().unwrap().len(), 3);
+    let default = ip_json(&["-n", &c1, "route", "show", "default"]);
+    assert_eq!(default[0]["gateway"], "172.17.0.1");
+
+    // Applying again changes nothing.
+    let again = r.block_on(topology::apply(&t, false)).unwrap();
+    assert!(!again.changed(), "{:?}", again.steps);
+
+    r.block_on(topology::destroy(&name)).unwrap();
+    assert_eq!(footprint(&name), before, "destroy left something behind");
+}
+
+#[test]
+fn two_bridges_route_between_subnets() {
+    let name = unique("tb");
+    let _g = Cleanup::new(&name);
+    let t = example("two-bridges.toml", &name);
+    let r = rt();
+    r.block_on(topology::apply(&t, false)).unwrap();
+    let web = format!("{name}-web");
+    let db = format!("{name}-db");
+    assert!(ping(&web, "10.10.2.2"), "web -> db across bridges");
+    assert!(ping(&db, "10.10.1.3"), "db -> api across bridges");
+    assert!(ping(&web, "fd00:10:2::2"), "IPv6 web -> db");
+    assert_eq!(tcp_echo(&db, &web, "10.10.2.2", 5432), "echo:hello");
+    // The extra routes: one in a container, one in a numbered table.
+    let rt100 = ip_json(&["-n", &format!("{name}-host"), "route", "show", "table", "100"]);
+    assert_eq!(rt100[0]["dst"], "10.10.0.0/16");
+    assert_eq!(rt100[0]["dev"], "br-front");
+    let doc = ip_json(&["-n", &db, "route", "show", "198.51.100.0/24"]);
+    assert_eq!(doc[0]["gateway"], "10.10.2.1");
+    r.block_on(topology::destroy(&name)).unwrap();
+    assert!(namespaces_with(&name).is_empty());
+}
+
+fn small(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+host_netns = "{name}-h"
+
+[[bridge]]
+name = "br0"
+addresses = ["10.20.0.1/24"]
+ageing_time = 300
+
+[[container]]
+name = "a"
+bridge = "br0"
+addresses = ["10.20.0.2/24"]
+{extra}
+"#
+    )
+}
+
+#[test]
+fn editing_the_file_changes_only_the_difference() {
+    let name = unique("ed");
+    let _g = Cleanup::new(&name);
+    let r = rt();
+    let v1 = topo(&small(&name, "[[container]]\nname = \"b\"\nbridge = \"br0\"\naddresses = [\"10.20.0.3/24\"]\n"));
+    r.block_on(topology::apply(&v1, false)).unwrap();
+    let a = format!("{name}-a");
+    let b = format!("{name}-b");
+    let a_index_before = ip_json(&["-n", &a, "link", "show", "eth0"])[0]["ifindex"].clone();
+
+    // Edit: b goes away, c arrives, a gets a second address, ageing changes.
+    let v2_text = small(
+        &name,
+        "[[container]]\nname = \"c\"\nbridge = \"br0\"\naddresses = [\"10.20.0.4/24\"]\n",
+    )
+    .replace("addresses = [\"10.20.0.2/24\"]", "addresses = [\"10.20.0.2/24\", \"10.20.0.12/24\"]")
+    .replace("ageing_time = 300", "ageing_time = 42");
+    let v2 = topo(&v2_text);
+    let rep = r.block_on(topology::apply(&v2, false)).unwrap();
+    let kinds: Vec<String> = rep.steps.iter().map(|s| s.to_string()).collect();
+    assert!(!kinds.iter().any(|s| s.contains("netns a")), "a must not be recreated: {kinds:?}");
+    assert!(rep.steps.iter().any(|s| matches!(s, Step::DeleteNetns { name: n } if *n == b)));
+    assert!(!namespaces_with(&b).contains(&b));
+    let c = format!("{name}-c");
+    assert!(ping(&c, "10.20.0.12"), "c reaches a's new address");
+    assert_eq!(
+        ip_json(&["-n", &a, "link", "show", "eth0"])[0]["ifindex"],
+        a_index_before,
+        "a's link was kept"
+    );
+    let br = ip_json(&["-n", &format!("{name}-h"), "-d", "link", "show", "br0"]);
+    assert_eq!(br[0]["linkinfo"]["info_data"]["ageing_time"], 4200);
+    let again = r.block_on(topology::apply(&v2, false)).unwrap();
+    assert!(!again.changed(), "{:?}", again.steps);
+
+    // And back: converges to v1 exactly.
+    r.block_on(topology::apply(&v1, false)).unwrap();
+    assert!(ping(&b, "10.20.0.2"));
+    assert!(namespaces_with(&c).is_empty());
+    let addrs = ip_json(&["-n", &a, "-4", "addr", "show", "eth0"]);
+    assert_eq!(addrs[0]["addr_info"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn the_cli_reports_no_changes_on_reapply_and_destroys_by_file() {
+    let name = unique("cli");
+    let _g = Cleanup::new(&name);
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("t.toml");
+    std::fs::write(&f, small(&name, "")).unwrap();
+    let fs = f.to_str().unwrap();
+    let o = netctl(&["apply", fs]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("made"), "{}", stdout(&o));
+    let o = netctl(&["apply", fs]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("no changes"), "{}", stdout(&o));
+    let o = netctl(&["destroy", fs]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(namespaces_with(&name).is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let name = unique("bad");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("long name", small(&name, "[[container]]\nname = \"x\"\nbridge = \"br0\"\nhost_ifname = \"abcdefghijklmnop\"\n"), "at most 15"),
+        ("slash", small(&name, "[[container]]\nname = \"x\"\nbridge = \"br0\"\nifname = \"e/0\"\n"), "'/'"),
+        ("duplicate", small(&name, "[[container]]\nname = \"a\"\nbridge = \"br0\"\n"), "defined twice"),
+        ("outside subnet", small(&name, "[[container]]\nname = \"x\"\nbridge = \"br0\"\naddresses = [\"10.99.0.2/24\"]\n"), "outside bridge br0's subnet"),
+        ("overlap", small(&name, "[[bridge]]\nname = \"br1\"\naddresses = [\"10.20.0.129/25\"]\n"), "overlaps"),
+        ("unknown bridge", small(&name, "[[container]]\nname = \"x\"\nbridge = \"nope\"\n"), "not defined"),
+        ("unknown netns", small(&name, "[[route]]\nnetns = \"elsewhere\"\nto = \"10.1.0.0/16\"\nvia = \"10.20.0.1\"\n"), "does not define"),
+    ];
+    for (what, text, expect) in cases {
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, &text).unwrap();
+        let o = netctl(&["apply", f.to_str().unwrap()]);
+        assert!(!o.status.success(), "{what}: apply succeeded");
+        let err = stderr(&o);
+        assert!(err.contains(expect), "{what}: {err}");
+        // The error names the place: file:line:col.
+        assert!(err.contains("bad.toml:"), "{what}: {err}");
+        assert_eq!(footprint(&name), before, "{what} changed the system");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_failure_half_way_rolls_back_what_the_apply_made() {
+    let name = unique("rb");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    // The last step fails in the kernel: the gateway is not on any link.
+    let t = topo(&small(
+        &name,
+        &format!("[[route]]\nnetns = \"{name}-a\"\nto = \"10.77.0.0/16\"\nvia = \"192.0.2.1\"\n"),
+    ));
+    let e = rt().block_on(topology::apply(&t, false)).unwrap_err().to_string();
+    assert!(e.contains("rolled back"), "{e}");
+    assert!(e.contains("10.77.0.0/16"), "{e}");
+    assert_eq!(footprint(&name), before, "rollback left something");
+}
+
+#[test]
+fn objects_the_topology_does_not_own_are_not_taken_over() {
+    let name = unique("own");
+    let _g = Cleanup::new(&name);
+    // Somebody else's namespace with the name the container would get.
+    assert!(run("ip", &["netns", "add", &format!("{name}-a")]).status.success());
+    let o = run("ip", &["-n", &format!("{name}-a"), "link", "add", "keepme", "type", "veth", "peer", "name", "keepme2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = topo(&small(&name, ""));
+    let e = rt().block_on(topology::apply(&t, false)).unwrap_err().to_string();
+    assert!(e.contains("does not belong"), "{e}");
+    assert!(namespaces_with(&format!("{name}-h")).is_empty(), "nothing created");
+    let l = ip_json(&["-n", &format!("{name}-a"), "link", "show", "keepme"]);
+    assert_eq!(l[0]["ifname"], "keepme");
+}
