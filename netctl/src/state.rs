@@ -33,6 +33,8 @@ pub struct Link {
     pub ageing_time_cs: Option<u32>,
     /// Bridge port hairpin mode.
     pub hairpin: Option<bool>,
+    /// IFLA_NETNS_IMMUTABLE (kernel 6.12+): the device is netns-local.
+    pub netns_immutable: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

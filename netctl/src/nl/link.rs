@@ -225,10 +225,21 @@ impl Nl {
     }
 }
 
-/// Device kinds the kernel marks netns-local (`dev->netns_local`), so a move
-/// is refused: loopback, bridges, and tunnels bound to their namespace's
-/// sockets.
+/// Whether the kernel will refuse to move `link` (`dev->netns_local`), and
+/// what to call it. Kernels from 6.12 say so in IFLA_NETNS_IMMUTABLE; for
+/// older ones the kinds known to be netns-local stand in.
 pub fn netns_local_kind(link: &Link) -> Option<&'static str> {
+    if link.netns_immutable == Some(false) {
+        return None;
+    }
+    let named = known_netns_local(link);
+    if link.netns_immutable == Some(true) {
+        return Some(named.unwrap_or("device"));
+    }
+    named
+}
+
+fn known_netns_local(link: &Link) -> Option<&'static str> {
     if link.loopback {
         return Some("loopback");
     }
@@ -238,7 +249,6 @@ pub fn netns_local_kind(link: &Link) -> Option<&'static str> {
         Some("ppp") => Some("ppp"),
         Some("vrf") => Some("vrf"),
         Some("geneve") => Some("geneve"),
-        Some("ipvlan") => None,
         _ => None,
     }
 }
@@ -258,6 +268,7 @@ fn decode_link(m: &LinkMessage) -> Link {
         alias: None,
         ageing_time_cs: None,
         hairpin: None,
+        netns_immutable: None,
     };
     for a in &m.attributes {
         match a {
@@ -268,6 +279,7 @@ fn decode_link(m: &LinkMessage) -> Link {
             LinkAttribute::Link(v) => l.link = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+            LinkAttribute::NetnsImmutable(v) => l.netns_immutable = Some(*v),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {

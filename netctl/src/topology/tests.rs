@@ -162,6 +162,7 @@ fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
         alias: None,
         ageing_time_cs: None,
         hairpin: None,
+        netns_immutable: None,
     }
 }
 
