@@ -1,6 +1,7 @@
 //! netctl: container networking for Linux hosts — namespaces, veth pairs,
 //! bridges, addresses and routes over netlink, with an eBPF datapath.
 
+pub mod datapath;
 pub mod error;
 pub mod mac;
 pub mod names;
