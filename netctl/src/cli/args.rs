@@ -61,6 +61,30 @@ pub enum Cmd {
     /// Routes.
     #[command(subcommand)]
     Route(RouteCmd),
+    /// The eBPF datapath of a topology: sync, detach, XDP.
+    #[command(subcommand)]
+    Datapath(DatapathCmd),
+    /// The datapath's pinned maps.
+    #[command(subcommand)]
+    Maps(MapsCmd),
+    /// The datapath's forwarding database (learned MACs, ages).
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// Per-decision and per-port counters of the datapath.
+    Stats {
+        #[command(flatten)]
+        t: TopoOpt,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream datapath events (switches event logging on while running).
+    Trace {
+        #[command(flatten)]
+        t: TopoOpt,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
     /// IPv4/IPv6 forwarding in a namespace.
     Forward {
         #[arg(value_parser = ["on", "off", "show"])]
@@ -245,5 +269,59 @@ pub enum RouteCmd {
         metric: Option<u32>,
         #[command(flatten)]
         ns: NsOpt,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+pub struct TopoOpt {
+    /// The topology (default: the only one with a datapath).
+    #[arg(long, short = 't')]
+    pub topology: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum DatapathCmd {
+    /// Re-read the host namespace (routes, ports) into the datapath's maps.
+    Sync { topology: String },
+    /// Remove the programs and pins; traffic falls back to the kernel bridge.
+    Detach { topology: String },
+    /// Attach or detach the XDP program on every port.
+    Xdp {
+        topology: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Topologies with a datapath, their attached ports and programs.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MapsCmd {
+    List {
+        #[command(flatten)]
+        t: TopoOpt,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decoded contents of one map (ports, fdb, routes, neigh, stats, port_stats, config, xdp_stats).
+    Dump {
+        name: String,
+        #[command(flatten)]
+        t: TopoOpt,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FdbCmd {
+    Show {
+        #[command(flatten)]
+        t: TopoOpt,
+        #[arg(long)]
+        json: bool,
     },
 }

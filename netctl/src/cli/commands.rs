@@ -15,7 +15,7 @@ fn ns_of(o: &NsOpt) -> Netns {
     Netns::from_opt(o.netns.as_deref())
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(super) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -57,6 +57,14 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             } else {
                 for s in &rep.steps {
                     println!("{s}");
+                }
+                if let Some(d) = &rep.datapath {
+                    for a in &d.attached {
+                        println!("+ ebpf datapath on {a}");
+                    }
+                    for a in &d.detached {
+                        println!("- ebpf datapath link {a}");
+                    }
                 }
                 let verb = if dry_run { "would make" } else { "made" };
                 println!(
@@ -175,6 +183,11 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             AddrCmd::Del { addr, dev, ns } => ops::del_addr(&ns_of(&ns), &dev, addr).await?,
         },
         Cmd::Route(c) => route(c).await?,
+        Cmd::Datapath(c) => super::datapath::datapath(c).await?,
+        Cmd::Maps(c) => super::datapath::maps(c).await?,
+        Cmd::Fdb(c) => super::datapath::fdb(c).await?,
+        Cmd::Stats { t, json } => super::datapath::stats(t, json).await?,
+        Cmd::Trace { t, duration } => super::datapath::trace(t, duration).await?,
         Cmd::Forward { state, ns } => {
             let ns = ns_of(&ns);
             match state.as_str() {

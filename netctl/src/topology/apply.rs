@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use ipnet::IpNet;
 
-use super::model::Topology;
+use super::model::{Datapath, Topology};
 use super::plan::{self, Observed, PlannedRoute, Step};
 use super::store;
 use crate::error::{Error, Result};
@@ -295,11 +295,17 @@ pub struct Report {
     pub topology: String,
     pub steps: Vec<Step>,
     pub dry_run: bool,
+    /// What the eBPF datapath sync did (`None` for the kernel datapath).
+    pub datapath: Option<crate::datapath::install::SyncReport>,
 }
 
 impl Report {
     pub fn changed(&self) -> bool {
         !self.steps.is_empty()
+            || self
+                .datapath
+                .as_ref()
+                .is_some_and(|d| !d.attached.is_empty() || !d.detached.is_empty())
     }
 }
 
@@ -315,21 +321,54 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
     let observed = observe(ns).await?;
     let steps = plan::plan(desired, prev.as_ref(), &observed)
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    if !dry_run {
-        execute(&steps).await?;
-        if !steps.is_empty() || prev.is_none() {
-            store::save(desired)?;
+    if dry_run {
+        return Ok(Report {
+            topology: desired.name.clone(),
+            steps,
+            dry_run,
+            datapath: None,
+        });
+    }
+    let mut ex = execute(&steps).await?;
+    let had_datapath = crate::datapath::pins::topology_dir(&desired.name).exists();
+    let datapath = match desired.datapath {
+        Datapath::Ebpf => match crate::datapath::sync(desired).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // A datapath that was not there before goes with the rest.
+                if !had_datapath {
+                    let _ = crate::datapath::detach(&desired.name).await;
+                }
+                let undone = ex.rollback().await;
+                return Err(Error::Invalid(format!(
+                    "attaching the eBPF datapath failed: {e}\nrolled back {undone} change(s) made by this apply"
+                )));
+            }
+        },
+        Datapath::Kernel => {
+            let detached = crate::datapath::detach(&desired.name).await?;
+            Some(crate::datapath::install::SyncReport {
+                detached: if detached { vec!["all".into()] } else { vec![] },
+                ..Default::default()
+            })
+            .filter(|r| !r.detached.is_empty())
         }
+    };
+    ex.commit();
+    if !steps.is_empty() || prev.as_ref() != Some(desired) {
+        store::save(desired)?;
     }
     Ok(Report {
         topology: desired.name.clone(),
         steps,
         dry_run,
+        datapath,
     })
 }
 
-/// Runs steps in order, rolling back on the first failure.
-pub async fn execute(steps: &[Step]) -> Result<()> {
+/// Runs steps in order, rolling back on the first failure. The returned
+/// executor can still roll back until committed.
+pub async fn execute(steps: &[Step]) -> Result<Executor> {
     let mut ex = Executor::default();
     for (i, s) in steps.iter().enumerate() {
         if let Err(e) = ex.run(s).await {
@@ -341,8 +380,7 @@ pub async fn execute(steps: &[Step]) -> Result<()> {
             )));
         }
     }
-    ex.commit();
-    Ok(())
+    Ok(ex)
 }
 
 /// Removes everything the applied topology `name` owns.
@@ -353,6 +391,9 @@ pub async fn destroy(name: &str) -> Result<Report> {
             store::run_dir().display()
         )));
     };
+    // Programs first: traffic falls back to the kernel bridge while the
+    // rest is taken down.
+    crate::datapath::detach(name).await?;
     let observed = observe(touched(&owned)).await?;
     let steps = plan::plan_destroy(&owned, &observed);
     let mut ex = Executor::default();
@@ -375,5 +416,6 @@ pub async fn destroy(name: &str) -> Result<Report> {
         topology: name.to_string(),
         steps,
         dry_run: false,
+        datapath: None,
     })
 }

@@ -155,6 +155,21 @@ pub fn default_host_ifname(topology: &str, container: &str) -> String {
     format!("veth{h:08x}")
 }
 
+pub fn default_mac(topology: &str, container: &str, addrs: &[IpNet]) -> Mac {
+    let tail = match addrs.iter().find_map(|a| match a.addr() {
+        IpAddr::V4(v4) => Some(v4.octets()),
+        IpAddr::V6(_) => None,
+    }) {
+        Some(o) => o,
+        None => {
+            let h = default_host_ifname(topology, container);
+            let n = u32::from_str_radix(&h[4..], 16).unwrap_or(0);
+            n.to_be_bytes()
+        }
+    };
+    Mac([0x02, 0x42, tail[0], tail[1], tail[2], tail[3]])
+}
+
 fn check_topology_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err(format!("topology name {name:?} must be 1–64 characters"));
@@ -472,6 +487,9 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 None
             }
         });
+        // Docker's scheme: 02:42 and the IPv4 address, so the datapath knows
+        // every container's MAC without asking its namespace.
+        let mac = mac.or_else(|| Some(default_mac(&name, &cname, &addrs)));
         let mtu = check_mtu(ctx, &c.mtu);
         containers.push(ContainerSpec {
             name: cname,

@@ -1,0 +1,237 @@
+//! CLI handlers for the datapath: sync/detach/xdp, maps, fdb, stats, trace.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::args::*;
+use super::commands::print_json;
+use netctl::datapath::{self, inspect, pins};
+use netctl::nl::Nl;
+use netctl::topology::{Topology, store};
+
+fn record(name: &str) -> Result<Topology> {
+    match store::load(name)? {
+        Some(t) => Ok(t),
+        None => bail!("topology {name:?} is not applied"),
+    }
+}
+
+/// The topology to look at: the one named, or the only one with a datapath.
+fn pick(t: &TopoOpt) -> Result<String> {
+    if let Some(n) = &t.topology {
+        return Ok(n.clone());
+    }
+    let all = pins::topologies()?;
+    match all.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no topology has an eBPF datapath attached"),
+        many => bail!(
+            "several topologies have a datapath ({}); choose one with --topology",
+            many.join(", ")
+        ),
+    }
+}
+
+/// Ifindex → name in the topology's host namespace.
+async fn names(topology: &str) -> Result<inspect::Names> {
+    let Some(t) = store::load(topology)? else {
+        return Ok(Default::default());
+    };
+    let nl = Nl::open(&t.host()).await?;
+    Ok(nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect())
+}
+
+pub async fn datapath(c: DatapathCmd) -> Result<()> {
+    match c {
+        DatapathCmd::Sync { topology } => {
+            let t = record(&topology)?;
+            let r = datapath::sync(&t).await?;
+            println!(
+                "topology {topology}: datapath synced (attached {}, detached {})",
+                r.attached.len(),
+                r.detached.len()
+            );
+        }
+        DatapathCmd::Detach { topology } => {
+            if datapath::detach(&topology).await? {
+                println!("topology {topology}: eBPF datapath detached; the kernel bridge forwards");
+            } else {
+                println!("topology {topology}: no eBPF datapath attached");
+            }
+        }
+        DatapathCmd::Xdp { topology, state } => {
+            let t = record(&topology)?;
+            let changed = datapath::install::xdp(&t, state == "on").await?;
+            println!("topology {topology}: xdp {state} ({} port(s) changed)", changed.len());
+        }
+        DatapathCmd::Status { json } => {
+            let mut rows = Vec::new();
+            for t in pins::topologies()? {
+                let ports = datapath::install::attached_ports(&t)?;
+                rows.push(serde_json::json!({
+                    "topology": t,
+                    "ports": ports.iter().map(|(n, i)| serde_json::json!({"ifname": n, "ifindex": i})).collect::<Vec<_>>(),
+                }));
+            }
+            if json {
+                return print_json(&rows);
+            }
+            for r in rows {
+                let ports: Vec<String> = r["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["ifname"].as_str().unwrap().to_string())
+                    .collect();
+                println!("{}: {} port(s): {}", r["topology"].as_str().unwrap(), ports.len(), ports.join(" "));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn maps(c: MapsCmd) -> Result<()> {
+    match c {
+        MapsCmd::List { t, json } => {
+            let l = inspect::list(t.topology.as_deref())?;
+            if json {
+                return print_json(&l);
+            }
+            println!(
+                "{:<16} {:<20} {:<14} {:>5} {:>6} {:>8} {:>8}",
+                "TOPOLOGY", "MAP", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES"
+            );
+            for m in l {
+                println!(
+                    "{:<16} {:<20} {:<14} {:>5} {:>6} {:>8} {:>8}",
+                    m.topology, m.name, m.kind, m.key_size, m.value_size, m.max_entries, m.entries
+                );
+            }
+        }
+        MapsCmd::Dump { name, t, json } => {
+            let topo = pick(&t)?;
+            let n = names(&topo).await?;
+            let d = inspect::dump(&topo, &name, &n)?;
+            if json {
+                return print_json(&d);
+            }
+            print_dump(&d);
+        }
+    }
+    Ok(())
+}
+
+fn print_dump(d: &inspect::Dump) {
+    use inspect::Dump;
+    match d {
+        Dump::Ports(v) => {
+            for p in v {
+                println!(
+                    "{} (ifindex {}) bridge {} ({}) ageing {}s{}",
+                    p.port,
+                    p.ifindex,
+                    p.bridge,
+                    p.bridge_mac,
+                    p.ageing_s,
+                    if p.hairpin { " hairpin" } else { "" }
+                );
+            }
+        }
+        Dump::Fdb(v) => print_fdb(v),
+        Dump::Routes(v) => {
+            for r in v {
+                let mut line = format!("{} {}", r.prefix, r.kind);
+                if let Some(g) = r.gateway {
+                    line.push_str(&format!(" via {g}"));
+                }
+                if let Some(b) = &r.bridge {
+                    line.push_str(&format!(" dev {b}"));
+                }
+                println!("{line}");
+            }
+        }
+        Dump::Neigh(v) => {
+            for n in v {
+                println!("{} lladdr {} bridge {}", n.address, n.mac, n.bridge);
+            }
+        }
+        Dump::Decisions(m) => {
+            for (k, v) in m {
+                println!("{k:<22} {v}");
+            }
+        }
+        Dump::PortStats(v) => print_port_stats(v),
+        Dump::Config(m) => {
+            for (k, v) in m {
+                println!("{k} = {v}");
+            }
+        }
+        Dump::IfCounters(v) => {
+            for (n, p, b) in v {
+                println!("{n} packets {p} bytes {b}");
+            }
+        }
+    }
+}
+
+fn print_fdb(v: &[inspect::FdbRow]) {
+    for f in v {
+        println!(
+            "{} dev {} master {} age {:.2}s{}",
+            f.mac,
+            f.port,
+            f.bridge,
+            f.age_s,
+            if f.expired { " (expired)" } else { "" }
+        );
+    }
+}
+
+fn print_port_stats(v: &[inspect::PortStatsRow]) {
+    println!(
+        "{:<16} {:>12} {:>14} {:>12} {:>12}",
+        "PORT", "RX_PACKETS", "RX_BYTES", "REDIRECTED", "PASSED"
+    );
+    for p in v {
+        println!(
+            "{:<16} {:>12} {:>14} {:>12} {:>12}",
+            p.port, p.rx_packets, p.rx_bytes, p.redirected, p.passed
+        );
+    }
+}
+
+pub async fn fdb(c: FdbCmd) -> Result<()> {
+    let FdbCmd::Show { t, json } = c;
+    let topo = pick(&t)?;
+    let n = names(&topo).await?;
+    let v = inspect::fdb(&topo, &n)?;
+    if json {
+        return print_json(&v);
+    }
+    print_fdb(&v);
+    Ok(())
+}
+
+pub async fn stats(t: TopoOpt, json: bool) -> Result<()> {
+    let topo = pick(&t)?;
+    let n = names(&topo).await?;
+    let s = inspect::stats(&topo, &n)?;
+    if json {
+        return print_json(&s);
+    }
+    println!("decisions:");
+    for (k, v) in &s.decisions {
+        println!("  {k:<22} {v}");
+    }
+    println!();
+    print_port_stats(&s.ports);
+    Ok(())
+}
+
+pub async fn trace(t: TopoOpt, duration: Option<f64>) -> Result<()> {
+    let topo = pick(&t)?;
+    datapath::trace::run(&topo, duration.map(Duration::from_secs_f64)).await?;
+    Ok(())
+}
+

@@ -1,0 +1,314 @@
+//! Loading, attaching and keeping a topology's datapath in step with the
+//! kernel. Everything here is synchronous (aya is) and must run on a thread
+//! inside the topology's host namespace: aya resolves interface names there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use aya::EbpfLoader;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData};
+use aya::programs::links::FdLink;
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use netctl_common::{
+    FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORTS, MAP_ROUTES, NeighEntry,
+    PROG_INGRESS, PROG_XDP, PortInfo, RouteValue, config,
+};
+
+use super::desired::Desired;
+use super::pins::{self, link_pin_name, links_dir, parse_link_pin, topology_dir};
+use super::{bpf_error, object};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SyncReport {
+    /// The program was loaded (first apply, or new ports to attach).
+    pub loaded: bool,
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+}
+
+fn map_at(dir: &Path, name: &str) -> Result<Map> {
+    let p = dir.join(name);
+    let md = MapData::from_pin(&p)
+        .map_err(|e| bpf_error(&format!("open pinned map {}", p.display()), &e))?;
+    Map::from_map_data(md).map_err(|e| bpf_error(name, &e))
+}
+
+fn e(what: &str) -> impl Fn(aya::maps::MapError) -> Error + '_ {
+    move |err| bpf_error(what, &err)
+}
+
+/// Brings the pinned datapath of `topology` to `d`: attaches the ingress
+/// program to new ports, detaches it from ports that are gone, rewrites the
+/// maps. Loads the object only when something must be attached.
+pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
+    pins::ensure_bpffs()?;
+    let dir = topology_dir(topology);
+    let links = links_dir(topology);
+    fs::create_dir_all(&links).map_err(|err| Error::io(format!("create {}", links.display()), err))?;
+    let mut report = SyncReport::default();
+
+    let want: BTreeMap<String, &super::desired::Port> = d
+        .ports
+        .iter()
+        .map(|p| (link_pin_name(&p.ifname, p.ifindex), p))
+        .collect();
+    let present: BTreeSet<String> = pins::link_pins(topology)?.into_iter().collect();
+    for pin in &present {
+        let base = pin.strip_prefix("xdp-").unwrap_or(pin);
+        if !want.contains_key(base) {
+            // The pin is the link's last reference: removing it detaches.
+            fs::remove_file(links.join(pin))
+                .map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
+            report.detached.push(pin.clone());
+        }
+    }
+    let missing: Vec<&super::desired::Port> = want
+        .iter()
+        .filter(|(k, _)| !present.contains(*k))
+        .map(|(_, p)| *p)
+        .collect();
+
+    if missing.is_empty() && dir.join(MAP_PORTS).exists() {
+        write_maps(&dir, d)?;
+        return Ok(report);
+    }
+    let obj = object();
+    if obj.is_empty() {
+        return Err(Error::Bpf(
+            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it".into(),
+        ));
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(obj)
+        .map_err(|err| bpf_error("loading the eBPF object", &err))?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_INGRESS)
+        .ok_or_else(|| Error::Bpf(format!("program {PROG_INGRESS} missing from the object")))?
+        .try_into()
+        .map_err(|err| bpf_error(PROG_INGRESS, &err))?;
+    prog.load()
+        .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
+    report.loaded = true;
+    // Maps first, so the first packet through a new link finds its port.
+    write_maps(&dir, d)?;
+    for p in missing {
+        let id = prog
+            .attach(&p.ifname, TcAttachType::Ingress)
+            .map_err(|err| bpf_error(&format!("attaching {PROG_INGRESS} to {}", p.ifname), &err))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|err| bpf_error("taking the tcx link", &err))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|err| bpf_error("tcx link as fd link", &err))?;
+        let pin = links.join(link_pin_name(&p.ifname, p.ifindex));
+        fd.pin(&pin)
+            .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
+        report.attached.push(p.ifname.clone());
+    }
+    Ok(report)
+}
+
+fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
+    let mut ports: HashMap<MapData, u32, PortInfo> =
+        HashMap::try_from(map_at(dir, MAP_PORTS)?).map_err(e(MAP_PORTS))?;
+    let want_ports: BTreeMap<u32, PortInfo> = d.ports.iter().map(|p| (p.ifindex, p.info)).collect();
+    let stale: Vec<u32> = ports
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !want_ports.contains_key(k))
+        .collect();
+    for (k, v) in &want_ports {
+        ports.insert(k, v, 0).map_err(e(MAP_PORTS))?;
+    }
+    for k in &stale {
+        let _ = ports.remove(k);
+    }
+
+    let mut routes: LpmTrie<MapData, [u8; 4], RouteValue> =
+        LpmTrie::try_from(map_at(dir, MAP_ROUTES)?).map_err(e(MAP_ROUTES))?;
+    let want_routes: BTreeSet<(u32, [u8; 4])> = d
+        .routes
+        .keys()
+        .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+        .collect();
+    let stale_routes: Vec<Key<[u8; 4]>> = routes
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !want_routes.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for (n, v) in &d.routes {
+        let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+        routes.insert(&key, v, 0).map_err(e(MAP_ROUTES))?;
+    }
+    for k in &stale_routes {
+        let _ = routes.remove(k);
+    }
+
+    let mut neigh: HashMap<MapData, [u8; 4], NeighEntry> =
+        HashMap::try_from(map_at(dir, MAP_NEIGH)?).map_err(e(MAP_NEIGH))?;
+    let stale_neigh: Vec<[u8; 4]> = neigh
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !d.neigh.contains_key(&Ipv4Addr::from(*k)))
+        .collect();
+    for (ip, v) in &d.neigh {
+        neigh.insert(ip.octets(), v, 0).map_err(e(MAP_NEIGH))?;
+    }
+    for k in &stale_neigh {
+        let _ = neigh.remove(k);
+    }
+
+    // Learned entries of ports that are gone would never age out of use
+    // (their port no longer exists), so drop them with the port.
+    let mut fdb: HashMap<MapData, FdbKey, FdbEntry> =
+        HashMap::try_from(map_at(dir, MAP_FDB)?).map_err(e(MAP_FDB))?;
+    let gone: Vec<FdbKey> = fdb
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| !want_ports.contains_key(&v.port))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &gone {
+        let _ = fdb.remove(k);
+    }
+
+    let mut cfg: Array<MapData, u32> =
+        Array::try_from(map_at(dir, MAP_CONFIG)?).map_err(e(MAP_CONFIG))?;
+    cfg.set(config::FORWARD, u32::from(d.forward), 0)
+        .map_err(e(MAP_CONFIG))?;
+    Ok(())
+}
+
+/// Removes a topology's datapath: unpinning the links detaches the programs
+/// (traffic falls back to the kernel bridge), then the maps go.
+pub fn detach_blocking(topology: &str) -> Result<bool> {
+    let dir = topology_dir(topology);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(&dir).map_err(|err| Error::io(format!("remove {}", dir.display()), err))?;
+    Ok(true)
+}
+
+/// Attaches (`on`) or detaches the XDP program on every port of the
+/// topology. It is separate from `sync` because nothing in the datapath
+/// needs it yet: an XDP program makes a veth copy ordinary skbs, so it is
+/// attached only on request (see `cargo xtask bench datapath`).
+pub fn xdp_blocking(topology: &str, d: &Desired, on: bool) -> Result<Vec<String>> {
+    let links = links_dir(topology);
+    let mut changed = Vec::new();
+    if !on {
+        for pin in pins::link_pins(topology)? {
+            if pin.starts_with("xdp-") {
+                fs::remove_file(links.join(&pin))
+                    .map_err(|err| Error::io(format!("unpin {pin}"), err))?;
+                changed.push(pin);
+            }
+        }
+        return Ok(changed);
+    }
+    let dir = topology_dir(topology);
+    if !dir.join(MAP_PORTS).exists() {
+        return Err(Error::Invalid(format!(
+            "topology {topology} has no eBPF datapath attached"
+        )));
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(object())
+        .map_err(|err| bpf_error("loading the eBPF object", &err))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .ok_or_else(|| Error::Bpf(format!("program {PROG_XDP} missing from the object")))?
+        .try_into()
+        .map_err(|err| bpf_error(PROG_XDP, &err))?;
+    prog.load()
+        .map_err(|err| bpf_error(&format!("loading program {PROG_XDP}"), &err))?;
+    let present: BTreeSet<String> = pins::link_pins(topology)?.into_iter().collect();
+    for p in &d.ports {
+        let name = format!("xdp-{}", link_pin_name(&p.ifname, p.ifindex));
+        if present.contains(&name) {
+            continue;
+        }
+        let id = prog
+            .attach(&p.ifname, XdpMode::Driver)
+            .map_err(|err| bpf_error(&format!("attaching {PROG_XDP} to {}", p.ifname), &err))?;
+        let link = prog.take_link(id).map_err(|err| bpf_error("xdp link", &err))?;
+        let fd: FdLink = link.try_into().map_err(|err| bpf_error("xdp link as fd link", &err))?;
+        fd.pin(links.join(&name))
+            .map_err(|err| bpf_error(&format!("pin {name}"), &err))?;
+        changed.push(name);
+    }
+    Ok(changed)
+}
+
+/// Ports (by ifname@ifindex) that have a pinned ingress link.
+pub fn attached_ports(topology: &str) -> Result<Vec<(String, u32)>> {
+    Ok(pins::link_pins(topology)?
+        .iter()
+        .filter(|p| !p.starts_with("xdp-"))
+        .filter_map(|p| parse_link_pin(p))
+        .collect())
+}
+
+// ---- async entry points, running the blocking work in the host netns ----
+
+use crate::netns::{self, Netns};
+use crate::nl::Nl;
+use crate::observe::NsView;
+use crate::topology::Topology;
+
+/// Reads the kernel state the datapath mirrors, for topology `t`.
+pub async fn desired_for(t: &Topology) -> Result<Desired> {
+    let host = t.host();
+    let hv = NsView::read(&Nl::open(&host).await?).await?;
+    // Container MACs come from the topology (every container has one), so
+    // the container namespaces need not be read.
+    Ok(super::desired::compute(t, &hv, &BTreeMap::new()))
+}
+
+/// Makes the pinned datapath of `t` match the kernel's state.
+pub async fn sync(t: &Topology) -> Result<SyncReport> {
+    let d = desired_for(t).await?;
+    let name = t.name.clone();
+    in_host(&t.host(), move || sync_blocking(&name, &d)).await
+}
+
+/// Removes the datapath of topology `name` (no-op when there is none).
+pub async fn detach(name: &str) -> Result<bool> {
+    detach_blocking(name)
+}
+
+/// Attaches or detaches the XDP program on the topology's ports.
+pub async fn xdp(t: &Topology, on: bool) -> Result<Vec<String>> {
+    let d = desired_for(t).await?;
+    let name = t.name.clone();
+    in_host(&t.host(), move || xdp_blocking(&name, &d, on)).await
+}
+
+async fn in_host<T, F>(host: &Netns, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    // Errors cross the thread as io::Error; keep the library error intact.
+    let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = out.clone();
+    let host2 = host.clone();
+    tokio::task::spawn_blocking(move || {
+        netns::run_in(&host2, move || {
+            *slot.lock().unwrap() = Some(f());
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|err| Error::Invalid(format!("datapath thread: {err}")))??;
+    let r = out.lock().unwrap().take();
+    r.unwrap_or_else(|| Err(Error::Invalid("datapath thread returned nothing".into())))
+}

@@ -1,0 +1,105 @@
+//! Where a topology's datapath lives in bpffs:
+//! `/sys/fs/bpf/netctl/<topology>/` holds the maps (pinned by name) and
+//! `links/<ifname>@<ifindex>` one tcx link per port. The ifindex is part of
+//! the name because a link dies with its device: a port recreated under the
+//! same name must get a new link.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+pub fn bpffs_root() -> PathBuf {
+    std::env::var_os("NETCTL_BPFFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"))
+}
+
+pub fn base_dir() -> PathBuf {
+    bpffs_root().join("netctl")
+}
+
+pub fn topology_dir(topology: &str) -> PathBuf {
+    base_dir().join(topology)
+}
+
+pub fn links_dir(topology: &str) -> PathBuf {
+    topology_dir(topology).join("links")
+}
+
+pub fn link_pin_name(ifname: &str, ifindex: u32) -> String {
+    format!("{ifname}@{ifindex}")
+}
+
+/// `(ifname, ifindex)` from a link pin's file name.
+pub fn parse_link_pin(name: &str) -> Option<(String, u32)> {
+    let (n, i) = name.rsplit_once('@')?;
+    Some((n.to_string(), i.parse().ok()?))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there, as Cilium
+/// does; a fresh machine has none.
+pub fn ensure_bpffs() -> Result<()> {
+    let root = bpffs_root();
+    let st = nix::sys::statfs::statfs(&root)
+        .map_err(|e| Error::io(format!("statfs {}", root.display()), e.into()))?;
+    if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpffs"),
+        &root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(|e| Error::io(format!("mount bpffs on {}", root.display()), e.into()))
+}
+
+/// Topologies that have a datapath pinned.
+pub fn topologies() -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    match fs::read_dir(base_dir()) {
+        Ok(rd) => {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    v.push(e.file_name().to_string_lossy().to_string());
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("read bpffs", e)),
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Pinned link file names under `links/`.
+pub fn link_pins(topology: &str) -> Result<Vec<String>> {
+    list_files(&links_dir(topology))
+}
+
+/// Pinned map names of a topology.
+pub fn map_pins(topology: &str) -> Result<Vec<String>> {
+    list_files(&topology_dir(topology))
+}
+
+fn list_files(dir: &Path) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    v.push(e.file_name().to_string_lossy().to_string());
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+    }
+    v.sort();
+    Ok(v)
+}

@@ -1,0 +1,105 @@
+//! `netctl trace`: switches the datapath's event logging on, prints the
+//! events aya-log carries out of the kernel, and switches it off again.
+//! When off, the programs pay one array lookup per packet and log nothing.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use netctl_common::config;
+use tokio::io::unix::AsyncFd;
+
+use super::bpf_error;
+use super::inspect::set_config;
+use super::pins::{self, links_dir};
+use crate::error::{Error, Result};
+
+/// Prints each record on stdout, one line each.
+struct Printer;
+
+impl log::Log for Printer {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", r.args());
+        let _ = out.flush();
+    }
+    fn flush(&self) {}
+}
+
+/// The programs behind a topology's pinned links (one per load).
+fn program_ids(topology: &str) -> Result<BTreeSet<u32>> {
+    let mut ids = BTreeSet::new();
+    for pin in pins::link_pins(topology)? {
+        if pin.starts_with("xdp-") {
+            continue;
+        }
+        let p = links_dir(topology).join(&pin);
+        let link: FdLink = PinnedLink::from_pin(&p)
+            .map_err(|e| bpf_error(&format!("open {}", p.display()), &e))?
+            .into();
+        let info = link.info().map_err(|e| bpf_error("link info", &e))?;
+        ids.insert(info.program_id());
+    }
+    Ok(ids)
+}
+
+/// Turns tracing off when dropped, also when the trace is interrupted.
+struct TraceOn<'a>(&'a str);
+
+impl Drop for TraceOn<'_> {
+    fn drop(&mut self) {
+        let _ = set_config(self.0, config::TRACE, 0);
+    }
+}
+
+/// Streams events until `duration` passes (or Ctrl-C).
+pub async fn run(topology: &str, duration: Option<Duration>) -> Result<()> {
+    let ids = program_ids(topology)?;
+    if ids.is_empty() {
+        return Err(Error::Invalid(format!(
+            "topology {topology} has no eBPF datapath attached"
+        )));
+    }
+    let mut loggers = Vec::new();
+    for id in ids {
+        let l = aya_log::EbpfLogger::init_from_id_with_logger(id, Printer)
+            .map_err(|e| bpf_error(&format!("attach to the event log of program {id}"), &e))?;
+        // SAFETY: the ring buffer's fd is owned by `l`, which the AsyncFd
+        // owns, so it stays open for as long as it is registered.
+        let afd = unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::io("watch event log", e.into()))?;
+        loggers.push(afd);
+    }
+    set_config(topology, config::TRACE, 1)?;
+    let _off = TraceOn(topology);
+    let drain = async {
+        let mut set = tokio::task::JoinSet::new();
+        for mut l in loggers {
+            set.spawn(async move {
+                loop {
+                    let Ok(mut g) = l.readable_mut().await else { return };
+                    g.get_inner_mut().flush();
+                    g.clear_ready();
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+    };
+    let stop = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = drain => {}
+        _ = stop => {}
+    }
+    Ok(())
+}
