@@ -1,0 +1,298 @@
+//! `cargo xtask bench …` — benchmarks, one file each, and what they share:
+//! statistics, tables, result files, and the guard that removes every
+//! namespace a benchmark made. Benchmarks follow DESIGN.md: everything they
+//! build lives in namespaces of their own, named with a per-process prefix.
+
+mod setup;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use crate::sh;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Setup time: `netctl apply`/`destroy` of N containers against N
+    /// invocations of the CNI reference bridge plugin (ADD/DEL), side by side.
+    Setup {
+        /// Numbers of containers, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        sizes: Vec<usize>,
+        /// Repetitions per size (capped at 3 for N >= 1000).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Where to write every sample (default: bench-results/setup.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+pub fn run(b: BenchCmd) -> Result<()> {
+    match b {
+        BenchCmd::Setup { sizes, runs, json } => setup::run(&sizes, runs, json),
+    }
+}
+
+/// The release binary xtask built before calling us.
+pub fn netctl_bin() -> PathBuf {
+    sh::root().join("target/release/netctl")
+}
+
+/// `given`, or `bench-results/NAME` under the workspace root (gitignored).
+pub fn results_path(given: Option<PathBuf>, name: &str) -> PathBuf {
+    given.unwrap_or_else(|| sh::root().join("bench-results").join(name))
+}
+
+/// Writes `v` as pretty JSON, atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+pub fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Prints `rows` under `head`, columns right-aligned to their widest cell.
+pub fn print_table(head: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&w)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        println!("{}", s.join(" | "));
+    };
+    line(head.to_vec());
+    println!(
+        "{}",
+        w.iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-|-")
+    );
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Runs `cmd` and returns its wall-clock time, or its stderr if it failed.
+pub fn time_cmd(cmd: &mut Command) -> Result<(f64, std::process::Output)> {
+    let t = Instant::now();
+    let o = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    Ok((t.elapsed().as_secs_f64(), o))
+}
+
+/// Names under /run/netns that start with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Deletes named namespaces with one `ip -batch` (as `ip netns del` would).
+pub fn del_netns(names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let batch: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+    ip_batch(&batch)
+}
+
+/// Creates named namespaces with one `ip -batch`.
+pub fn add_netns(names: &[String]) -> Result<()> {
+    let batch: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
+    ip_batch(&batch)
+}
+
+fn ip_batch(batch: &str) -> Result<()> {
+    use std::io::Write;
+    let mut c = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start ip")?;
+    c.stdin.take().unwrap().write_all(batch.as_bytes())?;
+    let o = c.wait_with_output()?;
+    anyhow::ensure!(
+        o.status.success(),
+        "ip -batch failed: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Names of the root namespace's links (`ip -o link`), to prove a benchmark
+/// left it as it found it.
+pub fn root_links() -> Vec<String> {
+    let out = sh::output(Command::new("ip").args(["-o", "link", "show"])).unwrap_or_default();
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits (at most `max`) for the machine to go quiet after a teardown: the
+/// kernel frees deleted namespaces asynchronously (cleanup_net, under RTNL),
+/// which would otherwise be charged to whatever is timed next.
+pub fn settle(max: Duration) {
+    fn busy_idle() -> Option<(u64, u64)> {
+        let s = fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = s
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+        Some((cpu.iter().sum::<u64>() - idle, idle))
+    }
+    let end = Instant::now() + max;
+    std::thread::sleep(Duration::from_millis(100));
+    while Instant::now() < end {
+        let Some((b0, i0)) = busy_idle() else { return };
+        std::thread::sleep(Duration::from_millis(100));
+        let Some((b1, i1)) = busy_idle() else { return };
+        let (db, di) = (b1 - b0, i1 - i0);
+        if db * 5 <= db + di {
+            return; // under 20 % busy
+        }
+    }
+}
+
+/// Removes, on drop (also on error or panic), every namespace whose name
+/// starts with `prefix` and every netctl topology registered with it.
+pub struct Cleanup {
+    pub prefix: String,
+    topologies: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Cleanup {
+    pub fn new(prefix: String) -> Self {
+        Cleanup {
+            prefix,
+            topologies: Vec::new(),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// A netctl topology to destroy if its record still exists.
+    pub fn topology(&mut self, name: &str) {
+        self.topologies.push(name.to_string());
+    }
+
+    /// A scratch directory to remove.
+    pub fn dir(&mut self, d: PathBuf) {
+        self.dirs.push(d);
+    }
+
+    /// Cleans now; what is left afterwards is an error.
+    pub fn clean(&mut self) -> Result<()> {
+        let run_dir = std::env::var_os("NETCTL_RUN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/run/netctl"));
+        for t in self.topologies.drain(..) {
+            if run_dir
+                .join("topologies")
+                .join(format!("{t}.json"))
+                .exists()
+            {
+                let _ = Command::new(netctl_bin())
+                    .args(["destroy", &t])
+                    .stdout(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        let _ = del_netns(&netns_with_prefix(&self.prefix));
+        for d in self.dirs.drain(..) {
+            let _ = fs::remove_dir_all(&d);
+        }
+        let left = netns_with_prefix(&self.prefix);
+        anyhow::ensure!(
+            left.is_empty(),
+            "namespaces left behind: {}",
+            left.join(" ")
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Err(e) = self.clean() {
+            eprintln!("bench cleanup: {e:#}");
+        }
+    }
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Turns SIGINT/SIGTERM into a flag that `check_interrupted` reports as an
+/// error, so that Ctrl-C unwinds through the `Cleanup` guards instead of
+/// leaving namespaces behind.
+pub fn catch_interrupts() {
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe; `signal` with a valid handler has no other effect.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    anyhow::ensure!(
+        !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst),
+        "interrupted"
+    );
+    Ok(())
+}
