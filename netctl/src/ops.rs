@@ -73,6 +73,7 @@ pub async fn add_veth(r: VethRequest<'_>) -> Result<()> {
         peer_mac: r.mac,
         mtu: r.mtu,
         alias: None,
+        group: 0,
     })
     .await?;
     let peer_ns = match r.peer_netns {

@@ -35,6 +35,9 @@ pub struct Link {
     pub hairpin: Option<bool>,
     /// IFLA_NETNS_IMMUTABLE (kernel 6.12+): the device is netns-local.
     pub netns_immutable: Option<bool>,
+    /// IFLA_GROUP: netctl puts a topology's host-side devices in a group of
+    /// their own so that destroy removes them in one batch.
+    pub group: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

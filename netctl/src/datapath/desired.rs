@@ -122,3 +122,112 @@ pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView
     }
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Link, Route};
+
+    fn link(index: u32, name: &str, kind: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: Some(kind.into()),
+            mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, index as u8])),
+            mtu: 1500,
+            up: true,
+            loopback: false,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            alias: None,
+            ageing_time_cs: Some(30000),
+            hairpin: Some(false),
+            netns_immutable: None,
+            group: 0,
+        }
+    }
+
+    fn route(table: u32, kind: RouteKind, dst: &str, gw: Option<&str>, oif: u32) -> Route {
+        Route {
+            table,
+            kind,
+            dst: dst.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            oif: Some(oif),
+            prefsrc: None,
+            protocol: "kernel".into(),
+            scope: "link".into(),
+            metric: None,
+        }
+    }
+
+    #[test]
+    fn mirrors_ports_routes_and_neighbours() {
+        let t = crate::topology::parse(
+            r#"
+name = "d"
+host_netns = "d-h"
+[[bridge]]
+name = "br0"
+addresses = ["10.1.0.1/24"]
+[[bridge]]
+name = "br1"
+addresses = ["10.2.0.1/24"]
+[[container]]
+name = "a"
+bridge = "br0"
+addresses = ["10.1.0.2/24"]
+hairpin = true
+[[container]]
+name = "b"
+bridge = "br1"
+addresses = ["10.2.0.2/24", "fd00::2/64"]
+"#,
+            "d",
+        )
+        .unwrap();
+        let mut pa = link(4, &t.containers[0].host_ifname, "veth");
+        pa.hairpin = Some(true);
+        let pb = link(5, &t.containers[1].host_ifname, "veth");
+        let host = NsView {
+            links: vec![link(2, "br0", "bridge"), link(3, "br1", "bridge"), pa, pb, link(6, "eth9", "veth")],
+            addrs: vec![],
+            routes: vec![
+                route(RT_TABLE_MAIN, RouteKind::Unicast, "10.1.0.0/24", None, 2),
+                route(RT_TABLE_MAIN, RouteKind::Unicast, "10.2.0.0/24", None, 3),
+                route(RT_TABLE_MAIN, RouteKind::Unicast, "10.9.0.0/16", Some("10.2.0.2"), 3),
+                route(RT_TABLE_MAIN, RouteKind::Unicast, "0.0.0.0/0", Some("192.0.2.1"), 6),
+                route(RT_TABLE_MAIN, RouteKind::Blackhole, "10.66.0.0/16", None, 0),
+                route(RT_TABLE_LOCAL, RouteKind::Local, "10.1.0.1/32", None, 2),
+                route(RT_TABLE_LOCAL, RouteKind::Broadcast, "10.1.0.255/32", None, 2),
+                route(RT_TABLE_MAIN, RouteKind::Unicast, "fd00::/64", None, 3),
+            ],
+            ip_forward: true,
+        };
+        let d = compute(&t, &host, &BTreeMap::new());
+        assert!(d.forward);
+        assert_eq!(d.ports.len(), 2);
+        assert_eq!(d.ports[0].ifindex, 4);
+        assert_eq!(d.ports[0].info.bridge, 2);
+        assert_eq!(d.ports[0].info.flags, PORT_F_HAIRPIN);
+        assert_eq!(d.ports[0].info.bridge_mac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(d.ports[0].info.ageing_ns, 300_000_000_000);
+        let r = |p: &str| d.routes[&p.parse::<Ipv4Net>().unwrap()];
+        assert_eq!(r("10.1.0.0/24").kind, route_kind::CONNECTED);
+        assert_eq!(r("10.2.0.0/24").bridge, 3);
+        assert_eq!(r("10.9.0.0/16").kind, route_kind::GATEWAY);
+        assert_eq!(r("10.9.0.0/16").gateway, [10, 2, 0, 2]);
+        // Not through a bridge of ours, or not unicast: the kernel decides.
+        assert_eq!(r("0.0.0.0/0").kind, route_kind::KERNEL);
+        assert_eq!(r("10.66.0.0/16").kind, route_kind::KERNEL);
+        assert_eq!(r("10.1.0.1/32").kind, route_kind::LOCAL);
+        assert_eq!(r("10.1.0.255/32").kind, route_kind::LOCAL);
+        assert_eq!(d.routes.len(), 7, "IPv6 is left to the kernel");
+        // Neighbours: every container IPv4 address with the MAC it gets.
+        let n = d.neigh[&"10.2.0.2".parse::<Ipv4Addr>().unwrap()];
+        assert_eq!(n.mac, [0x02, 0x42, 10, 2, 0, 2]);
+        assert_eq!(n.bridge, 3);
+        assert_eq!(d.neigh.len(), 2);
+    }
+}

@@ -41,77 +41,152 @@ fn e(what: &str) -> impl Fn(aya::maps::MapError) -> Error + '_ {
     move |err| bpf_error(what, &err)
 }
 
+/// A short, stable hash of the embedded object: pinned programs carry it.
+fn object_tag() -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in object() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Brings the pinned datapath of `topology` to `d`: attaches the ingress
 /// program to new ports, detaches it from ports that are gone, rewrites the
-/// maps. Loads the object only when something must be attached.
+/// maps. Loads the object only when no current program is pinned.
 pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     pins::ensure_bpffs()?;
-    let dir = topology_dir(topology);
-    let links = links_dir(topology);
-    fs::create_dir_all(&links).map_err(|err| Error::io(format!("create {}", links.display()), err))?;
-    let mut report = SyncReport::default();
-
-    let want: BTreeMap<String, &super::desired::Port> = d
-        .ports
-        .iter()
-        .map(|p| (link_pin_name(&p.ifname, p.ifindex), p))
-        .collect();
-    let present: BTreeSet<String> = pins::link_pins(topology)?.into_iter().collect();
-    for pin in &present {
-        let base = pin.strip_prefix("xdp-").unwrap_or(pin);
-        if !want.contains_key(base) {
-            // The pin is the link's last reference: removing it detaches.
-            fs::remove_file(links.join(pin))
-                .map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
-            report.detached.push(pin.clone());
-        }
-    }
-    let missing: Vec<&super::desired::Port> = want
-        .iter()
-        .filter(|(k, _)| !present.contains(*k))
-        .map(|(_, p)| *p)
-        .collect();
-
-    if missing.is_empty() && dir.join(MAP_PORTS).exists() {
-        write_maps(&dir, d)?;
-        return Ok(report);
-    }
     let obj = object();
     if obj.is_empty() {
         return Err(Error::Bpf(
             "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it".into(),
         ));
     }
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&dir)
-        .load(obj)
-        .map_err(|err| bpf_error("loading the eBPF object", &err))?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROG_INGRESS)
-        .ok_or_else(|| Error::Bpf(format!("program {PROG_INGRESS} missing from the object")))?
-        .try_into()
-        .map_err(|err| bpf_error(PROG_INGRESS, &err))?;
-    prog.load()
-        .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
-    report.loaded = true;
+    let dir = topology_dir(topology);
+    let links = links_dir(topology);
+    let progs = pins::progs_dir(topology);
+    for d in [&links, &progs] {
+        fs::create_dir_all(d).map_err(|err| Error::io(format!("create {}", d.display()), err))?;
+    }
+    let mut report = SyncReport::default();
+    let prog_pin = progs.join(format!("ingress-{}", object_tag()));
+
+    // A program from another build of netctl: its links go, so that every
+    // port runs the current one.
+    let mut stale_program = false;
+    for old in list_dir(&progs)? {
+        if progs.join(&old) != prog_pin {
+            fs::remove_file(progs.join(&old)).map_err(|err| Error::io("unpin program", err))?;
+            stale_program = true;
+        }
+    }
+    let want: BTreeMap<String, &super::desired::Port> = d
+        .ports
+        .iter()
+        .map(|p| (link_pin_name(&p.ifname, p.ifindex), p))
+        .collect();
+    let present: BTreeSet<String> = pins::link_pins(topology)?.into_iter().collect();
+    let mut kept = BTreeSet::new();
+    for pin in &present {
+        let xdp = pin.starts_with("xdp-");
+        let base = pin.strip_prefix("xdp-").unwrap_or(pin);
+        if want.contains_key(base) && (xdp || !stale_program) {
+            kept.insert(pin.clone());
+            continue;
+        }
+        // The pin is the link's last reference: removing it detaches.
+        fs::remove_file(links.join(pin)).map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
+        report.detached.push(pin.clone());
+    }
+    let missing: Vec<&super::desired::Port> = want
+        .iter()
+        .filter(|(k, _)| !kept.contains(*k))
+        .map(|(_, p)| *p)
+        .collect();
+
+    if !prog_pin.exists() || !dir.join(MAP_PORTS).exists() {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(obj)
+            .map_err(|err| bpf_error("loading the eBPF object", &err))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_INGRESS)
+            .ok_or_else(|| Error::Bpf(format!("program {PROG_INGRESS} missing from the object")))?
+            .try_into()
+            .map_err(|err| bpf_error(PROG_INGRESS, &err))?;
+        prog.load()
+            .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
+        prog.pin(&prog_pin)
+            .map_err(|err| bpf_error(&format!("pin {}", prog_pin.display()), &err))?;
+        report.loaded = true;
+    }
     // Maps first, so the first packet through a new link finds its port.
     write_maps(&dir, d)?;
-    for p in missing {
-        let id = prog
-            .attach(&p.ifname, TcAttachType::Ingress)
-            .map_err(|err| bpf_error(&format!("attaching {PROG_INGRESS} to {}", p.ifname), &err))?;
-        let link = prog
-            .take_link(id)
-            .map_err(|err| bpf_error("taking the tcx link", &err))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|err| bpf_error("tcx link as fd link", &err))?;
-        let pin = links.join(link_pin_name(&p.ifname, p.ifindex));
-        fd.pin(&pin)
-            .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
-        report.attached.push(p.ifname.clone());
-    }
+    report.attached = attach_all(&prog_pin, &links, &missing)?;
     Ok(report)
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).map_err(|err| Error::io(format!("read {}", dir.display()), err))? {
+        let e = e.map_err(|err| Error::io("read dir", err))?;
+        v.push(e.file_name().to_string_lossy().to_string());
+    }
+    Ok(v)
+}
+
+/// Attaches the pinned program to every port, on several threads: each
+/// tcx attach waits for an RCU grace period (about 13 ms here), and
+/// concurrent attaches share them. Threads inherit the caller's network
+/// namespace, where the port names resolve.
+fn attach_all(
+    prog_pin: &Path,
+    links: &Path,
+    ports: &[&super::desired::Port],
+) -> Result<Vec<String>> {
+    const THREADS: usize = 32;
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chunk = ports.len().div_ceil(THREADS.min(ports.len()));
+    let results: Vec<Result<Vec<String>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ports
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || -> Result<Vec<String>> {
+                    let mut prog = SchedClassifier::from_pin(prog_pin)
+                        .map_err(|err| bpf_error("open pinned program", &err))?;
+                    let mut done = Vec::new();
+                    for p in part {
+                        let id = prog.attach(&p.ifname, TcAttachType::Ingress).map_err(|err| {
+                            bpf_error(&format!("attaching {PROG_INGRESS} to {}", p.ifname), &err)
+                        })?;
+                        let link = prog
+                            .take_link(id)
+                            .map_err(|err| bpf_error("taking the tcx link", &err))?;
+                        let fd: FdLink = link
+                            .try_into()
+                            .map_err(|err| bpf_error("tcx link as fd link", &err))?;
+                        let pin = links.join(link_pin_name(&p.ifname, p.ifindex));
+                        fd.pin(&pin)
+                            .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
+                        done.push(p.ifname.clone());
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Bpf("attach thread panicked".into()))))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort();
+    Ok(all)
 }
 
 fn write_maps(dir: &Path, d: &Desired) -> Result<()> {

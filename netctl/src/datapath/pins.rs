@@ -30,6 +30,12 @@ pub fn links_dir(topology: &str) -> PathBuf {
     topology_dir(topology).join("links")
 }
 
+/// Pinned programs, named by a hash of the object they come from so that an
+/// upgraded netctl replaces them.
+pub fn progs_dir(topology: &str) -> PathBuf {
+    topology_dir(topology).join("progs")
+}
+
 pub fn link_pin_name(ifname: &str, ifindex: u32) -> String {
     format!("{ifname}@{ifindex}")
 }

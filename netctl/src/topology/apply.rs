@@ -137,6 +137,7 @@ impl Executor {
                 mac,
                 mtu,
                 alias,
+                group,
             } => {
                 let master = self.index(ns, bridge).await?;
                 // The namespace file stays open until the request is done:
@@ -150,6 +151,7 @@ impl Executor {
                     peer_mac: *mac,
                     mtu: *mtu,
                     alias: Some(alias),
+                    group: *group,
                 };
                 self.nl(ns).await?.add_veth(&spec).await?;
                 drop(peer_file);
@@ -170,6 +172,9 @@ impl Executor {
             Step::DeleteLink { ns, name } => {
                 let idx = self.index(ns, name).await?;
                 self.nl(ns).await?.del_link(idx).await?;
+            }
+            Step::DeleteGroup { ns, group, .. } => {
+                self.nl(ns).await?.del_group(*group).await?;
             }
             Step::AddAddr { ns, dev, net } => {
                 let idx = self.index(ns, dev).await?;

@@ -86,6 +86,17 @@ impl Topology {
         v
     }
 
+    /// The link group of the topology's host-side devices: a stable hash
+    /// of its name, never 0 (the default group).
+    pub fn link_group(&self) -> u32 {
+        let mut h: u32 = 0x811c9dc5;
+        for b in self.name.bytes() {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x01000193);
+        }
+        h | 0x8000_0000
+    }
+
     pub fn route_netns(&self, r: &RouteEntry) -> Netns {
         match &r.netns {
             Some(n) => Netns::named(n),

@@ -56,6 +56,13 @@ pub enum Step {
         mac: Option<Mac>,
         mtu: Option<u32>,
         alias: String,
+        group: u32,
+    },
+    /// Every device of a link group at once (destroy).
+    DeleteGroup {
+        ns: Netns,
+        group: u32,
+        count: usize,
     },
     SetHairpin {
         ns: Netns,
@@ -168,6 +175,9 @@ impl fmt::Display for Step {
                 in_ns(ns)
             ),
             Step::DeleteLink { ns, name } => write!(f, "- link {name}{}", in_ns(ns)),
+            Step::DeleteGroup { ns, group, count } => {
+                write!(f, "- {count} link(s) of group {group:#x}{}", in_ns(ns))
+            }
             Step::AddAddr { ns, dev, net } => write!(f, "+ address {net} dev {dev}{}", in_ns(ns)),
             Step::DelAddr { ns, dev, net } => write!(f, "- address {net} dev {dev}{}", in_ns(ns)),
             Step::AddRoute { ns, route } => write!(f, "+ route {route}{}", in_ns(ns)),
@@ -255,9 +265,24 @@ pub fn plan_destroy(owned: &Topology, observed: &Observed) -> Vec<Step> {
         let has = |n: &str| view.is_none_or(|v| v.link(n).is_some());
         // Host ends first: a veth whose namespace dies is freed by the
         // kernel asynchronously, and destroy must leave nothing when it
-        // returns.
+        // returns. When the group holds exactly our host ends, one request
+        // removes them all in one batch.
+        let group = owned.link_group();
+        let ours: BTreeSet<&str> = owned.containers.iter().map(|c| c.host_ifname.as_str()).collect();
+        let in_group: Vec<&str> = view
+            .map(|v| v.links.iter().filter(|l| l.group == group).map(|l| l.name.as_str()).collect())
+            .unwrap_or_default();
+        let by_group = !in_group.is_empty() && in_group.iter().all(|n| ours.contains(n));
+        if by_group {
+            steps.push(Step::DeleteGroup {
+                ns: host.clone(),
+                group,
+                count: in_group.len(),
+            });
+        }
+        let grouped: BTreeSet<&str> = in_group.iter().copied().collect();
         for c in &owned.containers {
-            if has(&c.host_ifname) {
+            if has(&c.host_ifname) && !(by_group && grouped.contains(c.host_ifname.as_str())) {
                 steps.push(Step::DeleteLink {
                     ns: host.clone(),
                     name: c.host_ifname.clone(),
@@ -566,6 +591,7 @@ impl Planner<'_> {
                     mac: c.mac,
                     mtu: c.mtu,
                     alias: alias_for(&d.name),
+                    group: d.link_group(),
                 });
                 if c.hairpin {
                     self.creates.push(Step::SetHairpin {

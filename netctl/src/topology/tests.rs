@@ -163,6 +163,7 @@ fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
         ageing_time_cs: None,
         hairpin: None,
         netns_immutable: None,
+        group: 0,
     }
 }
 
@@ -293,4 +294,23 @@ fn destroy_removes_host_ends_before_namespaces() {
     assert!(s[1].starts_with("- link br0"), "{s:?}");
     assert_eq!(s[2], "- netns t-a");
     assert_eq!(s[3], "- netns t-host");
+}
+
+#[test]
+fn destroy_deletes_a_group_in_one_step_when_it_is_all_ours() {
+    let t = small();
+    let mut o = applied(&t);
+    let host = o.views.get_mut(&Netns::named("t-host")).unwrap();
+    host.links[2].group = t.link_group();
+    let s: Vec<String> = plan_destroy(&t, &o).iter().map(|s| s.to_string()).collect();
+    assert!(s[0].starts_with("- 1 link(s) of group"), "{s:?}");
+    assert!(s[1].starts_with("- link br0"), "{s:?}");
+    // A foreign device in the same group: fall back to one by one.
+    let host = o.views.get_mut(&Netns::named("t-host")).unwrap();
+    let mut foreign = host.links[2].clone();
+    foreign.name = "someone".into();
+    foreign.index = 9;
+    host.links.push(foreign);
+    let s: Vec<String> = plan_destroy(&t, &o).iter().map(|s| s.to_string()).collect();
+    assert!(s[0].starts_with("- link veth"), "{s:?}");
 }
