@@ -54,7 +54,13 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
             );
         }
         DatapathCmd::Detach { topology } => {
-            if datapath::detach(&topology).await? {
+            // Without a record there is no knowing where the ports are: only
+            // the pins go (never guess at the current namespace's devices).
+            let done = match store::load(&topology)? {
+                Some(t) => datapath::detach(&topology, &t.host()).await?,
+                None => datapath::install::detach_blocking_pins_only(&topology)?,
+            };
+            if done {
                 println!("topology {topology}: eBPF datapath detached; the kernel bridge forwards");
             } else {
                 println!("topology {topology}: no eBPF datapath attached");

@@ -11,6 +11,7 @@ use aya::EbpfLoader;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::FdLink;
+use aya::programs::tc::{NlOptions, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
     FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORTS, MAP_ROUTES, NeighEntry,
@@ -94,9 +95,14 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
             kept.insert(pin.clone());
             continue;
         }
-        // The pin is the link's last reference: removing it detaches.
+        if !want.contains_key(base) {
+            if !xdp {
+                detach_port(base);
+            }
+            report.detached.push(pin.clone());
+        }
+        // An XDP pin is the link's last reference: removing it detaches.
         fs::remove_file(links.join(pin)).map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
-        report.detached.push(pin.clone());
     }
     let missing: Vec<&super::desired::Port> = want
         .iter()
@@ -135,58 +141,54 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
-/// Attaches the pinned program to every port, on several threads: each
-/// tcx attach waits for an RCU grace period (about 13 ms here), and
-/// concurrent attaches share them. Threads inherit the caller's network
-/// namespace, where the port names resolve.
+/// Attaches the pinned program to every port as a cls_bpf filter
+/// (direct-action) on the port's clsact qdisc, and pins a marker (the
+/// program again) under `links/<ifname>@<ifindex>` to remember it.
+///
+/// Not tcx: a tcx attach waits for an RCU grace period while holding RTNL
+/// (`tcx_entry_sync`), about 13 ms per device here, serialised — 1.3 s for
+/// 100 containers. A cls_bpf filter costs well under a millisecond, stays
+/// attached without a pin, and runs the same program with the same verdicts
+/// (TC_ACT_UNSPEC passes on, TC_ACT_REDIRECT redirects).
 fn attach_all(
     prog_pin: &Path,
     links: &Path,
     ports: &[&super::desired::Port],
 ) -> Result<Vec<String>> {
-    const THREADS: usize = 32;
     if ports.is_empty() {
         return Ok(Vec::new());
     }
-    let chunk = ports.len().div_ceil(THREADS.min(ports.len()));
-    let results: Vec<Result<Vec<String>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ports
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || -> Result<Vec<String>> {
-                    let mut prog = SchedClassifier::from_pin(prog_pin)
-                        .map_err(|err| bpf_error("open pinned program", &err))?;
-                    let mut done = Vec::new();
-                    for p in part {
-                        let id = prog.attach(&p.ifname, TcAttachType::Ingress).map_err(|err| {
-                            bpf_error(&format!("attaching {PROG_INGRESS} to {}", p.ifname), &err)
-                        })?;
-                        let link = prog
-                            .take_link(id)
-                            .map_err(|err| bpf_error("taking the tcx link", &err))?;
-                        let fd: FdLink = link
-                            .try_into()
-                            .map_err(|err| bpf_error("tcx link as fd link", &err))?;
-                        let pin = links.join(link_pin_name(&p.ifname, p.ifindex));
-                        fd.pin(&pin)
-                            .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
-                        done.push(p.ifname.clone());
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Bpf("attach thread panicked".into()))))
-            .collect()
-    });
-    let mut all = Vec::new();
-    for r in results {
-        all.extend(r?);
+    let mut prog = SchedClassifier::from_pin(prog_pin)
+        .map_err(|err| bpf_error("open pinned program", &err))?;
+    let mut done = Vec::new();
+    for p in ports {
+        // A filter left by an earlier program (or a crash) goes first, so a
+        // port never runs two copies.
+        let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
+        match qdisc_add_clsact(&p.ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(err) => return Err(bpf_error(&format!("add clsact qdisc on {}", p.ifname), &err)),
+        }
+        let id = prog
+            .attach_with_options(
+                &p.ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+            .map_err(|err| bpf_error(&format!("attaching {PROG_INGRESS} to {}", p.ifname), &err))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|err| bpf_error("taking the tc link", &err))?;
+        // The filter lives on the qdisc; dropping the handle would delete it.
+        std::mem::forget(link);
+        let marker = links.join(link_pin_name(&p.ifname, p.ifindex));
+        prog.pin(&marker)
+            .map_err(|err| bpf_error(&format!("pin {}", marker.display()), &err))?;
+        done.push(p.ifname.clone());
     }
-    all.sort();
-    Ok(all)
+    done.sort();
+    Ok(done)
 }
 
 fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
@@ -260,12 +262,34 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     Ok(())
 }
 
-/// Removes a topology's datapath: unpinning the links detaches the programs
-/// (traffic falls back to the kernel bridge), then the maps go.
+/// Removes the ingress filter from the port named in a marker pin, if that
+/// device (same name, same ifindex) still exists here.
+fn detach_port(marker: &str) {
+    let Some((ifname, ifindex)) = parse_link_pin(marker) else {
+        return;
+    };
+    let Ok(c) = std::ffi::CString::new(ifname.as_str()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    let now = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if now == ifindex {
+        let _ = qdisc_detach_program(&ifname, TcAttachType::Ingress, PROG_INGRESS);
+    }
+}
+
+/// Removes a topology's datapath: the ingress filters come off the ports
+/// (traffic falls back to the kernel bridge), unpinning the XDP links
+/// detaches them, then the maps go. Runs in the topology's host namespace.
 pub fn detach_blocking(topology: &str) -> Result<bool> {
     let dir = topology_dir(topology);
     if !dir.exists() {
         return Ok(false);
+    }
+    for pin in pins::link_pins(topology)? {
+        if !pin.starts_with("xdp-") {
+            detach_port(&pin);
+        }
     }
     fs::remove_dir_all(&dir).map_err(|err| Error::io(format!("remove {}", dir.display()), err))?;
     Ok(true)
@@ -355,9 +379,25 @@ pub async fn sync(t: &Topology) -> Result<SyncReport> {
     in_host(&t.host(), move || sync_blocking(&name, &d)).await
 }
 
-/// Removes the datapath of topology `name` (no-op when there is none).
-pub async fn detach(name: &str) -> Result<bool> {
-    detach_blocking(name)
+/// Removes the datapath of topology `name`, whose host side is in `host`
+/// (no-op when there is none).
+pub async fn detach(name: &str, host: &Netns) -> Result<bool> {
+    let name = name.to_string();
+    match host {
+        Netns::Named(n) if !netns::exists(n) => detach_blocking_pins_only(&name),
+        _ => in_host(host, move || detach_blocking(&name)).await,
+    }
+}
+
+/// Removes only the pins (the host namespace is gone, and the ports with it,
+/// or nothing records where it is).
+pub fn detach_blocking_pins_only(topology: &str) -> Result<bool> {
+    let dir = topology_dir(topology);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(&dir).map_err(|err| Error::io(format!("remove {}", dir.display()), err))?;
+    Ok(true)
 }
 
 /// Attaches or detaches the XDP program on the topology's ports.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::SchedClassifier;
 use netctl_common::config;
 use tokio::io::unix::AsyncFd;
 
@@ -30,7 +30,8 @@ impl log::Log for Printer {
     fn flush(&self) {}
 }
 
-/// The programs behind a topology's pinned links (one per load).
+/// The programs attached to a topology's ports (the port markers are pins
+/// of the program itself; one per load).
 fn program_ids(topology: &str) -> Result<BTreeSet<u32>> {
     let mut ids = BTreeSet::new();
     for pin in pins::link_pins(topology)? {
@@ -38,11 +39,10 @@ fn program_ids(topology: &str) -> Result<BTreeSet<u32>> {
             continue;
         }
         let p = links_dir(topology).join(&pin);
-        let link: FdLink = PinnedLink::from_pin(&p)
-            .map_err(|e| bpf_error(&format!("open {}", p.display()), &e))?
-            .into();
-        let info = link.info().map_err(|e| bpf_error("link info", &e))?;
-        ids.insert(info.program_id());
+        let prog = SchedClassifier::from_pin(&p)
+            .map_err(|e| bpf_error(&format!("open {}", p.display()), &e))?;
+        let info = prog.info().map_err(|e| bpf_error("program info", &e))?;
+        ids.insert(info.id());
     }
     Ok(ids)
 }

@@ -342,7 +342,7 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
             Err(e) => {
                 // A datapath that was not there before goes with the rest.
                 if !had_datapath {
-                    let _ = crate::datapath::detach(&desired.name).await;
+                    let _ = crate::datapath::detach(&desired.name, &desired.host()).await;
                 }
                 let undone = ex.rollback().await;
                 return Err(Error::Invalid(format!(
@@ -351,7 +351,7 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
             }
         },
         Datapath::Kernel => {
-            let detached = crate::datapath::detach(&desired.name).await?;
+            let detached = crate::datapath::detach(&desired.name, &desired.host()).await?;
             Some(crate::datapath::install::SyncReport {
                 detached: if detached { vec!["all".into()] } else { vec![] },
                 ..Default::default()
@@ -398,7 +398,7 @@ pub async fn destroy(name: &str) -> Result<Report> {
     };
     // Programs first: traffic falls back to the kernel bridge while the
     // rest is taken down.
-    crate::datapath::detach(name).await?;
+    crate::datapath::detach(name, &owned.host()).await?;
     let observed = observe(touched(&owned)).await?;
     let steps = plan::plan_destroy(&owned, &observed);
     let mut ex = Executor::default();
