@@ -249,3 +249,6 @@ mod user {
 
 /// Per-CPU hash `ifindex (u32) -> IfCounters` filled by `PROG_XDP`.
 pub const MAP_XDP_STATS: &str = "NETCTL_XDP_STATS";
+
+/// A program the verifier must reject (see `netctl-ebpf`); tests only.
+pub const PROG_SELFTEST_REJECT: &str = "netctl_selftest_reject";

@@ -291,6 +291,13 @@ pub enum DatapathCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Load every datapath program through this kernel's verifier (no attach).
+    Verify {
+        /// One program (default: all that netctl attaches).
+        program: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Topologies with a datapath, their attached ports and programs.
     Status {
         #[arg(long)]

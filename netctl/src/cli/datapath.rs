@@ -71,6 +71,27 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
             let changed = datapath::install::xdp(&t, state == "on").await?;
             println!("topology {topology}: xdp {state} ({} port(s) changed)", changed.len());
         }
+        DatapathCmd::Verify { program, json } => {
+            let names: Vec<String> = match program {
+                Some(p) => vec![p],
+                None => datapath::verify::PROGRAMS.iter().map(|s| s.to_string()).collect(),
+            };
+            let mut out = Vec::new();
+            for n in &names {
+                out.push(datapath::verify::verify(n)?);
+            }
+            if json {
+                return print_json(&out);
+            }
+            for v in out {
+                println!(
+                    "{}: accepted ({} instructions, {} verified)",
+                    v.program,
+                    v.xlated_insns.map_or("?".into(), |x| x.to_string()),
+                    v.verified_insns.map_or("?".into(), |x| x.to_string())
+                );
+            }
+        }
         DatapathCmd::Status { json } => {
             let mut rows = Vec::new();
             for t in pins::topologies()? {

@@ -45,7 +45,16 @@ impl CounterProgram {
                     .into(),
             ));
         }
-        let mut ebpf = Ebpf::load(object).map_err(|e| bpf_error("loading the eBPF object", &e))?;
+        // The object's datapath maps are pinned by name; a private, throwaway
+        // pin directory keeps this probe from touching anyone's pins.
+        let dir = super::pins::scratch_dir();
+        super::pins::ensure_bpffs()?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let loaded = aya::EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(object);
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ebpf = loaded.map_err(|e| bpf_error("loading the eBPF object", &e))?;
         classifier(&mut ebpf)?
             .load()
             .map_err(|e| bpf_error(&format!("loading program {PROG_TC_COUNT}"), &e))?;

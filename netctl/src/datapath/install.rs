@@ -265,17 +265,20 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
 /// Removes the ingress filter from the port named in a marker pin, if that
 /// device (same name, same ifindex) still exists here.
 fn detach_port(marker: &str) {
-    let Some((ifname, ifindex)) = parse_link_pin(marker) else {
+    let Some((_, ifindex)) = parse_link_pin(marker) else {
         return;
     };
-    let Ok(c) = std::ffi::CString::new(ifname.as_str()) else {
+    // The marker's name may be mangled (bpffs has no '.'); the ifindex is
+    // what identifies the device.
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
         return;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
-    let now = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if now == ifindex {
-        let _ = qdisc_detach_program(&ifname, TcAttachType::Ingress, PROG_INGRESS);
     }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().to_string();
+    let _ = qdisc_detach_program(&name, TcAttachType::Ingress, PROG_INGRESS);
 }
 
 /// Removes a topology's datapath: the ingress filters come off the ports

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod install;
 pub mod pins;
 pub mod trace;
+pub mod verify;
 
 use std::{error::Error as StdError, fmt::Write as _};
 

@@ -36,8 +36,16 @@ pub fn progs_dir(topology: &str) -> PathBuf {
     topology_dir(topology).join("progs")
 }
 
+/// bpffs refuses '.' in names; interface names may contain it.
 pub fn link_pin_name(ifname: &str, ifindex: u32) -> String {
-    format!("{ifname}@{ifindex}")
+    format!("{}@{ifindex}", ifname.replace('.', "_"))
+}
+
+/// A private pin directory for loads that must not share anyone's maps
+/// (verifier checks, the counter probe). Outside `netctl/`, so it is never
+/// taken for a topology; the caller removes it.
+pub fn scratch_dir() -> PathBuf {
+    bpffs_root().join(format!("netctl-scratch-{}", std::process::id()))
 }
 
 /// `(ifname, ifindex)` from a link pin's file name.

@@ -1,0 +1,83 @@
+//! The bridge: source learning and forwarding to a known port.
+
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer};
+use netctl_common::{FdbEntry, FdbKey, PORT_F_HAIRPIN, PortInfo, reason};
+
+use crate::{
+    Decision,
+    maps::{self, NETCTL_FDB},
+    parse::{is_multicast, mac_u64},
+};
+
+/// A learned entry is rewritten at most this often while the MAC stays on
+/// its port, which keeps map writes off most packets.
+const LEARN_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Records that `src` was seen on `ifindex`.
+#[inline(always)]
+pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
+    if is_multicast(&src) || mac_u64(&src) == 0 {
+        return;
+    }
+    let fresh = maps::fdb(port.bridge, src).is_some_and(|e| {
+        e.port == ifindex && now.saturating_sub(e.last_seen_ns) <= LEARN_REFRESH_NS
+    });
+    if fresh {
+        return;
+    }
+    let key = FdbKey {
+        bridge: port.bridge,
+        mac: src,
+        _pad: [0; 2],
+    };
+    let entry = FdbEntry {
+        port: ifindex,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    // A failed update (no memory) only means the next frame tries again.
+    let _ = NETCTL_FDB.insert(key, entry, 0);
+}
+
+/// Switches a unicast frame for `dst`, which is not the bridge itself, to
+/// the port that learned it.
+#[inline(always)]
+pub fn forward(port: &PortInfo, ifindex: u32, dst: [u8; 6], now: u64) -> Decision {
+    let Some(entry) = maps::fdb(port.bridge, dst) else {
+        return Decision::pass(reason::PASS_UNKNOWN);
+    };
+    if now.saturating_sub(entry.last_seen_ns) > port.ageing_ns {
+        return Decision::pass(reason::PASS_UNKNOWN);
+    }
+    if entry.port == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
+        return Decision::pass(reason::PASS_SAME_PORT);
+    }
+    // The egress port must still be ours and on this bridge: an entry
+    // learned before its port moved to another bridge must not carry frames
+    // across.
+    match maps::port(entry.port) {
+        Some(out) if out.bridge == port.bridge => {}
+        _ => return Decision::pass(reason::PASS_UNKNOWN),
+    }
+    redirect_peer(entry.port, reason::REDIRECT_L2)
+}
+
+/// Delivers into the peer of host-side veth `egress` (the container's eth0)
+/// once the program returns; `why` is the redirect reason to count.
+#[inline(always)]
+pub fn redirect_peer(egress: u32, why: u32) -> Decision {
+    // SAFETY: the helper only records the target in per-CPU state that the
+    // kernel acts on after the program returns; it has no memory arguments.
+    let rc = unsafe { bpf_redirect_peer(egress, 0) };
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        Decision {
+            reason: why,
+            egress,
+        }
+    } else {
+        Decision {
+            reason: reason::PASS_REDIRECT_FAILED,
+            egress,
+        }
+    }
+}
