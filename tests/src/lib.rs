@@ -191,6 +191,16 @@ pub struct Footprint {
     pub namespaces: Vec<String>,
     pub links: Vec<String>,
     pub records: Vec<String>,
+    /// Top-level bpffs entries, and the test's own datapath pin dirs.
+    pub bpffs: Vec<String>,
+}
+
+fn dir_names(p: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 pub fn footprint(prefix: &str) -> Footprint {
@@ -208,5 +218,59 @@ pub fn footprint(prefix: &str) -> Footprint {
             .into_iter()
             .filter(|n| n.starts_with(prefix))
             .collect(),
+        bpffs: dir_names("/sys/fs/bpf")
+            .into_iter()
+            .filter(|n| !n.starts_with("netctl-scratch-"))
+            .chain(
+                dir_names("/sys/fs/bpf/netctl")
+                    .into_iter()
+                    .filter(|n| n.starts_with(prefix))
+                    .map(|n| format!("netctl/{n}")),
+            )
+            .collect(),
     }
+}
+
+/// The datapath's counters for a topology, from `netctl stats --json`.
+pub fn stats(topology: &str) -> serde_json::Value {
+    let o = netctl(&["stats", "-t", topology, "--json"]);
+    assert!(o.status.success(), "stats: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+pub fn decision(topology: &str, name: &str) -> u64 {
+    stats(topology)["decisions"][name].as_u64().unwrap()
+}
+
+/// Packets a device has sent, as the kernel counts them (`ip -s`).
+pub fn tx_packets(ns: &str, dev: &str) -> u64 {
+    let j = ip_json(&["-n", ns, "-s", "link", "show", dev]);
+    j[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
+}
+
+/// Sends `count` UDP datagrams from `client_ns` to `addr:port` where a
+/// receiver in `server_ns` counts them; returns how many arrived.
+pub fn udp_flow(server_ns: &str, client_ns: &str, addr: &str, port: u16, count: u32) -> u32 {
+    let server = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.bind(('{addr}',{port}));s.settimeout(2);print('ready',flush=True)\nn=0\n\
+         try:\n  while n<{count}:\n    s.recv(100);n+=1\nexcept Exception: pass\nprint(n)"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", server_ns, "python3", "-c", &server])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let client = format!(
+        "import socket,time\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         for i in range({count}):\n  c.sendto(b'x'*32,('{addr}',{port}))\n  time.sleep(0.0005)"
+    );
+    assert!(in_ns(client_ns, &["python3", "-c", &client]).status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = child.wait();
+    rest.trim().parse().unwrap()
 }

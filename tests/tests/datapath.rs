@@ -1,0 +1,264 @@
+//! The eBPF fast path against the real kernel: flows forwarded by the
+//! programs (their counters move, the kernel bridge's do not), everything
+//! else still handled by the kernel, pins that outlive netctl, detach.
+
+use std::path::PathBuf;
+
+use netctl_tests::*;
+
+/// Writes a topology file and applies it with the CLI, whose process exits
+/// before any traffic: the programs must keep working without it.
+fn apply_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("t.toml");
+    std::fs::write(&f, text).unwrap();
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    f
+}
+
+fn one_bridge(name: &str, ageing: u32) -> String {
+    format!(
+        r#"
+name = "{name}"
+host_netns = "{name}-h"
+
+[[bridge]]
+name = "br0"
+addresses = ["10.50.0.1/24"]
+ageing_time = {ageing}
+
+[[container]]
+name = "a"
+bridge = "br0"
+addresses = ["10.50.0.2/24"]
+
+[[container]]
+name = "b"
+bridge = "br0"
+addresses = ["10.50.0.3/24"]
+
+[[container]]
+name = "c"
+bridge = "br0"
+addresses = ["10.50.0.4/24"]
+"#
+    )
+}
+
+fn port_of(name: &str, c: &str) -> String {
+    netctl::topology::parse::default_host_ifname(name, c)
+}
+
+#[test]
+fn same_bridge_flows_bypass_the_kernel_bridge() {
+    let name = unique("l2");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let f = apply_file(&name, &one_bridge(&name, 300));
+    let (a, b, h) = (format!("{name}-a"), format!("{name}-b"), format!("{name}-h"));
+    // First contact resolves ARP through the kernel.
+    assert!(ping(&a, "10.50.0.3"));
+    let red0 = decision(&name, "redirect_l2");
+    let tx0 = tx_packets(&h, &port_of(&name, "b"));
+
+    let got = udp_flow(&b, &a, "10.50.0.3", 7000, 300);
+    assert_eq!(got, 300, "UDP datagrams lost");
+    assert_eq!(tcp_echo(&b, &a, "10.50.0.3", 7001), "echo:hello");
+    assert!(in_ns(&a, &["ping", "-c", "20", "-i", "0.01", "-q", "10.50.0.3"]).status.success());
+
+    let red = decision(&name, "redirect_l2") - red0;
+    let tx = tx_packets(&h, &port_of(&name, "b")) - tx0;
+    // 300 datagrams + 20 echo requests towards b, the replies back, TCP.
+    assert!(red >= 300 + 40, "redirected only {red}");
+    // The bridge hardly sent anything to b's port itself (ARP refreshes at
+    // most): the frames went straight into b's eth0.
+    assert!(tx < 10, "kernel bridge forwarded {tx} frames to b");
+    let ports = stats(&name)["ports"].clone();
+    let pa = ports.as_array().unwrap().iter().find(|p| p["port"] == port_of(&name, "a").as_str()).unwrap();
+    assert!(pa["redirected"].as_u64().unwrap() >= 320);
+
+    let o = netctl(&["destroy", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(footprint(&name), before, "destroy left something");
+}
+
+#[test]
+fn routed_flows_are_forwarded_with_ttl_and_macs_rewritten() {
+    let name = unique("l3");
+    let _g = Cleanup::new(&name);
+    let t = example("two-bridges.toml", &name);
+    rt().block_on(netctl::topology::apply(&t, false)).unwrap();
+    let (web, db, h) = (format!("{name}-web"), format!("{name}-db"), format!("{name}-host"));
+    assert!(ping(&web, "10.10.2.2"));
+    let red0 = decision(&name, "redirect_l3");
+    let tx0 = tx_packets(&h, &t.containers[2].host_ifname);
+
+    assert_eq!(udp_flow(&db, &web, "10.10.2.2", 7100, 300), 300);
+    assert_eq!(tcp_echo(&db, &web, "10.10.2.2", 7101), "echo:hello");
+    let p = in_ns(&web, &["ping", "-c", "5", "-i", "0.05", "10.10.2.2"]);
+    // One hop: the reply left db with TTL 64 and was decremented once.
+    assert!(stdout(&p).contains("ttl=63"), "{}", stdout(&p));
+
+    let red = decision(&name, "redirect_l3") - red0;
+    assert!(red >= 300 + 10, "routed only {red}");
+    let tx = tx_packets(&h, &t.containers[2].host_ifname) - tx0;
+    assert!(tx < 10, "kernel forwarded {tx} frames to db");
+}
+
+#[test]
+fn ttl_expiry_is_answered_by_the_kernel() {
+    let name = unique("ttl");
+    let _g = Cleanup::new(&name);
+    let t = example("two-bridges.toml", &name);
+    rt().block_on(netctl::topology::apply(&t, false)).unwrap();
+    let web = format!("{name}-web");
+    assert!(ping(&web, "10.10.2.2"));
+    let p = in_ns(&web, &["ping", "-c", "1", "-t", "1", "-W", "2", "10.10.2.2"]);
+    assert!(stdout(&p).contains("Time to live exceeded"), "{}", stdout(&p));
+    assert!(decision(&name, "pass_ttl") >= 1);
+}
+
+#[test]
+fn arp_and_broadcast_still_work() {
+    let name = unique("bc");
+    let _g = Cleanup::new(&name);
+    apply_file(&name, &one_bridge(&name, 300));
+    let (a, b, c) = (format!("{name}-a"), format!("{name}-b"), format!("{name}-c"));
+    let m0 = decision(&name, "pass_multicast");
+    // A first ping needs ARP, which only the kernel bridge floods.
+    assert!(ping(&a, "10.50.0.4"));
+    assert!(decision(&name, "pass_multicast") > m0, "ARP went to the kernel");
+    let neigh = stdout(&in_ns(&a, &["ip", "neigh", "show", "10.50.0.4"]));
+    assert!(neigh.contains("02:42:0a:32:00:04"), "{neigh}");
+
+    // A UDP broadcast reaches both neighbours.
+    let recv = |ns: &str| {
+        let s = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7200));\
+                 s.settimeout(5);print('ready',flush=True)\nprint(s.recv(64).decode())";
+        let mut ch = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", s])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = ch.stdout.take().unwrap();
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+        (ch, out)
+    };
+    let (mut cb, mut ob) = recv(&b);
+    let (mut cc, mut oc) = recv(&c);
+    let send = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                s.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\ns.sendto(b'hello-all',('10.50.0.255',7200))";
+    assert!(in_ns(&a, &["python3", "-c", send]).status.success());
+    for (ch, out) in [(&mut cb, &mut ob), (&mut cc, &mut oc)] {
+        let mut s = String::new();
+        std::io::Read::read_to_string(out, &mut s).unwrap();
+        let _ = ch.wait();
+        assert_eq!(s.trim(), "hello-all");
+    }
+}
+
+#[test]
+fn fdb_entries_age_out_and_follow_a_moved_mac() {
+    let name = unique("fdb");
+    let _g = Cleanup::new(&name);
+    apply_file(&name, &one_bridge(&name, 2));
+    let (a, b, c) = (format!("{name}-a"), format!("{name}-b"), format!("{name}-c"));
+    assert!(ping(&a, "10.50.0.3"));
+    let fdb = |mac: &str| -> Option<serde_json::Value> {
+        let o = netctl(&["fdb", "show", "-t", &name, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v.as_array().unwrap().iter().find(|e| e["mac"] == mac).cloned()
+    };
+    let e = fdb("02:42:0a:32:00:02").expect("a's MAC learned");
+    assert_eq!(e["port"], port_of(&name, "a").as_str());
+    assert_eq!(e["expired"], false);
+    // Ageing is time itself: poll until the 2 s ageing time has passed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if fdb("02:42:0a:32:00:02").is_some_and(|e| e["expired"] == true) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "entry never aged out");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // An expired entry is not used: the frame goes to the kernel (flood).
+    let u0 = decision(&name, "pass_unknown_dst");
+    let fr = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('10.50.0.2',9))";
+    assert!(in_ns(&b, &["python3", "-c", fr]).status.success());
+    assert!(decision(&name, "pass_unknown_dst") > u0);
+
+    // a's MAC moves to c's port: c takes it over and sends.
+    assert!(in_ns(&a, &["ip", "link", "set", "eth0", "down"]).status.success());
+    assert!(in_ns(&c, &["ip", "link", "set", "eth0", "address", "02:42:0a:32:00:02"]).status.success());
+    assert!(in_ns(&c, &["python3", "-c", &fr.replace("10.50.0.2", "10.50.0.3")]).status.success());
+    let e = fdb("02:42:0a:32:00:02").unwrap();
+    assert_eq!(e["port"], port_of(&name, "c").as_str(), "entry follows the MAC");
+    assert_eq!(e["expired"], false);
+}
+
+#[test]
+fn pins_survive_reapply_and_detach_keeps_connectivity() {
+    let name = unique("pin");
+    let _g = Cleanup::new(&name);
+    let f = apply_file(&name, &one_bridge(&name, 300));
+    let (a, h) = (format!("{name}-a"), format!("{name}-h"));
+    assert!(ping(&a, "10.50.0.3"));
+    let red = decision(&name, "redirect_l2");
+    assert!(red > 0);
+    let dir = std::path::Path::new("/sys/fs/bpf/netctl").join(&name);
+    assert!(dir.join("NETCTL_FDB").exists());
+    assert_eq!(std::fs::read_dir(dir.join("links")).unwrap().count(), 3);
+
+    // Re-apply: nothing changes, counters and FDB carry on.
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(stdout(&o).contains("no changes"), "{}", stdout(&o));
+    assert!(decision(&name, "redirect_l2") >= red);
+    let fdb = stdout(&netctl(&["fdb", "show", "-t", &name]));
+    assert!(fdb.contains("02:42:0a:32:00:02"), "{fdb}");
+    let maps = stdout(&netctl(&["maps", "list", "-t", &name]));
+    assert!(maps.contains("NETCTL_ROUTES"), "{maps}");
+    let routes = stdout(&netctl(&["maps", "dump", "routes", "-t", &name]));
+    assert!(routes.contains("10.50.0.0/24 connected dev br0"), "{routes}");
+    assert!(routes.contains("10.50.0.1/32 local"), "{routes}");
+
+    // Detach: filters and pins go, the kernel bridge forwards.
+    let pb = port_of(&name, "b");
+    let o = netctl(&["datapath", "detach", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dir.exists());
+    let filters = stdout(&in_ns(&h, &["tc", "filter", "show", "dev", &pb, "ingress"]));
+    assert!(!filters.contains("netctl_ingress"), "{filters}");
+    let tx0 = tx_packets(&h, &pb);
+    assert!(ping(&a, "10.50.0.3"));
+    assert!(tx_packets(&h, &pb) - tx0 >= 3, "the kernel bridge forwards again");
+}
+
+#[test]
+fn kernel_datapath_attaches_nothing() {
+    let name = unique("kdp");
+    let _g = Cleanup::new(&name);
+    let text = one_bridge(&name, 300).replace("host_netns", "datapath = \"kernel\"\nhost_netns");
+    apply_file(&name, &text);
+    assert!(ping(&format!("{name}-a"), "10.50.0.3"));
+    assert!(!std::path::Path::new("/sys/fs/bpf/netctl").join(&name).exists());
+    let f = stdout(&in_ns(&format!("{name}-h"), &["tc", "filter", "show", "dev", &port_of(&name, "a"), "ingress"]));
+    assert!(f.trim().is_empty(), "{f}");
+}
+
+#[test]
+fn a_program_the_verifier_rejects_is_an_error_with_its_log() {
+    let e = netctl::datapath::verify::verify(netctl_common_reject()).unwrap_err().to_string();
+    assert!(e.contains("verifier rejected"), "{e}");
+    assert!(e.contains("invalid bpf_context access"), "{e}");
+    for p in netctl::datapath::verify::PROGRAMS {
+        netctl::datapath::verify::verify(p).unwrap();
+    }
+}
+
+fn netctl_common_reject() -> &'static str {
+    "netctl_selftest_reject"
+}
