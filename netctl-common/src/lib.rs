@@ -49,7 +49,6 @@ impl IfCounters {
 // The layout is part of the kernel ABI of our maps: no implicit padding.
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 16);
 
-
 // ---------------------------------------------------------------------------
 // The fast path (`netctl_ingress`): maps, their keys and values.
 //

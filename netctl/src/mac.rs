@@ -40,12 +40,16 @@ impl FromStr for Mac {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+            return Err(format!(
+                "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
+            ));
         }
         let mut out = [0u8; 6];
         for (o, p) in out.iter_mut().zip(&parts) {
             if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+                return Err(format!(
+                    "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
+                ));
             }
             *o = u8::from_str_radix(p, 16)
                 .map_err(|_| format!("{s:?} is not a MAC address (bad hex {p:?})"))?;

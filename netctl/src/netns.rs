@@ -51,8 +51,9 @@ impl Netns {
     /// Opens the namespace's nsfs file, the handle `setns` and netlink take.
     pub fn open(&self) -> Result<File> {
         match self {
-            Netns::Current => File::open("/proc/self/ns/net")
-                .map_err(|e| Error::io("open /proc/self/ns/net", e)),
+            Netns::Current => {
+                File::open("/proc/self/ns/net").map_err(|e| Error::io("open /proc/self/ns/net", e))
+            }
             Netns::Named(n) => File::open(path_of(n)).map_err(|e| {
                 if e.kind() == io::ErrorKind::NotFound {
                     Error::NoSuchNetns(n.clone())
@@ -105,7 +106,13 @@ pub fn list() -> Result<Vec<String>> {
 fn prepare_run_dir() -> Result<()> {
     fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| Error::io("create /run/netns", e))?;
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    match mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, shared, None::<&str>) {
+    match mount(
+        None::<&str>,
+        NETNS_RUN_DIR,
+        None::<&str>,
+        shared,
+        None::<&str>,
+    ) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) => {
             // Not a mount point yet: bind it onto itself first.
@@ -117,8 +124,14 @@ fn prepare_run_dir() -> Result<()> {
                 None::<&str>,
             )
             .map_err(|e| Error::io("bind-mount /run/netns", e.into()))?;
-            mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, shared, None::<&str>)
-                .map_err(|e| Error::io("make /run/netns shared", e.into()))
+            mount(
+                None::<&str>,
+                NETNS_RUN_DIR,
+                None::<&str>,
+                shared,
+                None::<&str>,
+            )
+            .map_err(|e| Error::io("make /run/netns shared", e.into()))
         }
         Err(e) => Err(Error::io("make /run/netns shared", e.into())),
     }

@@ -87,7 +87,10 @@ pub async fn add_veth(r: VethRequest<'_>) -> Result<()> {
 
 pub async fn add_bridge(ns: &Netns, name: &str, ageing_s: Option<u32>) -> Result<()> {
     ifname(name)?;
-    Nl::open(ns).await?.add_bridge(name, ageing_s.map(|s| s * 100)).await
+    Nl::open(ns)
+        .await?
+        .add_bridge(name, ageing_s.map(|s| s * 100))
+        .await
 }
 
 async fn bridge_index(nl: &Nl, name: &str) -> Result<u32> {
@@ -122,7 +125,9 @@ pub async fn detach(ns: &Netns, port: &str) -> Result<()> {
     let nl = Nl::open(ns).await?;
     let p = nl.require_link(port).await?;
     if p.master.is_none() {
-        return Err(Error::Invalid(format!("{port} is not attached to a bridge")));
+        return Err(Error::Invalid(format!(
+            "{port} is not attached to a bridge"
+        )));
     }
     nl.change_link(
         p.index,
@@ -191,7 +196,9 @@ pub fn route_dst(to: &str, via: Option<IpAddr>) -> Result<IpNet> {
     if let Ok(a) = to.parse::<IpAddr>() {
         return Ok(IpNet::from(a));
     }
-    Err(Error::Invalid(format!("{to:?} is not a prefix or `default`")))
+    Err(Error::Invalid(format!(
+        "{to:?} is not a prefix or `default`"
+    )))
 }
 
 pub struct RouteRequest<'a> {
@@ -207,7 +214,9 @@ async fn route_spec(nl: &Nl, r: &RouteRequest<'_>) -> Result<RouteSpec> {
     if let Some(v) = r.via
         && v.is_ipv4() != dst.addr().is_ipv4()
     {
-        return Err(Error::Invalid(format!("gateway {v} is not of the family of {dst}")));
+        return Err(Error::Invalid(format!(
+            "gateway {v} is not of the family of {dst}"
+        )));
     }
     if r.table == Some(crate::state::RT_TABLE_LOCAL) {
         return Err(Error::Invalid(

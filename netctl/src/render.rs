@@ -57,7 +57,11 @@ pub fn show(report: &Report) -> String {
                 "  {}: {}{} <{}> mtu {}",
                 l.link.index,
                 l.link.name,
-                l.link.kind.as_deref().map(|k| format!(" ({k})")).unwrap_or_default(),
+                l.link
+                    .kind
+                    .as_deref()
+                    .map(|k| format!(" ({k})"))
+                    .unwrap_or_default(),
                 if l.link.up { "UP" } else { "DOWN" },
                 l.link.mtu
             );
@@ -74,7 +78,12 @@ pub fn show(report: &Report) -> String {
             }
             writeln!(s, "{line}").unwrap();
             for a in &l.addresses {
-                writeln!(s, "      inet{} {a}", if a.addr().is_ipv6() { "6" } else { "" }).unwrap();
+                writeln!(
+                    s,
+                    "      inet{} {a}",
+                    if a.addr().is_ipv6() { "6" } else { "" }
+                )
+                .unwrap();
             }
         }
         let dev = |i: u32| {

@@ -81,9 +81,7 @@ pub fn explain(routes: &[Route], dst: IpAddr) -> Decision {
             continue;
         }
         let reason = match r.kind {
-            RouteKind::Unreachable | RouteKind::Blackhole | RouteKind::Prohibit => {
-                Reason::Rejected
-            }
+            RouteKind::Unreachable | RouteKind::Blackhole | RouteKind::Prohibit => Reason::Rejected,
             _ if r.dst.prefix_len() == 0 => Reason::Default,
             _ if r.dst.prefix_len() == r.dst.max_prefix_len() => Reason::HostRoute,
             _ => Reason::LongestPrefix,
@@ -136,7 +134,11 @@ impl Decision {
                 let beats = if others.is_empty() {
                     String::new()
                 } else {
-                    format!("; /{} is longer than {}", r.dst.prefix_len(), others.join(", "))
+                    format!(
+                        "; /{} is longer than {}",
+                        r.dst.prefix_len(),
+                        others.join(", ")
+                    )
                 };
                 format!(
                     "{d} matches {} by longest prefix (table {}: {}){beats}",
@@ -194,13 +196,43 @@ mod tests {
     fn table() -> Vec<Route> {
         vec![
             r(RT_TABLE_LOCAL, RouteKind::Local, "10.0.0.2/32", None, 2),
-            r(RT_TABLE_LOCAL, RouteKind::Broadcast, "10.0.0.255/32", None, 2),
+            r(
+                RT_TABLE_LOCAL,
+                RouteKind::Broadcast,
+                "10.0.0.255/32",
+                None,
+                2,
+            ),
             r(RT_TABLE_LOCAL, RouteKind::Local, "127.0.0.0/8", None, 1),
-            r(RT_TABLE_MAIN, RouteKind::Unicast, "0.0.0.0/0", Some("10.0.0.1"), 2),
+            r(
+                RT_TABLE_MAIN,
+                RouteKind::Unicast,
+                "0.0.0.0/0",
+                Some("10.0.0.1"),
+                2,
+            ),
             r(RT_TABLE_MAIN, RouteKind::Unicast, "10.0.0.0/24", None, 2),
-            r(RT_TABLE_MAIN, RouteKind::Unicast, "10.0.0.0/8", Some("10.0.0.9"), 2),
-            r(RT_TABLE_MAIN, RouteKind::Unicast, "10.9.9.9/32", Some("10.0.0.7"), 2),
-            r(RT_TABLE_MAIN, RouteKind::Unreachable, "192.0.2.0/24", None, 0),
+            r(
+                RT_TABLE_MAIN,
+                RouteKind::Unicast,
+                "10.0.0.0/8",
+                Some("10.0.0.9"),
+                2,
+            ),
+            r(
+                RT_TABLE_MAIN,
+                RouteKind::Unicast,
+                "10.9.9.9/32",
+                Some("10.0.0.7"),
+                2,
+            ),
+            r(
+                RT_TABLE_MAIN,
+                RouteKind::Unreachable,
+                "192.0.2.0/24",
+                None,
+                0,
+            ),
         ]
     }
 
@@ -232,7 +264,10 @@ mod tests {
 
     #[test]
     fn nothing_matches() {
-        let t: Vec<Route> = table().into_iter().filter(|r| r.dst.prefix_len() != 0).collect();
+        let t: Vec<Route> = table()
+            .into_iter()
+            .filter(|r| r.dst.prefix_len() != 0)
+            .collect();
         let d = explain(&t, "8.8.8.8".parse().unwrap());
         assert_eq!(d.reason, Reason::NoRoute);
         assert!(d.describe(&|i| i.to_string()).contains("unreachable"));
@@ -241,9 +276,21 @@ mod tests {
     #[test]
     fn lower_metric_breaks_ties() {
         let mut t = table();
-        let mut a = r(RT_TABLE_MAIN, RouteKind::Unicast, "172.16.0.0/16", Some("10.0.0.3"), 2);
+        let mut a = r(
+            RT_TABLE_MAIN,
+            RouteKind::Unicast,
+            "172.16.0.0/16",
+            Some("10.0.0.3"),
+            2,
+        );
         a.metric = Some(200);
-        let mut b = r(RT_TABLE_MAIN, RouteKind::Unicast, "172.16.0.0/16", Some("10.0.0.4"), 2);
+        let mut b = r(
+            RT_TABLE_MAIN,
+            RouteKind::Unicast,
+            "172.16.0.0/16",
+            Some("10.0.0.4"),
+            2,
+        );
         b.metric = Some(100);
         t.push(a);
         t.push(b);

@@ -107,8 +107,10 @@ pub async fn gather(only: &[Netns]) -> Result<Report> {
         }
     }
     // Files for RTM_GETNSID, opened once.
-    let files: Vec<(Netns, std::fs::File)> =
-        all.iter().filter_map(|ns| ns.open().ok().map(|f| (ns.clone(), f))).collect();
+    let files: Vec<(Netns, std::fs::File)> = all
+        .iter()
+        .filter_map(|ns| ns.open().ok().map(|f| (ns.clone(), f)))
+        .collect();
 
     let mut out = Vec::new();
     for ns in targets {
@@ -180,7 +182,9 @@ pub async fn gather(only: &[Netns]) -> Result<Report> {
                 fdb: me
                     .fdb
                     .iter()
-                    .filter(|f| f.master == Some(b.index) || (f.port == b.index && f.master.is_none()))
+                    .filter(|f| {
+                        f.master == Some(b.index) || (f.port == b.index && f.master.is_none())
+                    })
                     .map(|f| FdbReport {
                         mac: f.mac,
                         port: me

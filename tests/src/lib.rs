@@ -25,7 +25,10 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The netctl binary of the same profile as this test.
@@ -85,15 +88,22 @@ pub fn ip_json(args: &[&str]) -> serde_json::Value {
 /// the first packet may wait for ARP/ND).
 pub fn ping(ns: &str, dst: &str) -> bool {
     let fam = if dst.contains(':') { "-6" } else { "-4" };
-    in_ns(ns, &["ping", fam, "-c", "3", "-i", "0.2", "-w", "3", "-q", dst])
-        .status
-        .success()
+    in_ns(
+        ns,
+        &["ping", fam, "-c", "3", "-i", "0.2", "-w", "3", "-q", dst],
+    )
+    .status
+    .success()
 }
 
 /// A TCP round trip from `client_ns` to a one-shot echo server in
 /// `server_ns` on `addr:port`. Returns what came back.
 pub fn tcp_echo(server_ns: &str, client_ns: &str, addr: &str, port: u16) -> String {
-    let fam = if addr.contains(':') { "AF_INET6" } else { "AF_INET" };
+    let fam = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     let server = format!(
         "import socket,sys\ns=socket.socket(socket.{fam});s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
          s.bind(('{addr}',{port}));s.listen(1);print('ready',flush=True)\n\
@@ -123,7 +133,10 @@ pub fn example(file: &str, name: &str) -> Topology {
     let text = std::fs::read_to_string(workspace().join("examples").join(file)).unwrap();
     let mut v: toml::Table = toml::from_str(&text).unwrap();
     v.insert("name".into(), toml::Value::String(name.into()));
-    v.insert("host_netns".into(), toml::Value::String(format!("{name}-host")));
+    v.insert(
+        "host_netns".into(),
+        toml::Value::String(format!("{name}-host")),
+    );
     // Namespaces named explicitly in routes follow the rename.
     let old = text
         .lines()
@@ -197,7 +210,11 @@ pub struct Footprint {
 
 fn dir_names(p: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -268,7 +285,11 @@ pub fn udp_flow(server_ns: &str, client_ns: &str, addr: &str, port: u16, count: 
         "import socket,time\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
          for i in range({count}):\n  c.sendto(b'x'*32,('{addr}',{port}))\n  time.sleep(0.0005)"
     );
-    assert!(in_ns(client_ns, &["python3", "-c", &client]).status.success());
+    assert!(
+        in_ns(client_ns, &["python3", "-c", &client])
+            .status
+            .success()
+    );
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     let _ = child.wait();

@@ -21,7 +21,11 @@ fn namespaces_interoperate_with_ip_netns() {
     // lo is up in namespaces netctl creates.
     let lo = ip_json(&["-n", &ours, "link", "show", "lo"]);
     assert!(lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    assert!(in_ns(&ours, &["ping", "-c1", "-W1", "127.0.0.1"]).status.success());
+    assert!(
+        in_ns(&ours, &["ping", "-c1", "-W1", "127.0.0.1"])
+            .status
+            .success()
+    );
 
     ok(run("ip", &["netns", "add", &theirs]));
     assert!(ok(netctl(&["netns", "list"])).lines().any(|l| l == theirs));
@@ -47,16 +51,65 @@ fn bridges_veths_addresses_and_routes_from_the_cli() {
     let c = format!("{p}-c");
     ok(netctl(&["netns", "add", &h]));
     ok(netctl(&["netns", "add", &c]));
-    ok(netctl(&["bridge", "add", "br0", "--ageing", "120", "-n", &h]));
-    ok(netctl(&["link", "set", "br0", "--state", "up", "-n", &h]));
-    ok(netctl(&["addr", "add", "10.30.0.1/24", "--dev", "br0", "-n", &h]));
     ok(netctl(&[
-        "veth", "add", "vc0", "--peer", "eth0", "--peer-netns", &c, "--bridge", "br0", "--mac",
-        "02:00:0a:1e:00:02", "--mtu", "1400", "-n", &h,
+        "bridge", "add", "br0", "--ageing", "120", "-n", &h,
     ]));
-    ok(netctl(&["addr", "add", "10.30.0.2/24", "--dev", "eth0", "-n", &c]));
-    ok(netctl(&["route", "add", "default", "--via", "10.30.0.1", "-n", &c]));
-    ok(netctl(&["route", "add", "10.40.0.0/16", "--dev", "br0", "--table", "100", "-n", &h]));
+    ok(netctl(&["link", "set", "br0", "--state", "up", "-n", &h]));
+    ok(netctl(&[
+        "addr",
+        "add",
+        "10.30.0.1/24",
+        "--dev",
+        "br0",
+        "-n",
+        &h,
+    ]));
+    ok(netctl(&[
+        "veth",
+        "add",
+        "vc0",
+        "--peer",
+        "eth0",
+        "--peer-netns",
+        &c,
+        "--bridge",
+        "br0",
+        "--mac",
+        "02:00:0a:1e:00:02",
+        "--mtu",
+        "1400",
+        "-n",
+        &h,
+    ]));
+    ok(netctl(&[
+        "addr",
+        "add",
+        "10.30.0.2/24",
+        "--dev",
+        "eth0",
+        "-n",
+        &c,
+    ]));
+    ok(netctl(&[
+        "route",
+        "add",
+        "default",
+        "--via",
+        "10.30.0.1",
+        "-n",
+        &c,
+    ]));
+    ok(netctl(&[
+        "route",
+        "add",
+        "10.40.0.0/16",
+        "--dev",
+        "br0",
+        "--table",
+        "100",
+        "-n",
+        &h,
+    ]));
     ok(netctl(&["bridge", "hairpin", "vc0", "on", "-n", &h]));
     ok(netctl(&["forward", "on", "-n", &h]));
 
@@ -79,15 +132,45 @@ fn bridges_veths_addresses_and_routes_from_the_cli() {
     // Detach: the port leaves the bridge and traffic stops.
     ok(netctl(&["bridge", "detach", "vc0", "-n", &h]));
     assert!(ip_json(&["-n", &h, "link", "show", "vc0"])[0]["master"].is_null());
-    assert!(!in_ns(&c, &["ping", "-c1", "-W1", "10.30.0.1"]).status.success());
+    assert!(
+        !in_ns(&c, &["ping", "-c1", "-W1", "10.30.0.1"])
+            .status
+            .success()
+    );
     ok(netctl(&["bridge", "attach", "br0", "vc0", "-n", &h]));
     assert!(ping(&c, "10.30.0.1"));
 
-    ok(netctl(&["route", "del", "10.40.0.0/16", "--table", "100", "-n", &h]));
-    assert!(ip_json(&["-n", &h, "route", "show", "table", "100"]).as_array().unwrap().is_empty());
-    ok(netctl(&["addr", "del", "10.30.0.2/24", "--dev", "eth0", "-n", &c]));
+    ok(netctl(&[
+        "route",
+        "del",
+        "10.40.0.0/16",
+        "--table",
+        "100",
+        "-n",
+        &h,
+    ]));
+    assert!(
+        ip_json(&["-n", &h, "route", "show", "table", "100"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    ok(netctl(&[
+        "addr",
+        "del",
+        "10.30.0.2/24",
+        "--dev",
+        "eth0",
+        "-n",
+        &c,
+    ]));
     let v4 = ip_json(&["-n", &c, "-4", "addr", "show", "eth0"]);
-    assert!(v4.as_array().unwrap().iter().all(|l| l["addr_info"].as_array().unwrap().is_empty()));
+    assert!(
+        v4.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["addr_info"].as_array().unwrap().is_empty())
+    );
 
     // Errors name the problem.
     let e = netctl(&["veth", "add", "averyveryverylongname", "-n", &h]);
@@ -107,12 +190,19 @@ fn veth_peers_agree_with_ip_and_ethtool() {
     r.block_on(topology::apply(&t, false)).unwrap();
     let host = format!("{name}-host");
     let rep = r
-        .block_on(show::gather(&[Netns::named(&host), Netns::named(format!("{name}-c2"))]))
+        .block_on(show::gather(&[
+            Netns::named(&host),
+            Netns::named(format!("{name}-c2")),
+        ]))
         .unwrap();
     let hv = &rep.namespaces[0];
     let mut seen = 0;
     for c in &t.containers {
-        let l = hv.links.iter().find(|l| l.link.name == c.host_ifname).unwrap();
+        let l = hv
+            .links
+            .iter()
+            .find(|l| l.link.name == c.host_ifname)
+            .unwrap();
         let peer = l.peer.as_ref().expect("veth has a peer");
         assert_eq!(peer.netns.as_deref(), Some(c.netns.as_str()));
         assert_eq!(peer.name.as_deref(), Some("eth0"));
@@ -137,7 +227,10 @@ fn veth_peers_agree_with_ip_and_ethtool() {
     let eth0 = cv.links.iter().find(|l| l.link.name == "eth0").unwrap();
     let p = eth0.peer.as_ref().unwrap();
     assert_eq!(p.netns.as_deref(), Some(host.as_str()));
-    assert_eq!(p.name.as_deref(), Some(t.containers[1].host_ifname.as_str()));
+    assert_eq!(
+        p.name.as_deref(),
+        Some(t.containers[1].host_ifname.as_str())
+    );
 
     // The bridge lists its ports and learned FDB entries, as `bridge fdb`.
     assert!(ping(&format!("{name}-c1"), "172.17.0.3"));
@@ -151,8 +244,14 @@ fn veth_peers_agree_with_ip_and_ethtool() {
         .expect("c1's MAC learned");
     assert_eq!(learned.port, t.containers[0].host_ifname);
     assert!(!learned.permanent);
-    let witness = stdout(&run("bridge", &["-n", &host, "fdb", "show", "br", "docker0"]));
-    assert!(witness.contains(&format!("02:42:ac:11:00:02 dev {}", t.containers[0].host_ifname)));
+    let witness = stdout(&run(
+        "bridge",
+        &["-n", &host, "fdb", "show", "br", "docker0"],
+    ));
+    assert!(witness.contains(&format!(
+        "02:42:ac:11:00:02 dev {}",
+        t.containers[0].host_ifname
+    )));
 
     // JSON output carries the same.
     let j: serde_json::Value =
@@ -181,7 +280,12 @@ fn netns_local_devices_cannot_move_and_netctl_says_why() {
     );
     let j: serde_json::Value =
         serde_json::from_str(&ok(netctl(&["link", "show", "--json", "-n", &a]))).unwrap();
-    let br = j.as_array().unwrap().iter().find(|l| l["name"] == "br0").unwrap();
+    let br = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "br0")
+        .unwrap();
     assert_eq!(br["netns_immutable"], true);
     for dev in ["br0", "lo"] {
         let e = netctl(&["link", "move", dev, "--to", &b, "-n", &a]);
@@ -191,11 +295,17 @@ fn netns_local_devices_cannot_move_and_netctl_says_why() {
         assert!(!err.contains("Invalid argument"), "{dev}: {err}");
     }
     // Still where it was.
-    assert_eq!(ip_json(&["-n", &a, "link", "show", "br0"])[0]["ifname"], "br0");
+    assert_eq!(
+        ip_json(&["-n", &a, "link", "show", "br0"])[0]["ifname"],
+        "br0"
+    );
     // A veth end moves fine.
     ok(netctl(&["veth", "add", "va", "--peer", "vb", "-n", &a]));
     ok(netctl(&["link", "move", "vb", "--to", &b, "-n", &a]));
-    assert_eq!(ip_json(&["-n", &b, "link", "show", "vb"])[0]["ifname"], "vb");
+    assert_eq!(
+        ip_json(&["-n", &b, "link", "show", "vb"])[0]["ifname"],
+        "vb"
+    );
 }
 
 #[test]
@@ -206,13 +316,35 @@ fn route_show_and_get_agree_with_the_kernel() {
     rt().block_on(topology::apply(&t, false)).unwrap();
     let db = format!("{name}-db");
     let host = format!("{name}-host");
-    ok(netctl(&["route", "add", "10.99.0.0/16", "--via", "10.10.2.1", "-n", &db]));
-    ok(netctl(&["route", "add", "10.99.5.5/32", "--via", "10.10.2.1", "-n", &db]));
+    ok(netctl(&[
+        "route",
+        "add",
+        "10.99.0.0/16",
+        "--via",
+        "10.10.2.1",
+        "-n",
+        &db,
+    ]));
+    ok(netctl(&[
+        "route",
+        "add",
+        "10.99.5.5/32",
+        "--via",
+        "10.10.2.1",
+        "-n",
+        &db,
+    ]));
 
     // route show lines read like `ip route`.
     let ours = ok(netctl(&["route", "show", "-n", &db]));
-    assert!(ours.contains("default via 10.10.2.1 dev eth0 proto static"), "{ours}");
-    assert!(ours.contains("10.10.2.0/24 dev eth0 proto kernel scope link src 10.10.2.2"), "{ours}");
+    assert!(
+        ours.contains("default via 10.10.2.1 dev eth0 proto static"),
+        "{ours}"
+    );
+    assert!(
+        ours.contains("10.10.2.0/24 dev eth0 proto kernel scope link src 10.10.2.2"),
+        "{ours}"
+    );
     let local = ok(netctl(&["route", "show", "--table", "local", "-n", &db]));
     assert!(local.contains("local 10.10.2.2 dev eth0"), "{local}");
     let j: serde_json::Value =
@@ -231,7 +363,8 @@ fn route_show_and_get_agree_with_the_kernel() {
         let out = ok(netctl(&["route", "get", addr, "-n", &db]));
         assert!(out.contains(expect), "{addr}: {out}");
         let j: serde_json::Value =
-            serde_json::from_str(&ok(netctl(&["route", "get", addr, "--json", "-n", &db]))).unwrap();
+            serde_json::from_str(&ok(netctl(&["route", "get", addr, "--json", "-n", &db])))
+                .unwrap();
         let k = ip_json(&["-n", &db, "route", "get", addr]);
         if expect == "local address" {
             // The kernel delivers through lo and says so.
@@ -241,7 +374,9 @@ fn route_show_and_get_agree_with_the_kernel() {
         // The kernel agrees on the outgoing device and gateway.
         let oif = j["matched"]["oif"].as_u64().unwrap();
         let kdev = k[0]["dev"].as_str().unwrap();
-        let kidx = ip_json(&["-n", &db, "link", "show", kdev])[0]["ifindex"].as_u64().unwrap();
+        let kidx = ip_json(&["-n", &db, "link", "show", kdev])[0]["ifindex"]
+            .as_u64()
+            .unwrap();
         assert_eq!(oif, kidx, "{addr}");
         assert_eq!(
             j["matched"]["gateway"].as_str(),
@@ -253,5 +388,9 @@ fn route_show_and_get_agree_with_the_kernel() {
     let o = netctl(&["route", "get", "203.0.113.9", "-n", &host]);
     assert!(!o.status.success());
     assert!(stdout(&o).contains("unreachable"), "{}", stdout(&o));
-    assert!(!run("ip", &["-n", &host, "route", "get", "203.0.113.9"]).status.success());
+    assert!(
+        !run("ip", &["-n", &host, "route", "get", "203.0.113.9"])
+            .status
+            .success()
+    );
 }

@@ -57,7 +57,11 @@ fn same_bridge_flows_bypass_the_kernel_bridge() {
     let _g = Cleanup::new(&name);
     let before = footprint(&name);
     let f = apply_file(&name, &one_bridge(&name, 300));
-    let (a, b, h) = (format!("{name}-a"), format!("{name}-b"), format!("{name}-h"));
+    let (a, b, h) = (
+        format!("{name}-a"),
+        format!("{name}-b"),
+        format!("{name}-h"),
+    );
     // First contact resolves ARP through the kernel.
     assert!(ping(&a, "10.50.0.3"));
     let red0 = decision(&name, "redirect_l2");
@@ -66,7 +70,11 @@ fn same_bridge_flows_bypass_the_kernel_bridge() {
     let got = udp_flow(&b, &a, "10.50.0.3", 7000, 300);
     assert_eq!(got, 300, "UDP datagrams lost");
     assert_eq!(tcp_echo(&b, &a, "10.50.0.3", 7001), "echo:hello");
-    assert!(in_ns(&a, &["ping", "-c", "20", "-i", "0.01", "-q", "10.50.0.3"]).status.success());
+    assert!(
+        in_ns(&a, &["ping", "-c", "20", "-i", "0.01", "-q", "10.50.0.3"])
+            .status
+            .success()
+    );
 
     let red = decision(&name, "redirect_l2") - red0;
     let tx = tx_packets(&h, &port_of(&name, "b")) - tx0;
@@ -76,7 +84,12 @@ fn same_bridge_flows_bypass_the_kernel_bridge() {
     // most): the frames went straight into b's eth0.
     assert!(tx < 10, "kernel bridge forwarded {tx} frames to b");
     let ports = stats(&name)["ports"].clone();
-    let pa = ports.as_array().unwrap().iter().find(|p| p["port"] == port_of(&name, "a").as_str()).unwrap();
+    let pa = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port_of(&name, "a").as_str())
+        .unwrap();
     assert!(pa["redirected"].as_u64().unwrap() >= 320);
 
     let o = netctl(&["destroy", f.to_str().unwrap()]);
@@ -90,7 +103,11 @@ fn routed_flows_are_forwarded_with_ttl_and_macs_rewritten() {
     let _g = Cleanup::new(&name);
     let t = example("two-bridges.toml", &name);
     rt().block_on(netctl::topology::apply(&t, false)).unwrap();
-    let (web, db, h) = (format!("{name}-web"), format!("{name}-db"), format!("{name}-host"));
+    let (web, db, h) = (
+        format!("{name}-web"),
+        format!("{name}-db"),
+        format!("{name}-host"),
+    );
     assert!(ping(&web, "10.10.2.2"));
     let red0 = decision(&name, "redirect_l3");
     let tx0 = tx_packets(&h, &t.containers[2].host_ifname);
@@ -115,8 +132,15 @@ fn ttl_expiry_is_answered_by_the_kernel() {
     rt().block_on(netctl::topology::apply(&t, false)).unwrap();
     let web = format!("{name}-web");
     assert!(ping(&web, "10.10.2.2"));
-    let p = in_ns(&web, &["ping", "-c", "1", "-t", "1", "-W", "2", "10.10.2.2"]);
-    assert!(stdout(&p).contains("Time to live exceeded"), "{}", stdout(&p));
+    let p = in_ns(
+        &web,
+        &["ping", "-c", "1", "-t", "1", "-W", "2", "10.10.2.2"],
+    );
+    assert!(
+        stdout(&p).contains("Time to live exceeded"),
+        "{}",
+        stdout(&p)
+    );
     assert!(decision(&name, "pass_ttl") >= 1);
 }
 
@@ -125,11 +149,18 @@ fn arp_and_broadcast_still_work() {
     let name = unique("bc");
     let _g = Cleanup::new(&name);
     apply_file(&name, &one_bridge(&name, 300));
-    let (a, b, c) = (format!("{name}-a"), format!("{name}-b"), format!("{name}-c"));
+    let (a, b, c) = (
+        format!("{name}-a"),
+        format!("{name}-b"),
+        format!("{name}-c"),
+    );
     let m0 = decision(&name, "pass_multicast");
     // A first ping needs ARP, which only the kernel bridge floods.
     assert!(ping(&a, "10.50.0.4"));
-    assert!(decision(&name, "pass_multicast") > m0, "ARP went to the kernel");
+    assert!(
+        decision(&name, "pass_multicast") > m0,
+        "ARP went to the kernel"
+    );
     let neigh = stdout(&in_ns(&a, &["ip", "neigh", "show", "10.50.0.4"]));
     assert!(neigh.contains("02:42:0a:32:00:04"), "{neigh}");
 
@@ -166,12 +197,20 @@ fn fdb_entries_age_out_and_follow_a_moved_mac() {
     let name = unique("fdb");
     let _g = Cleanup::new(&name);
     apply_file(&name, &one_bridge(&name, 2));
-    let (a, b, c) = (format!("{name}-a"), format!("{name}-b"), format!("{name}-c"));
+    let (a, b, c) = (
+        format!("{name}-a"),
+        format!("{name}-b"),
+        format!("{name}-c"),
+    );
     assert!(ping(&a, "10.50.0.3"));
     let fdb = |mac: &str| -> Option<serde_json::Value> {
         let o = netctl(&["fdb", "show", "-t", &name, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        v.as_array().unwrap().iter().find(|e| e["mac"] == mac).cloned()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == mac)
+            .cloned()
     };
     let e = fdb("02:42:0a:32:00:02").expect("a's MAC learned");
     assert_eq!(e["port"], port_of(&name, "a").as_str());
@@ -192,11 +231,33 @@ fn fdb_entries_age_out_and_follow_a_moved_mac() {
     assert!(decision(&name, "pass_unknown_dst") > u0);
 
     // a's MAC moves to c's port: c takes it over and sends.
-    assert!(in_ns(&a, &["ip", "link", "set", "eth0", "down"]).status.success());
-    assert!(in_ns(&c, &["ip", "link", "set", "eth0", "address", "02:42:0a:32:00:02"]).status.success());
-    assert!(in_ns(&c, &["python3", "-c", &fr.replace("10.50.0.2", "10.50.0.3")]).status.success());
+    assert!(
+        in_ns(&a, &["ip", "link", "set", "eth0", "down"])
+            .status
+            .success()
+    );
+    assert!(
+        in_ns(
+            &c,
+            &["ip", "link", "set", "eth0", "address", "02:42:0a:32:00:02"]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        in_ns(
+            &c,
+            &["python3", "-c", &fr.replace("10.50.0.2", "10.50.0.3")]
+        )
+        .status
+        .success()
+    );
     let e = fdb("02:42:0a:32:00:02").unwrap();
-    assert_eq!(e["port"], port_of(&name, "c").as_str(), "entry follows the MAC");
+    assert_eq!(
+        e["port"],
+        port_of(&name, "c").as_str(),
+        "entry follows the MAC"
+    );
     assert_eq!(e["expired"], false);
 }
 
@@ -222,7 +283,10 @@ fn pins_survive_reapply_and_detach_keeps_connectivity() {
     let maps = stdout(&netctl(&["maps", "list", "-t", &name]));
     assert!(maps.contains("NETCTL_ROUTES"), "{maps}");
     let routes = stdout(&netctl(&["maps", "dump", "routes", "-t", &name]));
-    assert!(routes.contains("10.50.0.0/24 connected dev br0"), "{routes}");
+    assert!(
+        routes.contains("10.50.0.0/24 connected dev br0"),
+        "{routes}"
+    );
     assert!(routes.contains("10.50.0.1/32 local"), "{routes}");
 
     // Detach: filters and pins go, the kernel bridge forwards.
@@ -234,7 +298,10 @@ fn pins_survive_reapply_and_detach_keeps_connectivity() {
     assert!(!filters.contains("netctl_ingress"), "{filters}");
     let tx0 = tx_packets(&h, &pb);
     assert!(ping(&a, "10.50.0.3"));
-    assert!(tx_packets(&h, &pb) - tx0 >= 3, "the kernel bridge forwards again");
+    assert!(
+        tx_packets(&h, &pb) - tx0 >= 3,
+        "the kernel bridge forwards again"
+    );
 }
 
 #[test]
@@ -244,14 +311,30 @@ fn kernel_datapath_attaches_nothing() {
     let text = one_bridge(&name, 300).replace("host_netns", "datapath = \"kernel\"\nhost_netns");
     apply_file(&name, &text);
     assert!(ping(&format!("{name}-a"), "10.50.0.3"));
-    assert!(!std::path::Path::new("/sys/fs/bpf/netctl").join(&name).exists());
-    let f = stdout(&in_ns(&format!("{name}-h"), &["tc", "filter", "show", "dev", &port_of(&name, "a"), "ingress"]));
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/netctl")
+            .join(&name)
+            .exists()
+    );
+    let f = stdout(&in_ns(
+        &format!("{name}-h"),
+        &[
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            &port_of(&name, "a"),
+            "ingress",
+        ],
+    ));
     assert!(f.trim().is_empty(), "{f}");
 }
 
 #[test]
 fn a_program_the_verifier_rejects_is_an_error_with_its_log() {
-    let e = netctl::datapath::verify::verify(netctl_common_reject()).unwrap_err().to_string();
+    let e = netctl::datapath::verify::verify(netctl_common_reject())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("verifier rejected"), "{e}");
     assert!(e.contains("invalid bpf_context access"), "{e}");
     for p in netctl::datapath::verify::PROGRAMS {

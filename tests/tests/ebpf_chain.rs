@@ -14,9 +14,31 @@ fn the_counter_program_loads_attaches_and_counts() {
     for ns in [&a, &b] {
         assert!(netctl(&["netns", "add", ns]).status.success());
     }
-    assert!(netctl(&["veth", "add", "va", "--peer", "vb", "--peer-netns", &b, "-n", &a]).status.success());
-    assert!(netctl(&["addr", "add", "10.201.0.1/24", "--dev", "va", "-n", &a]).status.success());
-    assert!(netctl(&["addr", "add", "10.201.0.2/24", "--dev", "vb", "-n", &b]).status.success());
+    assert!(
+        netctl(&[
+            "veth",
+            "add",
+            "va",
+            "--peer",
+            "vb",
+            "--peer-netns",
+            &b,
+            "-n",
+            &a
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        netctl(&["addr", "add", "10.201.0.1/24", "--dev", "va", "-n", &a])
+            .status
+            .success()
+    );
+    assert!(
+        netctl(&["addr", "add", "10.201.0.2/24", "--dev", "vb", "-n", &b])
+            .status
+            .success()
+    );
 
     let prog = CounterProgram::load().expect("the embedded program loads");
     // aya resolves "va" in the calling thread's namespace.
@@ -27,7 +49,9 @@ fn the_counter_program_loads_attaches_and_counts() {
     })
     .unwrap();
     assert!(ping(&b, "10.201.0.1"));
-    let va = ip_json(&["-n", &a, "link", "show", "va"])[0]["ifindex"].as_u64().unwrap() as u32;
+    let va = ip_json(&["-n", &a, "link", "show", "va"])[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32;
     let counts = prog.counters().unwrap();
     let c = counts.iter().find(|(i, _)| *i == va).expect("va counted").1;
     // Three echo requests at least, plus ARP.

@@ -22,7 +22,10 @@ fn docker_default_containers_reach_each_other_and_the_gateway() {
     assert!(ping(&c3, "172.17.0.2"), "c3 -> c1");
     assert!(ping(&c2, "172.17.0.1"), "c2 -> gateway");
     assert_eq!(tcp_echo(&c2, &c1, "172.17.0.3", 8080), "echo:hello");
-    assert_eq!(tcp_echo(&format!("{name}-host"), &c3, "172.17.0.1", 8081), "echo:hello");
+    assert_eq!(
+        tcp_echo(&format!("{name}-host"), &c3, "172.17.0.1", 8081),
+        "echo:hello"
+    );
 
     // The container ends are named and addressed as asked, the host ends
     // are on docker0, lo is up.
@@ -31,7 +34,14 @@ fn docker_default_containers_reach_each_other_and_the_gateway() {
     assert_eq!(eth0[0]["addr_info"][0]["local"], "172.17.0.2");
     let lo = ip_json(&["-n", &c1, "link", "show", "lo"]);
     assert!(lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    let ports = ip_json(&["-n", &format!("{name}-host"), "link", "show", "master", "docker0"]);
+    let ports = ip_json(&[
+        "-n",
+        &format!("{name}-host"),
+        "link",
+        "show",
+        "master",
+        "docker0",
+    ]);
     assert_eq!(ports.as_array().unwrap().len(), 3);
     let default = ip_json(&["-n", &c1, "route", "show", "default"]);
     assert_eq!(default[0]["gateway"], "172.17.0.1");
@@ -58,7 +68,14 @@ fn two_bridges_route_between_subnets() {
     assert!(ping(&web, "fd00:10:2::2"), "IPv6 web -> db");
     assert_eq!(tcp_echo(&db, &web, "10.10.2.2", 5432), "echo:hello");
     // The extra routes: one in a container, one in a numbered table.
-    let rt100 = ip_json(&["-n", &format!("{name}-host"), "route", "show", "table", "100"]);
+    let rt100 = ip_json(&[
+        "-n",
+        &format!("{name}-host"),
+        "route",
+        "show",
+        "table",
+        "100",
+    ]);
     assert_eq!(rt100[0]["dst"], "10.10.0.0/16");
     assert_eq!(rt100[0]["dev"], "br-front");
     let doc = ip_json(&["-n", &db, "route", "show", "198.51.100.0/24"]);
@@ -92,7 +109,10 @@ fn editing_the_file_changes_only_the_difference() {
     let name = unique("ed");
     let _g = Cleanup::new(&name);
     let r = rt();
-    let v1 = topo(&small(&name, "[[container]]\nname = \"b\"\nbridge = \"br0\"\naddresses = [\"10.20.0.3/24\"]\n"));
+    let v1 = topo(&small(
+        &name,
+        "[[container]]\nname = \"b\"\nbridge = \"br0\"\naddresses = [\"10.20.0.3/24\"]\n",
+    ));
     r.block_on(topology::apply(&v1, false)).unwrap();
     let a = format!("{name}-a");
     let b = format!("{name}-b");
@@ -103,13 +123,23 @@ fn editing_the_file_changes_only_the_difference() {
         &name,
         "[[container]]\nname = \"c\"\nbridge = \"br0\"\naddresses = [\"10.20.0.4/24\"]\n",
     )
-    .replace("addresses = [\"10.20.0.2/24\"]", "addresses = [\"10.20.0.2/24\", \"10.20.0.12/24\"]")
+    .replace(
+        "addresses = [\"10.20.0.2/24\"]",
+        "addresses = [\"10.20.0.2/24\", \"10.20.0.12/24\"]",
+    )
     .replace("ageing_time = 300", "ageing_time = 42");
     let v2 = topo(&v2_text);
     let rep = r.block_on(topology::apply(&v2, false)).unwrap();
     let kinds: Vec<String> = rep.steps.iter().map(|s| s.to_string()).collect();
-    assert!(!kinds.iter().any(|s| s.contains("netns a")), "a must not be recreated: {kinds:?}");
-    assert!(rep.steps.iter().any(|s| matches!(s, Step::DeleteNetns { name: n } if *n == b)));
+    assert!(
+        !kinds.iter().any(|s| s.contains("netns a")),
+        "a must not be recreated: {kinds:?}"
+    );
+    assert!(
+        rep.steps
+            .iter()
+            .any(|s| matches!(s, Step::DeleteNetns { name: n } if *n == b))
+    );
     assert!(!namespaces_with(&b).contains(&b));
     let c = format!("{name}-c");
     assert!(ping(&c, "10.20.0.12"), "c reaches a's new address");
@@ -160,13 +190,56 @@ fn bad_input_is_refused_and_changes_nothing() {
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("long name", small(&name, "[[container]]\nname = \"x\"\nbridge = \"br0\"\nhost_ifname = \"abcdefghijklmnop\"\n"), "at most 15"),
-        ("slash", small(&name, "[[container]]\nname = \"x\"\nbridge = \"br0\"\nifname = \"e/0\"\n"), "'/'"),
-        ("duplicate", small(&name, "[[container]]\nname = \"a\"\nbridge = \"br0\"\n"), "defined twice"),
-        ("outside subnet", small(&name, "[[container]]\nname = \"x\"\nbridge = \"br0\"\naddresses = [\"10.99.0.2/24\"]\n"), "outside bridge br0's subnet"),
-        ("overlap", small(&name, "[[bridge]]\nname = \"br1\"\naddresses = [\"10.20.0.129/25\"]\n"), "overlaps"),
-        ("unknown bridge", small(&name, "[[container]]\nname = \"x\"\nbridge = \"nope\"\n"), "not defined"),
-        ("unknown netns", small(&name, "[[route]]\nnetns = \"elsewhere\"\nto = \"10.1.0.0/16\"\nvia = \"10.20.0.1\"\n"), "does not define"),
+        (
+            "long name",
+            small(
+                &name,
+                "[[container]]\nname = \"x\"\nbridge = \"br0\"\nhost_ifname = \"abcdefghijklmnop\"\n",
+            ),
+            "at most 15",
+        ),
+        (
+            "slash",
+            small(
+                &name,
+                "[[container]]\nname = \"x\"\nbridge = \"br0\"\nifname = \"e/0\"\n",
+            ),
+            "'/'",
+        ),
+        (
+            "duplicate",
+            small(&name, "[[container]]\nname = \"a\"\nbridge = \"br0\"\n"),
+            "defined twice",
+        ),
+        (
+            "outside subnet",
+            small(
+                &name,
+                "[[container]]\nname = \"x\"\nbridge = \"br0\"\naddresses = [\"10.99.0.2/24\"]\n",
+            ),
+            "outside bridge br0's subnet",
+        ),
+        (
+            "overlap",
+            small(
+                &name,
+                "[[bridge]]\nname = \"br1\"\naddresses = [\"10.20.0.129/25\"]\n",
+            ),
+            "overlaps",
+        ),
+        (
+            "unknown bridge",
+            small(&name, "[[container]]\nname = \"x\"\nbridge = \"nope\"\n"),
+            "not defined",
+        ),
+        (
+            "unknown netns",
+            small(
+                &name,
+                "[[route]]\nnetns = \"elsewhere\"\nto = \"10.1.0.0/16\"\nvia = \"10.20.0.1\"\n",
+            ),
+            "does not define",
+        ),
     ];
     for (what, text, expect) in cases {
         let f = dir.join("bad.toml");
@@ -192,7 +265,10 @@ fn a_failure_half_way_rolls_back_what_the_apply_made() {
         &name,
         &format!("[[route]]\nnetns = \"{name}-a\"\nto = \"10.77.0.0/16\"\nvia = \"192.0.2.1\"\n"),
     ));
-    let e = rt().block_on(topology::apply(&t, false)).unwrap_err().to_string();
+    let e = rt()
+        .block_on(topology::apply(&t, false))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rolled back"), "{e}");
     assert!(e.contains("10.77.0.0/16"), "{e}");
     assert_eq!(footprint(&name), before, "rollback left something");
@@ -203,13 +279,37 @@ fn objects_the_topology_does_not_own_are_not_taken_over() {
     let name = unique("own");
     let _g = Cleanup::new(&name);
     // Somebody else's namespace with the name the container would get.
-    assert!(run("ip", &["netns", "add", &format!("{name}-a")]).status.success());
-    let o = run("ip", &["-n", &format!("{name}-a"), "link", "add", "keepme", "type", "veth", "peer", "name", "keepme2"]);
+    assert!(
+        run("ip", &["netns", "add", &format!("{name}-a")])
+            .status
+            .success()
+    );
+    let o = run(
+        "ip",
+        &[
+            "-n",
+            &format!("{name}-a"),
+            "link",
+            "add",
+            "keepme",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "keepme2",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let t = topo(&small(&name, ""));
-    let e = rt().block_on(topology::apply(&t, false)).unwrap_err().to_string();
+    let e = rt()
+        .block_on(topology::apply(&t, false))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not belong"), "{e}");
-    assert!(namespaces_with(&format!("{name}-h")).is_empty(), "nothing created");
+    assert!(
+        namespaces_with(&format!("{name}-h")).is_empty(),
+        "nothing created"
+    );
     let l = ip_json(&["-n", &format!("{name}-a"), "link", "show", "keepme"]);
     assert_eq!(l[0]["ifname"], "keepme");
 }

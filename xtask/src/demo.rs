@@ -86,7 +86,9 @@ pub fn run() -> Result<()> {
 }
 
 fn demo(file: &str) -> Result<()> {
-    println!("==> Docker's default network (docker0 172.17.0.1/16, three containers), host side in netns {HOST}");
+    println!(
+        "==> Docker's default network (docker0 172.17.0.1/16, three containers), host side in netns {HOST}"
+    );
     show(&["apply", file])?;
     show(&["show", "-n", HOST, "-n", C1])?;
 

@@ -39,9 +39,13 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::BuildEbpf => setup::run().and_then(|_| build(true)),
-        Cmd::Run => setup::run().and_then(|_| build(true)).and_then(|_| demo::run()),
+        Cmd::Run => setup::run()
+            .and_then(|_| build(true))
+            .and_then(|_| demo::run()),
         Cmd::Test { args } => setup::run().and_then(|_| test(&args)),
-        Cmd::Bench(b) => setup::run().and_then(|_| build(true)).and_then(|_| bench::run(b)),
+        Cmd::Bench(b) => setup::run()
+            .and_then(|_| build(true))
+            .and_then(|_| bench::run(b)),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
@@ -66,6 +70,9 @@ fn test(extra: &[String]) -> Result<()> {
         .collect();
     args.extend(extra.iter().cloned());
     let mut cmd = sh::cargo_owned(&args);
-    cmd.env("RUST_TEST_THREADS", std::env::var("RUST_TEST_THREADS").unwrap_or("2".into()));
+    cmd.env(
+        "RUST_TEST_THREADS",
+        std::env::var("RUST_TEST_THREADS").unwrap_or("2".into()),
+    );
     sh::step("running unit and integration tests", cmd)
 }

@@ -62,7 +62,9 @@ fn debian_packages() -> Result<()> {
     }
     eprintln!("==> Debian packages missing: {}", missing.join(" "));
     let mut update = Command::new("apt-get");
-    update.args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive");
+    update
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
     step("apt-get update", update)?;
     let mut install = Command::new("apt-get");
     install
@@ -102,7 +104,9 @@ fn nightly_rust_src() -> Result<()> {
 fn cargo_bin() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or("/root".into())).join(".cargo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or("/root".into())).join(".cargo")
+        });
     home.join("bin")
 }
 
@@ -118,7 +122,9 @@ fn bpf_linker() -> Result<()> {
     // (22). Its build script looks for LLVM through LLVM_PREFIX (llvm-sys
     // reads LLVM_SYS_221_PREFIX); without them it finds /usr and fails to
     // link -lLLVM.
-    eprintln!("==> installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (about five minutes)");
+    eprintln!(
+        "==> installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (about five minutes)"
+    );
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.args([
         "install",

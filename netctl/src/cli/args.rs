@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 #[derive(Parser)]
-#[command(name = "netctl", version, about = "Container networking for Linux hosts, with an eBPF fast path")]
+#[command(
+    name = "netctl",
+    version,
+    about = "Container networking for Linux hosts, with an eBPF fast path"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -96,8 +100,12 @@ pub enum Cmd {
 
 #[derive(Subcommand)]
 pub enum NetnsCmd {
-    Add { name: String },
-    Del { name: String },
+    Add {
+        name: String,
+    },
+    Del {
+        name: String,
+    },
     List,
     /// Run a command inside a namespace (no /sys remount, unlike ip netns exec).
     Exec {

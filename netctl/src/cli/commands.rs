@@ -191,10 +191,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Forward { state, ns } => {
             let ns = ns_of(&ns);
             match state.as_str() {
-                "show" => println!(
-                    "ip_forward={}",
-                    u8::from(netctl::sysctl::ip_forward(&ns)?)
-                ),
+                "show" => println!("ip_forward={}", u8::from(netctl::sysctl::ip_forward(&ns)?)),
                 s => netctl::sysctl::set_ip_forward(&ns, s == "on")?,
             }
         }
@@ -208,10 +205,9 @@ fn parse_table(t: &str) -> Result<Option<u32>> {
         "main" => Some(RT_TABLE_MAIN),
         "local" => Some(RT_TABLE_LOCAL),
         "default" => Some(RT_TABLE_DEFAULT),
-        n => Some(
-            n.parse()
-                .with_context(|| format!("table {n:?} is not main, local, default, all or a number"))?,
-        ),
+        n => Some(n.parse().with_context(|| {
+            format!("table {n:?} is not main, local, default, all or a number")
+        })?),
     })
 }
 

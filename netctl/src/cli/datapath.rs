@@ -39,7 +39,12 @@ async fn names(topology: &str) -> Result<inspect::Names> {
         return Ok(Default::default());
     };
     let nl = Nl::open(&t.host()).await?;
-    Ok(nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect())
+    Ok(nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect())
 }
 
 pub async fn datapath(c: DatapathCmd) -> Result<()> {
@@ -69,12 +74,18 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
         DatapathCmd::Xdp { topology, state } => {
             let t = record(&topology)?;
             let changed = datapath::install::xdp(&t, state == "on").await?;
-            println!("topology {topology}: xdp {state} ({} port(s) changed)", changed.len());
+            println!(
+                "topology {topology}: xdp {state} ({} port(s) changed)",
+                changed.len()
+            );
         }
         DatapathCmd::Verify { program, json } => {
             let names: Vec<String> = match program {
                 Some(p) => vec![p],
-                None => datapath::verify::PROGRAMS.iter().map(|s| s.to_string()).collect(),
+                None => datapath::verify::PROGRAMS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             };
             let mut out = Vec::new();
             for n in &names {
@@ -111,7 +122,12 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
                     .iter()
                     .map(|p| p["ifname"].as_str().unwrap().to_string())
                     .collect();
-                println!("{}: {} port(s): {}", r["topology"].as_str().unwrap(), ports.len(), ports.join(" "));
+                println!(
+                    "{}: {} port(s): {}",
+                    r["topology"].as_str().unwrap(),
+                    ports.len(),
+                    ports.join(" ")
+                );
             }
         }
     }
@@ -261,4 +277,3 @@ pub async fn trace(t: TopoOpt, duration: Option<f64>) -> Result<()> {
     datapath::trace::run(&topo, duration.map(Duration::from_secs_f64)).await?;
     Ok(())
 }
-

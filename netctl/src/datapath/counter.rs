@@ -49,7 +49,8 @@ impl CounterProgram {
         // pin directory keeps this probe from touching anyone's pins.
         let dir = super::pins::scratch_dir();
         super::pins::ensure_bpffs()?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let loaded = aya::EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(object);
@@ -123,4 +124,3 @@ fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .try_into()
         .map_err(|e| bpf_error(&format!("program {PROG_TC_COUNT}"), &e))
 }
-

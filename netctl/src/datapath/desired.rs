@@ -49,7 +49,11 @@ pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView
             ifindex: port.index,
             info: PortInfo {
                 bridge: br.index,
-                flags: if port.hairpin == Some(true) { PORT_F_HAIRPIN } else { 0 },
+                flags: if port.hairpin == Some(true) {
+                    PORT_F_HAIRPIN
+                } else {
+                    0
+                },
                 bridge_mac: br.mac.map(|m| m.0).unwrap_or_default(),
                 _pad: [0; 2],
                 ageing_ns: u64::from(br.ageing_time_cs.unwrap_or(30000)) * 10_000_000,
@@ -85,26 +89,28 @@ pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView
                 kind: route_kind::LOCAL,
                 ..Default::default()
             },
-            (RT_TABLE_MAIN, RouteKind::Unicast) => match r.oif.filter(|o| bridges.contains_key(o)) {
-                Some(br) => match r.gateway {
-                    Some(IpAddr::V4(gw)) => RouteValue {
-                        kind: route_kind::GATEWAY,
-                        bridge: br,
-                        gateway: gw.octets(),
-                        _pad: 0,
+            (RT_TABLE_MAIN, RouteKind::Unicast) => {
+                match r.oif.filter(|o| bridges.contains_key(o)) {
+                    Some(br) => match r.gateway {
+                        Some(IpAddr::V4(gw)) => RouteValue {
+                            kind: route_kind::GATEWAY,
+                            bridge: br,
+                            gateway: gw.octets(),
+                            _pad: 0,
+                        },
+                        Some(IpAddr::V6(_)) => continue,
+                        None => RouteValue {
+                            kind: route_kind::CONNECTED,
+                            bridge: br,
+                            ..Default::default()
+                        },
                     },
-                    Some(IpAddr::V6(_)) => continue,
                     None => RouteValue {
-                        kind: route_kind::CONNECTED,
-                        bridge: br,
+                        kind: route_kind::KERNEL,
                         ..Default::default()
                     },
-                },
-                None => RouteValue {
-                    kind: route_kind::KERNEL,
-                    ..Default::default()
-                },
-            },
+                }
+            }
             (RT_TABLE_MAIN, _) => RouteValue {
                 kind: route_kind::KERNEL,
                 ..Default::default()
@@ -191,16 +197,40 @@ addresses = ["10.2.0.2/24", "fd00::2/64"]
         pa.hairpin = Some(true);
         let pb = link(5, &t.containers[1].host_ifname, "veth");
         let host = NsView {
-            links: vec![link(2, "br0", "bridge"), link(3, "br1", "bridge"), pa, pb, link(6, "eth9", "veth")],
+            links: vec![
+                link(2, "br0", "bridge"),
+                link(3, "br1", "bridge"),
+                pa,
+                pb,
+                link(6, "eth9", "veth"),
+            ],
             addrs: vec![],
             routes: vec![
                 route(RT_TABLE_MAIN, RouteKind::Unicast, "10.1.0.0/24", None, 2),
                 route(RT_TABLE_MAIN, RouteKind::Unicast, "10.2.0.0/24", None, 3),
-                route(RT_TABLE_MAIN, RouteKind::Unicast, "10.9.0.0/16", Some("10.2.0.2"), 3),
-                route(RT_TABLE_MAIN, RouteKind::Unicast, "0.0.0.0/0", Some("192.0.2.1"), 6),
+                route(
+                    RT_TABLE_MAIN,
+                    RouteKind::Unicast,
+                    "10.9.0.0/16",
+                    Some("10.2.0.2"),
+                    3,
+                ),
+                route(
+                    RT_TABLE_MAIN,
+                    RouteKind::Unicast,
+                    "0.0.0.0/0",
+                    Some("192.0.2.1"),
+                    6,
+                ),
                 route(RT_TABLE_MAIN, RouteKind::Blackhole, "10.66.0.0/16", None, 0),
                 route(RT_TABLE_LOCAL, RouteKind::Local, "10.1.0.1/32", None, 2),
-                route(RT_TABLE_LOCAL, RouteKind::Broadcast, "10.1.0.255/32", None, 2),
+                route(
+                    RT_TABLE_LOCAL,
+                    RouteKind::Broadcast,
+                    "10.1.0.255/32",
+                    None,
+                    2,
+                ),
                 route(RT_TABLE_MAIN, RouteKind::Unicast, "fd00::/64", None, 3),
             ],
             ip_forward: true,

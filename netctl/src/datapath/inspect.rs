@@ -122,8 +122,7 @@ fn name_of(names: &Names, i: u32) -> String {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("monotonic clock");
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
@@ -264,7 +263,7 @@ pub fn routes(topology: &str, names: &Names) -> Result<Vec<RouteRow>> {
             )
         })
         .collect();
-    v.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+    v.sort_by_key(|a| (a.1, a.0));
     Ok(v.into_iter().map(|x| x.2).collect())
 }
 
@@ -334,7 +333,10 @@ pub fn config_values(topology: &str) -> Result<BTreeMap<&'static str, u32>> {
         Array::try_from(open(topology, MAP_CONFIG)?).map_err(me(MAP_CONFIG))?;
     Ok(BTreeMap::from([
         ("trace", m.get(&config::TRACE, 0).map_err(me(MAP_CONFIG))?),
-        ("forward", m.get(&config::FORWARD, 0).map_err(me(MAP_CONFIG))?),
+        (
+            "forward",
+            m.get(&config::FORWARD, 0).map_err(me(MAP_CONFIG))?,
+        ),
     ]))
 }
 

@@ -11,7 +11,9 @@ use aya::EbpfLoader;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::FdLink;
-use aya::programs::tc::{NlOptions, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program};
+use aya::programs::tc::{
+    NlOptions, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program,
+};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
     FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORTS, MAP_ROUTES, NeighEntry,
@@ -60,7 +62,8 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     let obj = object();
     if obj.is_empty() {
         return Err(Error::Bpf(
-            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it".into(),
+            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
+                .into(),
         ));
     }
     let dir = topology_dir(topology);
@@ -102,7 +105,8 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
             report.detached.push(pin.clone());
         }
         // An XDP pin is the link's last reference: removing it detaches.
-        fs::remove_file(links.join(pin)).map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
+        fs::remove_file(links.join(pin))
+            .map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
     }
     let missing: Vec<&super::desired::Port> = want
         .iter()
@@ -168,7 +172,12 @@ fn attach_all(
         match qdisc_add_clsact(&p.ifname) {
             Ok(()) => {}
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(err) => return Err(bpf_error(&format!("add clsact qdisc on {}", p.ifname), &err)),
+            Err(err) => {
+                return Err(bpf_error(
+                    &format!("add clsact qdisc on {}", p.ifname),
+                    &err,
+                ));
+            }
         }
         let id = prog
             .attach_with_options(
@@ -277,7 +286,9 @@ fn detach_port(marker: &str) {
         return;
     }
     // SAFETY: on success `buf` holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().to_string();
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .to_string();
     let _ = qdisc_detach_program(&name, TcAttachType::Ingress, PROG_INGRESS);
 }
 
@@ -341,8 +352,12 @@ pub fn xdp_blocking(topology: &str, d: &Desired, on: bool) -> Result<Vec<String>
         let id = prog
             .attach(&p.ifname, XdpMode::Driver)
             .map_err(|err| bpf_error(&format!("attaching {PROG_XDP} to {}", p.ifname), &err))?;
-        let link = prog.take_link(id).map_err(|err| bpf_error("xdp link", &err))?;
-        let fd: FdLink = link.try_into().map_err(|err| bpf_error("xdp link as fd link", &err))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|err| bpf_error("xdp link", &err))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|err| bpf_error("xdp link as fd link", &err))?;
         fd.pin(links.join(&name))
             .map_err(|err| bpf_error(&format!("pin {name}"), &err))?;
         changed.push(name);

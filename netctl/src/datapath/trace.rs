@@ -81,7 +81,9 @@ pub async fn run(topology: &str, duration: Option<Duration>) -> Result<()> {
         for mut l in loggers {
             set.spawn(async move {
                 loop {
-                    let Ok(mut g) = l.readable_mut().await else { return };
+                    let Ok(mut g) = l.readable_mut().await else {
+                        return;
+                    };
                     g.get_inner_mut().flush();
                     g.clear_ready();
                 }

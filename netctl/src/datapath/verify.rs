@@ -27,7 +27,9 @@ pub struct Verified {
 pub fn verify(name: &str) -> Result<Verified> {
     let obj = object();
     if obj.is_empty() {
-        return Err(Error::Bpf("netctl was built without its eBPF programs".into()));
+        return Err(Error::Bpf(
+            "netctl was built without its eBPF programs".into(),
+        ));
     }
     pins::ensure_bpffs()?;
     // Map pins of a check must not touch any topology's.
@@ -53,7 +55,11 @@ pub fn verify(name: &str) -> Result<Verified> {
             load(p.load())?;
             p.info()
         }
-        _ => return Err(Error::Bpf(format!("{name} is of a kind netctl does not load"))),
+        _ => {
+            return Err(Error::Bpf(format!(
+                "{name} is of a kind netctl does not load"
+            )));
+        }
     }
     .map_err(|e| bpf_error("program info", &e))?;
     Ok(Verified {

@@ -38,7 +38,9 @@ pub struct LinkChange {
 
 impl Nl {
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs = self.collect("dump links", self.h.link().get().execute()).await?;
+        let msgs = self
+            .collect("dump links", self.h.link().get().execute())
+            .await?;
         Ok(msgs.iter().map(decode_link).collect())
     }
 
@@ -59,10 +61,12 @@ impl Nl {
     }
 
     pub async fn require_link(&self, name: &str) -> Result<Link> {
-        self.link_by_name(name).await?.ok_or_else(|| Error::NoSuchLink {
-            name: name.to_string(),
-            netns: self.ns.to_string(),
-        })
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| Error::NoSuchLink {
+                name: name.to_string(),
+                netns: self.ns.to_string(),
+            })
     }
 
     pub async fn add_bridge(&self, name: &str, ageing_time_cs: Option<u32>) -> Result<()> {
@@ -81,7 +85,9 @@ impl Nl {
     pub async fn set_bridge_ageing(&self, index: u32, ageing_time_cs: u32) -> Result<()> {
         let msg = LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
             .index(index)
-            .set_info_data(InfoData::Bridge(vec![InfoBridge::AgeingTime(ageing_time_cs)]))
+            .set_info_data(InfoData::Bridge(vec![InfoBridge::AgeingTime(
+                ageing_time_cs,
+            )]))
             .build();
         self.h
             .link()
@@ -94,7 +100,9 @@ impl Nl {
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)]))
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )]))
             .build();
         self.h
             .link()

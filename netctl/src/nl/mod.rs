@@ -67,6 +67,8 @@ impl Nl {
     where
         S: futures::Stream<Item = std::result::Result<T, rtnetlink::Error>>,
     {
-        s.try_collect().await.map_err(|e| from_rtnl(self.ctx(what), e))
+        s.try_collect()
+            .await
+            .map_err(|e| from_rtnl(self.ctx(what), e))
     }
 }

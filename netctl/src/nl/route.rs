@@ -93,10 +93,13 @@ fn build(r: &RouteSpec) -> RouteMessage {
     msg.attributes.push(RouteAttribute::Table(r.table));
     if r.dst.prefix_len() > 0 {
         msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::from(r.dst.network())));
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                r.dst.network(),
+            )));
     }
     if let Some(g) = r.gateway {
-        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(g)));
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(g)));
     }
     if let Some(o) = r.oif {
         msg.attributes.push(RouteAttribute::Oif(o));

@@ -109,7 +109,10 @@ impl Executor {
                 ageing_time_s,
             } => {
                 let l = self.nl(ns).await?.require_link(name).await?;
-                self.nl(ns).await?.set_bridge_ageing(l.index, ageing_time_s * 100).await?;
+                self.nl(ns)
+                    .await?
+                    .set_bridge_ageing(l.index, ageing_time_s * 100)
+                    .await?;
                 if let Some(b) = l.ageing_time_cs {
                     self.undo.push(Undo::SetAgeing(ns.clone(), name.clone(), b));
                 }
@@ -126,7 +129,8 @@ impl Executor {
                         },
                     )
                     .await?;
-                self.undo.push(Undo::SetMtu(ns.clone(), name.clone(), l.mtu));
+                self.undo
+                    .push(Undo::SetMtu(ns.clone(), name.clone(), l.mtu));
             }
             Step::CreateVeth {
                 ns,
@@ -324,8 +328,8 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
         ns.extend(touched(p));
     }
     let observed = observe(ns).await?;
-    let steps = plan::plan(desired, prev.as_ref(), &observed)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let steps =
+        plan::plan(desired, prev.as_ref(), &observed).map_err(|e| Error::Invalid(e.to_string()))?;
     if dry_run {
         return Ok(Report {
             topology: desired.name.clone(),

@@ -138,7 +138,10 @@ impl Ctx<'_> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 
@@ -197,7 +200,10 @@ fn parse_net(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<IpNet> {
             };
             ctx.at(
                 s.span(),
-                format!("{what} {:?} is not an address with prefix length{hint}", s.get_ref()),
+                format!(
+                    "{what} {:?} is not an address with prefix length{hint}",
+                    s.get_ref()
+                ),
             );
             None
         }
@@ -262,7 +268,11 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
     if let Err(e) = check_topology_name(&name) {
         ctx.at(raw.name.span(), e);
     }
-    let datapath = match raw.datapath.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+    let datapath = match raw
+        .datapath
+        .as_ref()
+        .map(|d| (d.get_ref().as_str(), d.span()))
+    {
         None | Some(("ebpf", _)) => Datapath::Ebpf,
         Some(("kernel", _)) => Datapath::Kernel,
         Some((other, span)) => {
@@ -338,7 +348,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 }
                 subnets.push((n, format!("bridge {bname}"), a.span()));
                 if let Some(prev) = used_ips.insert(n.addr(), format!("bridge {bname}")) {
-                    ctx.at(a.span(), format!("address {} is already used by {prev}", n.addr()));
+                    ctx.at(
+                        a.span(),
+                        format!("address {} is already used by {prev}", n.addr()),
+                    );
                 }
                 addrs.push(n);
             }
@@ -369,7 +382,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
             ctx.at(c.name.span(), "container name is empty");
         }
         if !cnames.insert(cname.clone()) {
-            ctx.at(c.name.span(), format!("container {cname:?} is defined twice"));
+            ctx.at(
+                c.name.span(),
+                format!("container {cname:?} is defined twice"),
+            );
         }
         let netns = match &c.netns {
             Some(n) => n.get_ref().clone(),
@@ -377,7 +393,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
         };
         let ns_span = c.netns.as_ref().map_or(c.name.span(), |n| n.span());
         claim_ns(ctx, &netns, ns_span, "a container");
-        let ifname = c.ifname.as_ref().map_or("eth0".to_string(), |s| s.get_ref().clone());
+        let ifname = c
+            .ifname
+            .as_ref()
+            .map_or("eth0".to_string(), |s| s.get_ref().clone());
         if let Err(e) = check_ifname(&ifname) {
             ctx.at(c.ifname.as_ref().unwrap().span(), e);
         }
@@ -404,10 +423,12 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 continue;
             };
             if let Some(b) = bridge {
-                let same_family: Vec<&IpNet> =
-                    b.addresses.iter().filter(|x| is_v4(x) == is_v4(&n)).collect();
-                if !same_family.is_empty() && !same_family.iter().any(|bn| bn.contains(&n.addr()))
-                {
+                let same_family: Vec<&IpNet> = b
+                    .addresses
+                    .iter()
+                    .filter(|x| is_v4(x) == is_v4(&n))
+                    .collect();
+                if !same_family.is_empty() && !same_family.iter().any(|bn| bn.contains(&n.addr())) {
                     let subs: Vec<String> =
                         same_family.iter().map(|s| s.trunc().to_string()).collect();
                     ctx.at(
@@ -432,7 +453,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 continue;
             }
             if let Some(prev) = used_ips.insert(n.addr(), format!("container {cname}")) {
-                ctx.at(a.span(), format!("address {} is already used by {prev}", n.addr()));
+                ctx.at(
+                    a.span(),
+                    format!("address {} is already used by {prev}", n.addr()),
+                );
             }
             addrs.push(n);
         }
@@ -456,7 +480,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                                     "gateway {ip} of container {cname} is not in any of its subnets"
                                 ),
                             );
-                        } else if gateways.iter().any(|x: &IpAddr| x.is_ipv4() == ip.is_ipv4()) {
+                        } else if gateways
+                            .iter()
+                            .any(|x: &IpAddr| x.is_ipv4() == ip.is_ipv4())
+                        {
                             ctx.at(g.span(), "at most one gateway per address family");
                         } else {
                             gateways.push(ip);
@@ -468,7 +495,9 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 if let Some(b) = bridge {
                     for ba in &b.addresses {
                         if addrs.iter().any(|n| n.contains(&ba.addr()))
-                            && !gateways.iter().any(|x: &IpAddr| x.is_ipv4() == ba.addr().is_ipv4())
+                            && !gateways
+                                .iter()
+                                .any(|x: &IpAddr| x.is_ipv4() == ba.addr().is_ipv4())
                         {
                             gateways.push(ba.addr());
                         }
@@ -476,17 +505,20 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 }
             }
         }
-        let mac = c.mac.as_ref().and_then(|m| match m.get_ref().parse::<Mac>() {
-            Ok(mac) if mac.is_multicast() || mac.is_zero() => {
-                ctx.at(m.span(), format!("mac {mac} is not a unicast address"));
-                None
-            }
-            Ok(mac) => Some(mac),
-            Err(e) => {
-                ctx.at(m.span(), e);
-                None
-            }
-        });
+        let mac = c
+            .mac
+            .as_ref()
+            .and_then(|m| match m.get_ref().parse::<Mac>() {
+                Ok(mac) if mac.is_multicast() || mac.is_zero() => {
+                    ctx.at(m.span(), format!("mac {mac} is not a unicast address"));
+                    None
+                }
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    ctx.at(m.span(), e);
+                    None
+                }
+            });
         // Docker's scheme: 02:42 and the IPv4 address, so the datapath knows
         // every container's MAC without asking its namespace.
         let mac = mac.or_else(|| Some(default_mac(&name, &cname, &addrs)));
@@ -524,7 +556,9 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                 } else {
                     ctx.at(
                         r.netns.as_ref().unwrap().span(),
-                        format!("route refers to namespace {n:?}, which the topology does not define"),
+                        format!(
+                            "route refers to namespace {n:?}, which the topology does not define"
+                        ),
                     );
                     None
                 }
@@ -578,7 +612,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
                     RT_TABLE_MAIN
                 }
                 TableRef::Id(RT_TABLE_LOCAL) => {
-                    ctx.at(t.span(), "the local table is the kernel's; routes cannot be added to it");
+                    ctx.at(
+                        t.span(),
+                        "the local table is the kernel's; routes cannot be added to it",
+                    );
                     RT_TABLE_MAIN
                 }
                 TableRef::Id(n) => *n,

@@ -154,7 +154,11 @@ impl fmt::Display for Step {
                 ns,
                 name,
                 ageing_time_s,
-            } => write!(f, "~ bridge {name} ageing_time {ageing_time_s}s{}", in_ns(ns)),
+            } => write!(
+                f,
+                "~ bridge {name} ageing_time {ageing_time_s}s{}",
+                in_ns(ns)
+            ),
             Step::SetMtu { ns, name, mtu } => write!(f, "~ link {name} mtu {mtu}{}", in_ns(ns)),
             Step::CreateVeth {
                 ns,
@@ -268,9 +272,19 @@ pub fn plan_destroy(owned: &Topology, observed: &Observed) -> Vec<Step> {
         // returns. When the group holds exactly our host ends, one request
         // removes them all in one batch.
         let group = owned.link_group();
-        let ours: BTreeSet<&str> = owned.containers.iter().map(|c| c.host_ifname.as_str()).collect();
+        let ours: BTreeSet<&str> = owned
+            .containers
+            .iter()
+            .map(|c| c.host_ifname.as_str())
+            .collect();
         let in_group: Vec<&str> = view
-            .map(|v| v.links.iter().filter(|l| l.group == group).map(|l| l.name.as_str()).collect())
+            .map(|v| {
+                v.links
+                    .iter()
+                    .filter(|l| l.group == group)
+                    .map(|l| l.name.as_str())
+                    .collect()
+            })
             .unwrap_or_default();
         let by_group = !in_group.is_empty() && in_group.iter().all(|n| ours.contains(n));
         if by_group {
@@ -339,7 +353,8 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn prev_owns_ns(&self, n: &str) -> bool {
-        self.prev.is_some_and(|p| p.owned_namespaces().iter().any(|x| x == n))
+        self.prev
+            .is_some_and(|p| p.owned_namespaces().iter().any(|x| x == n))
     }
 
     fn prev_owns_host_link(&self, name: &str) -> bool {
@@ -388,7 +403,9 @@ impl Planner<'_> {
         let prev_host = prev.host();
         let host_moved = prev_host != d.host();
         let prev_host_alive = self.o.exists(&prev_host)
-            && (prev_host == Netns::Current || desired_ns.contains(prev_host.name().unwrap_or("")) || !host_moved);
+            && (prev_host == Netns::Current
+                || desired_ns.contains(prev_host.name().unwrap_or(""))
+                || !host_moved);
         if prev_host_alive {
             let view = self.o.view(&prev_host);
             let has = |n: &str| view.is_some_and(|v| v.link(n).is_some());
@@ -413,8 +430,8 @@ impl Planner<'_> {
                 }
             }
             for c in &prev.containers {
-                let keep = !host_moved
-                    && d.containers.iter().any(|x| x.host_ifname == c.host_ifname);
+                let keep =
+                    !host_moved && d.containers.iter().any(|x| x.host_ifname == c.host_ifname);
                 if !keep && has(&c.host_ifname) {
                     self.removals.push(Step::DeleteLink {
                         ns: prev_host.clone(),
@@ -492,7 +509,10 @@ impl Planner<'_> {
         for b in &d.bridges {
             let existing = self.host_view().and_then(|v| v.link(&b.name).cloned());
             let have_addrs = match &existing {
-                Some(_) => self.host_view().map(|v| v.addrs_of(&b.name)).unwrap_or_default(),
+                Some(_) => self
+                    .host_view()
+                    .map(|v| v.addrs_of(&b.name))
+                    .unwrap_or_default(),
                 None => Vec::new(),
             };
             match &existing {
@@ -549,7 +569,9 @@ impl Planner<'_> {
         for c in &d.containers {
             let ns = Netns::named(&c.netns);
             let ns_exists = self.ensure_ns(&c.netns, None);
-            let host_link = self.host_view().and_then(|v| v.link(&c.host_ifname).cloned());
+            let host_link = self
+                .host_view()
+                .and_then(|v| v.link(&c.host_ifname).cloned());
             let bridge_idx = self
                 .host_view()
                 .and_then(|v| v.link(&c.bridge))
@@ -680,9 +702,8 @@ impl Planner<'_> {
             };
             let view = if fresh { None } else { self.o.view(&ns) };
             let matching = view.and_then(|v| {
-                v.routes_in(r.table).find(|k| {
-                    k.dst == r.to && r.metric.is_none_or(|m| k.metric == Some(m))
-                })
+                v.routes_in(r.table)
+                    .find(|k| k.dst == r.to && r.metric.is_none_or(|m| k.metric == Some(m)))
             });
             match matching {
                 Some(k) => {

@@ -22,9 +22,9 @@ fn path_of(name: &str) -> PathBuf {
 pub fn load(name: &str) -> Result<Option<Topology>> {
     let p = path_of(name);
     match fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            Error::Invalid(format!("record {} is corrupt: {e}", p.display()))
-        }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("record {} is corrupt: {e}", p.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
     }

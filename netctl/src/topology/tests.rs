@@ -35,7 +35,10 @@ fn examples_parse() {
     assert_eq!(t.containers.len(), 3);
     assert_eq!(t.containers[0].netns, "docker-default-c1");
     assert_eq!(t.containers[0].ifname, "eth0");
-    assert_eq!(t.containers[0].gateways, vec!["172.17.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        t.containers[0].gateways,
+        vec!["172.17.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(t.bridges[0].ageing_time_s, 300);
     let t = parse(TWO, "t").unwrap();
     assert_eq!(t.routes.len(), 2);
@@ -119,11 +122,17 @@ fn addresses_outside_subnet_and_overlaps() {
 
 #[test]
 fn unknown_references() {
-    let e = one_error(&format!("{BASE}\n[[container]]\nname = \"a\"\nbridge = \"br9\"\n"));
+    let e = one_error(&format!(
+        "{BASE}\n[[container]]\nname = \"a\"\nbridge = \"br9\"\n"
+    ));
     assert!(e.contains("bridge \"br9\", which is not defined"), "{e}");
-    let e = one_error(&format!("{BASE}\n[[route]]\nnetns = \"nowhere\"\nto = \"10.9.0.0/16\"\nvia = \"10.0.0.9\"\n"));
+    let e = one_error(&format!(
+        "{BASE}\n[[route]]\nnetns = \"nowhere\"\nto = \"10.9.0.0/16\"\nvia = \"10.0.0.9\"\n"
+    ));
     assert!(e.contains("namespace \"nowhere\""), "{e}");
-    let e = one_error(&format!("{BASE}\n[[route]]\nto = \"10.9.0.0/16\"\ndev = \"br7\"\n"));
+    let e = one_error(&format!(
+        "{BASE}\n[[route]]\nto = \"10.9.0.0/16\"\ndev = \"br7\"\n"
+    ));
     assert!(e.contains("device \"br7\""), "{e}");
     let e = one_error(&format!("{BASE}\nbogus = 1\n"));
     assert!(e.contains("unknown field"), "{e}");
@@ -185,7 +194,10 @@ fn applied(t: &Topology) -> Observed {
     h.hairpin = Some(false);
     let mut host = NsView {
         links: vec![link(1, "lo", None), br, h],
-        addrs: vec![Addr { index: 2, net: "10.0.0.1/24".parse().unwrap() }],
+        addrs: vec![Addr {
+            index: 2,
+            net: "10.0.0.1/24".parse().unwrap(),
+        }],
         routes: vec![],
         ip_forward: true,
     };
@@ -195,7 +207,10 @@ fn applied(t: &Topology) -> Observed {
     p.mac = Some("02:00:00:00:00:02".parse::<Mac>().unwrap());
     let ctr = NsView {
         links: vec![link(1, "lo", None), p],
-        addrs: vec![Addr { index: 2, net: "10.0.0.2/24".parse().unwrap() }],
+        addrs: vec![Addr {
+            index: 2,
+            net: "10.0.0.2/24".parse().unwrap(),
+        }],
         routes: vec![Route {
             table: RT_TABLE_MAIN,
             kind: RouteKind::Unicast,
@@ -244,11 +259,19 @@ fn reapply_is_a_no_op() {
 fn edit_changes_only_the_difference() {
     let t = small();
     let mut t2 = t.clone();
-    t2.containers[0].addresses.push("10.0.0.3/24".parse().unwrap());
+    t2.containers[0]
+        .addresses
+        .push("10.0.0.3/24".parse().unwrap());
     t2.bridges[0].ageing_time_s = 60;
     let steps = plan(&t2, Some(&t), &applied(&t)).unwrap();
     assert_eq!(steps.len(), 2, "{steps:?}");
-    assert!(matches!(&steps[0], Step::SetAgeing { ageing_time_s: 60, .. }));
+    assert!(matches!(
+        &steps[0],
+        Step::SetAgeing {
+            ageing_time_s: 60,
+            ..
+        }
+    ));
     assert!(matches!(&steps[1], Step::AddAddr { dev, .. } if dev == "eth0"));
 }
 
@@ -259,7 +282,9 @@ fn removing_a_container_deletes_its_link_and_namespace() {
     t2.containers.clear();
     let steps = plan(&t2, Some(&t), &applied(&t)).unwrap();
     assert_eq!(steps.len(), 2, "{steps:?}");
-    assert!(matches!(&steps[0], Step::DeleteLink { name, .. } if name == &t.containers[0].host_ifname));
+    assert!(
+        matches!(&steps[0], Step::DeleteLink { name, .. } if name == &t.containers[0].host_ifname)
+    );
     assert!(matches!(&steps[1], Step::DeleteNetns { name } if name == "t-a"));
 }
 
@@ -272,7 +297,10 @@ fn changed_mac_recreates_the_pair() {
     let s: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
     assert!(s[0].starts_with("- link veth"), "{s:?}");
     assert!(s[1].starts_with("+ veth"), "{s:?}");
-    assert!(s.iter().any(|x| x.starts_with("+ address 10.0.0.2/24")), "{s:?}");
+    assert!(
+        s.iter().any(|x| x.starts_with("+ address 10.0.0.2/24")),
+        "{s:?}"
+    );
     assert!(s.iter().any(|x| x.starts_with("+ route default")), "{s:?}");
 }
 

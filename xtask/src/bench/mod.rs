@@ -3,6 +3,7 @@
 //! namespace a benchmark made. Benchmarks follow DESIGN.md: everything they
 //! build lives in namespaces of their own, named with a per-process prefix.
 
+mod datapath;
 mod setup;
 
 use std::fs;
@@ -30,11 +31,30 @@ pub enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Datapath speed between two namespaces: a direct veth pair, the kernel
+    /// bridge, netctl's eBPF fast path, and the fast path with XDP attached
+    /// (iperf3 TCP 1/4 streams, UDP 64 B packets/s, 1-byte TCP RR).
+    Datapath {
+        /// Repetitions (every setup and metric once each; order rotates).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds per measurement (whole seconds, as iperf3 -t).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Where to write every sample (default: bench-results/datapath.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 pub fn run(b: BenchCmd) -> Result<()> {
     match b {
         BenchCmd::Setup { sizes, runs, json } => setup::run(&sizes, runs, json),
+        BenchCmd::Datapath {
+            runs,
+            duration,
+            json,
+        } => datapath::run(runs, duration, json),
     }
 }
 
