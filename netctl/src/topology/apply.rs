@@ -32,6 +32,10 @@ enum Undo {
 pub struct Executor {
     nls: HashMap<Netns, Nl>,
     undo: Vec<Undo>,
+    /// Ifindexes this apply learned, so a bridge is not looked up once per
+    /// port. Only forward steps use it; rollback starts from the kernel.
+    idx: HashMap<(Netns, String), u32>,
+    cache: bool,
 }
 
 impl Executor {
@@ -44,7 +48,17 @@ impl Executor {
     }
 
     async fn index(&mut self, ns: &Netns, name: &str) -> Result<u32> {
-        Ok(self.nl(ns).await?.require_link(name).await?.index)
+        let key = (ns.clone(), name.to_string());
+        if self.cache
+            && let Some(i) = self.idx.get(&key)
+        {
+            return Ok(*i);
+        }
+        let i = self.nl(ns).await?.require_link(name).await?.index;
+        if self.cache {
+            self.idx.insert(key, i);
+        }
+        Ok(i)
     }
 
     async fn route_spec(&mut self, ns: &Netns, r: &PlannedRoute) -> Result<RouteSpec> {
@@ -61,6 +75,57 @@ impl Executor {
         })
     }
 
+    /// Creates namespaces on a few threads at once: the kernel builds
+    /// namespaces concurrently, and each costs about a millisecond or two.
+    /// Every one created is recorded for rollback, even when another fails.
+    async fn create_namespaces(&mut self, names: &[&str]) -> Result<()> {
+        const WORKERS: usize = 4;
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let chunk = names.len().div_ceil(WORKERS);
+        let results: Vec<(String, Result<std::os::fd::OwnedFd>)> =
+            tokio::task::spawn_blocking(move || {
+                std::thread::scope(|sc| {
+                    let hs: Vec<_> = names
+                        .chunks(chunk)
+                        .map(|part| {
+                            sc.spawn(move || {
+                                part.iter()
+                                    .map(|n| (n.clone(), netns::create(n, netns::route_socket)))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .flat_map(|h| h.join().unwrap_or_default())
+                        .collect()
+                })
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("namespace workers: {e}")))?;
+        let mut first_err = None;
+        let mut made = Vec::new();
+        for (name, r) in results {
+            match r {
+                Ok(fd) => {
+                    self.undo.push(Undo::DeleteNetns(name.clone()));
+                    made.push(Nl::from_socket(Netns::named(&name), fd));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // lo up everywhere, concurrently (one request per namespace).
+        let ups = futures::future::join_all(made.iter().map(|nl| nl.set_up(1))).await;
+        for nl in made {
+            self.nls.insert(nl.ns.clone(), nl);
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        ups.into_iter().collect()
+    }
+
     pub async fn run(&mut self, step: &Step) -> Result<()> {
         match step {
             Step::CreateNetns { name } => {
@@ -73,7 +138,9 @@ impl Executor {
                 self.nls.insert(ns, nl);
             }
             Step::DeleteNetns { name } => {
-                self.nls.remove(&Netns::named(name));
+                let ns = Netns::named(name);
+                self.nls.remove(&ns);
+                self.idx.retain(|(n, _), _| *n != ns);
                 netns::delete(name)?;
             }
             Step::SetForward { ns, on } => {
@@ -176,9 +243,12 @@ impl Executor {
             Step::DeleteLink { ns, name } => {
                 let idx = self.index(ns, name).await?;
                 self.nl(ns).await?.del_link(idx).await?;
+                // A veth takes its peer along: nothing cached survives it.
+                self.idx.clear();
             }
             Step::DeleteGroup { ns, group, .. } => {
                 self.nl(ns).await?.del_group(*group).await?;
+                self.idx.clear();
             }
             Step::AddAddr { ns, dev, net } => {
                 let idx = self.index(ns, dev).await?;
@@ -206,6 +276,8 @@ impl Executor {
     /// earlier undo may have removed what a later one names, e.g. a deleted
     /// namespace takes its addresses with it) and returns how many ran.
     pub async fn rollback(&mut self) -> usize {
+        self.cache = false;
+        self.idx.clear();
         let mut n = 0;
         while let Some(u) = self.undo.pop() {
             let r: Result<()> = async {
@@ -376,18 +448,44 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
 }
 
 /// Runs steps in order, rolling back on the first failure. The returned
-/// executor can still roll back until committed.
+/// executor can still roll back until committed. A run of namespace
+/// creations is done in parallel.
 pub async fn execute(steps: &[Step]) -> Result<Executor> {
-    let mut ex = Executor::default();
-    for (i, s) in steps.iter().enumerate() {
-        if let Err(e) = ex.run(s).await {
+    let mut ex = Executor {
+        cache: true,
+        ..Default::default()
+    };
+    let mut i = 0;
+    while i < steps.len() {
+        let run: Vec<&str> = steps[i..]
+            .iter()
+            .map_while(|s| match s {
+                Step::CreateNetns { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let (res, n) = if run.len() > 1 {
+            (ex.create_namespaces(&run).await, run.len())
+        } else {
+            (ex.run(&steps[i]).await, 1)
+        };
+        if let Err(e) = res {
             let undone = ex.rollback().await;
+            let what = if n > 1 {
+                format!(
+                    "steps {}–{} of {} (creating namespaces)",
+                    i + 1,
+                    i + n,
+                    steps.len()
+                )
+            } else {
+                format!("step {} of {}: {}", i + 1, steps.len(), steps[i])
+            };
             return Err(Error::Invalid(format!(
-                "step {} of {} failed: {s}: {e}\nrolled back {undone} change(s) made by this apply",
-                i + 1,
-                steps.len()
+                "{what} failed: {e}\nrolled back {undone} change(s) made by this apply"
             )));
         }
+        i += n;
     }
     Ok(ex)
 }

@@ -256,7 +256,15 @@ pub fn plan(
     p.containers();
     p.routes();
     let mut steps = p.removals;
-    steps.extend(p.creates);
+    // Namespaces first, all together: creating one is the most expensive
+    // step (the kernel initialises every per-namespace subsystem) and the
+    // executor creates a run of them in parallel.
+    let (ns, rest): (Vec<Step>, Vec<Step>) = p
+        .creates
+        .into_iter()
+        .partition(|s| matches!(s, Step::CreateNetns { .. }));
+    steps.extend(ns);
+    steps.extend(rest);
     Ok(steps)
 }
 

@@ -237,11 +237,12 @@ fn fresh_apply_creates_in_order() {
     let t = small();
     let steps = plan(&t, None, &Observed::default()).unwrap();
     let names: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    // Namespaces first (created in parallel), then the rest in order.
     assert_eq!(names[0], "+ netns t-host");
-    assert!(names[1].starts_with("~ ip_forward=1"));
-    assert!(names[2].starts_with("+ bridge br0"));
-    assert!(names[3].starts_with("+ address 10.0.0.1/24 dev br0"));
-    assert_eq!(names[4], "+ netns t-a");
+    assert_eq!(names[1], "+ netns t-a");
+    assert!(names[2].starts_with("~ ip_forward=1"));
+    assert!(names[3].starts_with("+ bridge br0"));
+    assert!(names[4].starts_with("+ address 10.0.0.1/24 dev br0"));
     assert!(names[5].starts_with("+ veth"));
     assert!(names[6].starts_with("+ address 10.0.0.2/24 dev eth0"));
     assert!(names[7].starts_with("+ route default via 10.0.0.1"));
