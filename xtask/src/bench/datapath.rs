@@ -146,6 +146,9 @@ struct Env {
     server_addr: Ipv4Addr,
     topology: Option<String>,
     host_ns: Option<String>,
+    /// CPUs for the client and the server, or None to let the scheduler
+    /// place them.
+    pin: Option<(usize, usize)>,
 }
 
 #[derive(Serialize)]
@@ -178,6 +181,10 @@ struct Sample {
     metric: &'static str,
     value: f64,
     error: Option<String>,
+    /// Share of the machine's CPU time that was busy during the measurement
+    /// (ours included: client and server use up to two CPUs), and stolen.
+    machine_busy: Option<f64>,
+    machine_steal: Option<f64>,
     detail: Value,
     /// Datapath counters, after minus before the measurement (None: the
     /// setup has no datapath, or `netctl stats` failed).
@@ -205,18 +212,21 @@ struct Report {
     iperf3: String,
     runs: usize,
     duration_s: u64,
+    /// CPUs the client and the server were pinned to (null: not pinned).
+    pinned_cpus: Option<(usize, usize)>,
     notes: Vec<String>,
     setups: Vec<SetupInfo>,
     samples: Vec<Sample>,
     /// metric → setup → median.
     medians: BTreeMap<&'static str, BTreeMap<&'static str, f64>>,
-    /// metric → {c_over_a, c_over_b, d_over_c}.
+    /// metric → {c_over_a, c_over_b, d_over_c}: ratios of the medians, and
+    /// the same with `_paired`: medians of the per-repetition ratios.
     ratios: BTreeMap<&'static str, BTreeMap<&'static str, f64>>,
     fast_path: Vec<FastPath>,
     targets: Value,
 }
 
-pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
+pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> Result<()> {
     ensure!(runs >= 1, "--runs must be at least 1");
     ensure!(duration >= 1, "--duration must be at least 1 second");
     ensure!(
@@ -244,7 +254,7 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
     guard.dir(scratch.clone());
 
     eprintln!("==> building the four setups ({prefix}…)");
-    let envs = vec![
+    let mut envs = vec![
         setup_direct(&prefix)?,
         setup_topology(SetupId::Kernel, &format!("{prefix}k"), &scratch, &mut guard)?,
         setup_topology(SetupId::Ebpf, &format!("{prefix}e"), &scratch, &mut guard)?,
@@ -255,6 +265,16 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
             &mut guard,
         )?,
     ];
+    let pin = if no_pin { None } else { two_cpus() };
+    for e in &mut envs {
+        e.pin = pin;
+    }
+    match pin {
+        Some((c, s)) => eprintln!(
+            "    iperf3 client on CPU {c}, server on CPU {s}; RR both on CPU {c} (--no-pin: unpinned)"
+        ),
+        None => eprintln!("    client and server not pinned"),
+    }
     let mut infos = Vec::new();
     for e in &envs {
         check_interrupted()?;
@@ -283,8 +303,11 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
                 let env = &envs[id.idx()];
                 port = if port >= 60000 { FIRST_PORT } else { port + 1 };
                 let before = env.topology.as_deref().and_then(stats);
+                let cpu0 = cpu_times();
                 let r = measure(env, m, dur, port);
+                let cpu1 = cpu_times();
                 let after = env.topology.as_deref().and_then(stats);
+                let load = cpu0.zip(cpu1).map(|(x, y)| y.share_since(&x));
                 let datapath = before.zip(after).map(|(b, a)| a.minus(&b));
                 let (value, detail, error) = match r {
                     Ok((v, d)) => (v, d, None),
@@ -315,6 +338,8 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
                     metric: m.key(),
                     value,
                     error,
+                    machine_busy: load.map(|l| l.0),
+                    machine_steal: load.map(|l| l.1),
                     detail,
                     datapath,
                 });
@@ -339,6 +364,25 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
     }
     let (a, b, c, d) = (0, 1, 2, 3);
     let ratio = |m: usize, x: usize, y: usize| med[m][x] / med[m][y];
+    // Medians of the ratios within each repetition: the setups of one
+    // repetition ran close together, so these cancel slow drifts in the
+    // machine's load.
+    let mut paired = [[f64::NAN; 3]; 4]; // [metric][c/a, c/b, d/c]
+    for m in METRICS {
+        let value = |run: usize, s: usize| {
+            samples
+                .iter()
+                .find(|x| x.run == run && x.metric == m.key() && x.setup == SETUPS[s].key())
+                .map_or(f64::NAN, |x| x.value)
+        };
+        for (k, (x, y)) in [(c, a), (c, b), (d, c)].into_iter().enumerate() {
+            let rs: Vec<f64> = (0..runs)
+                .map(|r| value(r, x) / value(r, y))
+                .filter(|v| v.is_finite())
+                .collect();
+            paired[m.idx()][k] = median(&rs);
+        }
+    }
 
     println!();
     println!(
@@ -363,6 +407,34 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
         })
         .collect();
     print_table(&head, &rows);
+    println!();
+    println!(
+        "noise: spread over runs (max/min of the samples), and the median of the per-run \
+         (paired) ratios"
+    );
+    let mut head2 = vec!["metric"];
+    head2.extend(SETUPS.iter().map(|s| s.label()));
+    head2.extend(["c/a paired", "c/b paired", "d/c paired"]);
+    let rows2: Vec<Vec<String>> = METRICS
+        .iter()
+        .map(|&m| {
+            let mut r = vec![m.label().to_string()];
+            r.extend(SETUPS.iter().map(|s| {
+                let xs: Vec<f64> = samples
+                    .iter()
+                    .filter(|x| x.metric == m.key() && x.setup == s.key() && x.value.is_finite())
+                    .map(|x| x.value)
+                    .collect();
+                let hi = xs.iter().copied().fold(f64::NAN, f64::max);
+                let lo = xs.iter().copied().fold(f64::NAN, f64::min);
+                show_ratio(hi / lo)
+            }));
+            let p = paired[m.idx()];
+            r.extend(p.iter().map(|x| show_ratio(*x)));
+            r
+        })
+        .collect();
+    print_table(&head2, &rows2);
 
     let worst = |x: usize, y: usize| {
         METRICS
@@ -419,6 +491,18 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
         "datapath counters: `netctl stats -t TOPOLOGY --json` before and after each \
          measurement; (b) has no datapath so no counters"
             .into(),
+        match pin {
+            Some((c, s)) => format!(
+                "iperf3 client pinned to CPU {c}, server to CPU {s} (-A {c},{s}); the RR \
+                 client and server threads both on CPU {c} (sched_setaffinity): a \
+                 ping-pong on one CPU measures the path, not cross-CPU wakeups; pinning \
+                 keeps the scheduler's placement from making results bimodal"
+            ),
+            None => "client and server not pinned (--no-pin)".into(),
+        },
+        "machine_busy: share of all CPUs busy during the sample, ours included; other \
+         load on the machine shows as samples far from the median"
+            .into(),
     ];
     let mut medians = BTreeMap::new();
     let mut ratios = BTreeMap::new();
@@ -434,6 +518,9 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
                 ("c_over_a", ratio(i, c, a)),
                 ("c_over_b", ratio(i, c, b)),
                 ("d_over_c", ratio(i, d, c)),
+                ("c_over_a_paired", paired[i][0]),
+                ("c_over_b_paired", paired[i][1]),
+                ("d_over_c_paired", paired[i][2]),
             ]),
         );
     }
@@ -447,6 +534,7 @@ pub fn run(runs: usize, duration: u64, json: Option<PathBuf>) -> Result<()> {
         iperf3,
         runs,
         duration_s: duration,
+        pinned_cpus: pin,
         notes,
         setups: infos,
         samples,
@@ -555,6 +643,7 @@ fn setup_direct(prefix: &str) -> Result<Env> {
         server_addr: Ipv4Addr::new(10, 77, 0, 2),
         topology: None,
         host_ns: None,
+        pin: None,
     })
 }
 
@@ -590,6 +679,7 @@ fn setup_topology(id: SetupId, name: &str, scratch: &Path, guard: &mut Cleanup) 
         server_addr: Ipv4Addr::new(10, 78, 0, 3),
         topology: Some(name.to_string()),
         host_ns: Some(format!("{name}-h")),
+        pin: None,
     })
 }
 
@@ -921,6 +1011,9 @@ fn iperf_client(e: &Env, port: u16, dur: Duration, extra: &[&str]) -> Result<Val
             "3000",
         ])
         .args(extra);
+    if let Some((cc, sc)) = e.pin {
+        c.args(["-A", &format!("{cc},{sc}")]);
+    }
     let o = output_within(c, dur + EXTRA_TIME)?;
     let v: Value = serde_json::from_slice(&o.stdout).map_err(|_| failed("iperf3 -c", &o))?;
     if let Some(err) = v["error"].as_str() {
@@ -999,9 +1092,16 @@ fn request_response(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
     let server_ns = e.server.try_clone()?;
     let client_ns = e.client.try_clone()?;
     let addr = SocketAddr::from((e.server_addr, port));
+    let pin = e.pin;
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = std::thread::spawn(move || -> Result<u64> {
         enter(&server_ns)?;
+        // Same CPU as the client: a synchronous ping-pong then costs the
+        // path, not a cross-CPU wakeup (an IPI, expensive in a VM), and
+        // the scheduler's choice cannot make the results bimodal.
+        if let Some((cpu, _)) = pin {
+            pin_thread(cpu)?;
+        }
         let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
         l.set_nonblocking(true)?;
         let _ = ready_tx.send(());
@@ -1043,6 +1143,9 @@ fn request_response(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
     }
     let client = std::thread::spawn(move || -> Result<(u64, f64)> {
         enter(&client_ns)?;
+        if let Some((cpu, _)) = pin {
+            pin_thread(cpu)?;
+        }
         let mut s = TcpStream::connect_timeout(&addr, READY_TIMEOUT)
             .with_context(|| format!("connect {addr}"))?;
         s.set_nodelay(true)?;
@@ -1074,4 +1177,66 @@ fn request_response(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
         n as f64 / secs,
         json!({ "transactions": n, "seconds": secs, "served_incl_warmup": served }),
     ))
+}
+
+// ---------------------------------------------------------------------------
+// CPUs
+
+/// The first two CPUs we may run on, for the client and the server.
+fn two_cpus() -> Option<(usize, usize)> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // fills at most size_of::<cpu_set_t>() bytes of it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads the set within its bounds (i < CPU_SETSIZE).
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .take(2)
+        .collect();
+    (cpus.len() == 2).then(|| (cpus[0], cpus[1]))
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: as in `two_cpus`; pid 0 is the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+    }
+    Ok(())
+}
+
+/// The `cpu` line of /proc/stat: (busy, steal, total) in ticks.
+struct CpuTimes(u64, u64, u64);
+
+fn cpu_times() -> Option<CpuTimes> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // counted in user and nice).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    let steal = *v.get(7).unwrap_or(&0);
+    Some(CpuTimes(total - idle - steal, steal, total))
+}
+
+impl CpuTimes {
+    /// (busy share, steal share) between `before` and now.
+    fn share_since(&self, before: &CpuTimes) -> (f64, f64) {
+        let t = self.2.saturating_sub(before.2).max(1) as f64;
+        (
+            self.0.saturating_sub(before.0) as f64 / t,
+            self.1.saturating_sub(before.1) as f64 / t,
+        )
+    }
 }

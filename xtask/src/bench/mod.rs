@@ -41,6 +41,10 @@ pub enum BenchCmd {
         /// Seconds per measurement (whole seconds, as iperf3 -t).
         #[arg(long, default_value_t = 5)]
         duration: u64,
+        /// Let the scheduler place client and server (default: pin them to
+        /// two different CPUs).
+        #[arg(long)]
+        no_pin: bool,
         /// Where to write every sample (default: bench-results/datapath.json).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -53,8 +57,9 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Datapath {
             runs,
             duration,
+            no_pin,
             json,
-        } => datapath::run(runs, duration, json),
+        } => datapath::run(runs, duration, no_pin, json),
     }
 }
 
