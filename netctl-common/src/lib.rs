@@ -76,7 +76,8 @@ pub const MAP_NEIGH: &str = "NETCTL_NEIGH";
 pub const MAP_NEIGH_MAX: u32 = 65536;
 /// Per-CPU array of `u64` indexed by `reason::*`.
 pub const MAP_STATS: &str = "NETCTL_STATS";
-/// Per-CPU hash `ifindex (u32) -> PortStats`.
+/// Per-CPU array of `PortStats` indexed by `PortInfo::slot` (an array
+/// lookup is much cheaper per packet than a hash lookup).
 pub const MAP_PORT_STATS: &str = "NETCTL_PORT_STATS";
 /// Array of `u32` indexed by `config::*`: runtime switches.
 pub const MAP_CONFIG: &str = "NETCTL_CONFIG";
@@ -152,7 +153,9 @@ pub struct PortInfo {
     pub flags: u32,
     /// The bridge's own MAC: frames to it are for the host or to be routed.
     pub bridge_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The port's index in `MAP_PORT_STATS` (assigned by netctl, stable for
+    /// the port's life so counters survive re-applies).
+    pub slot: u16,
     /// FDB entries older than this are ignored (the bridge's ageing time).
     pub ageing_ns: u64,
 }

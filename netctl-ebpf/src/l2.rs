@@ -52,13 +52,9 @@ pub fn forward(port: &PortInfo, ifindex: u32, dst: [u8; 6], now: u64) -> Decisio
     if entry.port == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
         return Decision::pass(reason::PASS_SAME_PORT);
     }
-    // The egress port must still be ours and on this bridge: an entry
-    // learned before its port moved to another bridge must not carry frames
-    // across.
-    match maps::port(entry.port) {
-        Some(out) if out.bridge == port.bridge => {}
-        _ => return Decision::pass(reason::PASS_UNKNOWN),
-    }
+    // The key holds the bridge, so the entry's port is on this bridge; netctl
+    // removes entries of ports that are gone or moved (and a redirect to a
+    // vanished device fails and falls back to the kernel).
     redirect_peer(entry.port, reason::REDIRECT_L2)
 }
 

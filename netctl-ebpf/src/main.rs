@@ -23,7 +23,7 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::{TcContext, XdpContext},
 };
-use netctl_common::{IfCounters, MAP_IF_COUNTERS_MAX_ENTRIES, TCX_NEXT, config, reason};
+use netctl_common::{IfCounters, MAP_IF_COUNTERS_MAX_ENTRIES, PortInfo, TCX_NEXT, config, reason};
 
 use crate::parse::{ETH_HLEN, EthHdr, ensure_linear, is_multicast, mac_u64, ptr_at};
 
@@ -106,8 +106,12 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
     // run of a SCHED_CLS program; `ingress_ifindex` is a readable field.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let len = ctx.len();
-    let d = decide(&ctx, ifindex);
-    maps::account(ifindex, len, d.reason);
+    let port = maps::port(ifindex);
+    let d = match &port {
+        Some(p) => decide(&ctx, ifindex, p),
+        None => Decision::pass(reason::PASS_NOT_PORT),
+    };
+    maps::account(port.map(|p| p.slot), len, d.reason);
     if maps::config(config::TRACE) != 0 {
         trace::netctl_trace(ctx.skb.skb, ifindex, d.reason, d.egress);
     }
@@ -115,10 +119,7 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, ifindex: u32) -> Decision {
-    let Some(port) = maps::port(ifindex) else {
-        return Decision::pass(reason::PASS_NOT_PORT);
-    };
+fn decide(ctx: &TcContext, ifindex: u32, port: &PortInfo) -> Decision {
     // A frame shorter than its Ethernet header is the kernel's to drop.
     if !ensure_linear(ctx, ETH_HLEN) {
         return Decision::pass(reason::PASS_IP_SPECIAL);
@@ -131,14 +132,14 @@ fn decide(ctx: &TcContext, ifindex: u32) -> Decision {
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    l2::learn(&port, ifindex, src, now);
+    l2::learn(port, ifindex, src, now);
     if is_multicast(&dst) {
         return Decision::pass(reason::PASS_MULTICAST);
     }
     if mac_u64(&dst) == mac_u64(&port.bridge_mac) {
         l3::forward(ctx, proto, now)
     } else {
-        l2::forward(&port, ifindex, dst, now)
+        l2::forward(port, ifindex, dst, now)
     }
 }
 

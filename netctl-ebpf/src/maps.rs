@@ -29,8 +29,7 @@ pub static NETCTL_NEIGH: HashMap<[u8; 4], NeighEntry> = HashMap::pinned(MAP_NEIG
 pub static NETCTL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
 #[map]
-pub static NETCTL_PORT_STATS: PerCpuHashMap<u32, PortStats> =
-    PerCpuHashMap::pinned(MAP_PORTS_MAX, 0);
+pub static NETCTL_PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::pinned(MAP_PORTS_MAX, 0);
 
 #[map]
 pub static NETCTL_CONFIG: Array<u32> = Array::pinned(MAP_CONFIG_MAX, 0);
@@ -72,8 +71,7 @@ pub fn fdb(bridge: u32, mac: [u8; 6]) -> Option<FdbEntry> {
 /// Counts one packet of `len` bytes that ended with `why` (a `reason::*`) on
 /// port `ifindex`, in this CPU's slots.
 #[inline(always)]
-pub fn account(ifindex: u32, len: u32, why: u32) {
-    let len = u64::from(len);
+pub fn account(slot: Option<u16>, len: u32, why: u32) {
     let redirected = u64::from(why == reason::REDIRECT_L2 || why == reason::REDIRECT_L3);
 
     if let Some(n) = NETCTL_STATS.get_ptr_mut(why) {
@@ -82,32 +80,18 @@ pub fn account(ifindex: u32, len: u32, why: u32) {
         // can lose a count, which statistics can afford.
         unsafe { *n = (*n).wrapping_add(1) };
     }
-
-    if let Some(s) = NETCTL_PORT_STATS.get_ptr_mut(ifindex) {
-        // SAFETY: as above, this CPU's slot of a live element; userspace
-        // deleting the element meanwhile leaves the memory valid until the
-        // program returns (RCU), so the write is merely lost.
+    let Some(slot) = slot else { return };
+    if let Some(s) = NETCTL_PORT_STATS.get_ptr_mut(u32::from(slot)) {
+        // SAFETY: as above: this CPU's copy of an array element.
         unsafe {
             (*s).rx_packets = (*s).rx_packets.wrapping_add(1);
-            (*s).rx_bytes = (*s).rx_bytes.wrapping_add(len);
+            (*s).rx_bytes = (*s).rx_bytes.wrapping_add(u64::from(len));
             (*s).redirected = (*s).redirected.wrapping_add(redirected);
             (*s).passed = (*s).passed.wrapping_add(1 - redirected);
         }
-    } else {
-        // First packet on this port: create the element (the kernel zeroes
-        // the other CPUs' slots). Racing another CPU's insert only overwrites
-        // this CPU's slot, so nothing is lost; a full map loses the count.
-        let first = PortStats {
-            rx_packets: 1,
-            rx_bytes: len,
-            redirected,
-            passed: 1 - redirected,
-        };
-        let _ = NETCTL_PORT_STATS.insert(ifindex, first, 0);
     }
 }
 
-/// Counts one packet of `len` bytes seen by XDP on `ifindex`.
 #[inline(always)]
 pub fn account_xdp(ifindex: u32, len: u64) {
     if let Some(c) = NETCTL_XDP_STATS.get_ptr_mut(ifindex) {

@@ -83,7 +83,10 @@ fn same_bridge_flows_bypass_the_kernel_bridge() {
     // The bridge sent b's port only floods (ARP, IPv6 ND/MLD of the young
     // namespaces): nowhere near the flow, which went straight into b's eth0.
     // Without the datapath this would be at least 320.
-    assert!(tx * 10 < red, "kernel bridge sent {tx} frames to b, programs {red}");
+    assert!(
+        tx * 10 < red,
+        "kernel bridge sent {tx} frames to b, programs {red}"
+    );
     let ports = stats(&name)["ports"].clone();
     let pa = ports
         .as_array()
@@ -122,7 +125,10 @@ fn routed_flows_are_forwarded_with_ttl_and_macs_rewritten() {
     let red = decision(&name, "redirect_l3") - red0;
     assert!(red >= 300 + 10, "routed only {red}");
     let tx = tx_packets(&h, &t.containers[2].host_ifname) - tx0;
-    assert!(tx * 10 < red, "kernel sent {tx} frames to db, programs {red}");
+    assert!(
+        tx * 10 < red,
+        "kernel sent {tx} frames to db, programs {red}"
+    );
 }
 
 #[test]

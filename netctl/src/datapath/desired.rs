@@ -55,7 +55,8 @@ pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView
                     0
                 },
                 bridge_mac: br.mac.map(|m| m.0).unwrap_or_default(),
-                _pad: [0; 2],
+                // Assigned when the maps are written (it depends on them).
+                slot: 0,
                 ageing_ns: u64::from(br.ageing_time_cs.unwrap_or(30000)) * 10_000_000,
             },
         });

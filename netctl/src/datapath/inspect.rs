@@ -295,28 +295,28 @@ pub fn decisions(topology: &str) -> Result<BTreeMap<&'static str, u64>> {
 }
 
 pub fn port_stats(topology: &str, names: &Names) -> Result<Vec<PortStatsRow>> {
-    let m: PerCpuHashMap<MapData, u32, PortStats> =
-        PerCpuHashMap::try_from(open(topology, MAP_PORT_STATS)?).map_err(me(MAP_PORT_STATS))?;
-    let mut v: Vec<PortStatsRow> = m
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(i, per_cpu)| {
-            let mut row = PortStatsRow {
-                port: name_of(names, i),
-                rx_packets: 0,
-                rx_bytes: 0,
-                redirected: 0,
-                passed: 0,
-            };
-            for s in per_cpu.iter() {
-                row.rx_packets += s.rx_packets;
-                row.rx_bytes += s.rx_bytes;
-                row.redirected += s.redirected;
-                row.passed += s.passed;
-            }
-            row
-        })
-        .collect();
+    let ports: HashMap<MapData, u32, PortInfo> =
+        HashMap::try_from(open(topology, MAP_PORTS)?).map_err(me(MAP_PORTS))?;
+    let m: PerCpuArray<MapData, PortStats> =
+        PerCpuArray::try_from(open(topology, MAP_PORT_STATS)?).map_err(me(MAP_PORT_STATS))?;
+    let mut v = Vec::new();
+    for (i, p) in ports.iter().filter_map(|r| r.ok()) {
+        let per_cpu = m.get(&u32::from(p.slot), 0).map_err(me(MAP_PORT_STATS))?;
+        let mut row = PortStatsRow {
+            port: name_of(names, i),
+            rx_packets: 0,
+            rx_bytes: 0,
+            redirected: 0,
+            passed: 0,
+        };
+        for s in per_cpu.iter() {
+            row.rx_packets += s.rx_packets;
+            row.rx_bytes += s.rx_bytes;
+            row.redirected += s.redirected;
+            row.passed += s.passed;
+        }
+        v.push(row);
+    }
     v.sort_by(|a, b| a.port.cmp(&b.port));
     Ok(v)
 }

@@ -9,15 +9,15 @@ use std::path::Path;
 
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::FdLink;
 use aya::programs::tc::{
     NlOptions, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program,
 };
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
-    FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORTS, MAP_ROUTES, NeighEntry,
-    PROG_INGRESS, PROG_XDP, PortInfo, RouteValue, config,
+    FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS, MAP_PORTS_MAX,
+    MAP_ROUTES, NeighEntry, PROG_INGRESS, PROG_XDP, PortInfo, PortStats, RouteValue, config,
 };
 
 use super::desired::Desired;
@@ -200,19 +200,47 @@ fn attach_all(
     Ok(done)
 }
 
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, err)| Error::io(what.to_string(), err))
+}
+
 fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     let mut ports: HashMap<MapData, u32, PortInfo> =
         HashMap::try_from(map_at(dir, MAP_PORTS)?).map_err(e(MAP_PORTS))?;
-    let want_ports: BTreeMap<u32, PortInfo> = d.ports.iter().map(|p| (p.ifindex, p.info)).collect();
-    let stale: Vec<u32> = ports
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !want_ports.contains_key(k))
-        .collect();
+    let existing: BTreeMap<u32, PortInfo> = ports.iter().filter_map(|r| r.ok()).collect();
+    let mut want_ports: BTreeMap<u32, PortInfo> =
+        d.ports.iter().map(|p| (p.ifindex, p.info)).collect();
+    // Stats slots: a port keeps its slot (its counters survive re-applies);
+    // new ports take free ones, and a slot set free starts from zero.
+    let mut used: BTreeSet<u16> = BTreeSet::new();
+    for (i, p) in want_ports.iter_mut() {
+        if let Some(old) = existing.get(i) {
+            p.slot = old.slot;
+            used.insert(old.slot);
+        }
+    }
+    let mut free = (0..MAP_PORTS_MAX as u16).filter(|s| !used.contains(s));
+    let mut fresh_slots = Vec::new();
+    for (i, p) in want_ports.iter_mut() {
+        if !existing.contains_key(i) {
+            p.slot = free.next().ok_or_else(|| {
+                Error::Invalid(format!("more than {MAP_PORTS_MAX} ports in one topology"))
+            })?;
+            fresh_slots.push(p.slot);
+        }
+    }
+    let mut stats: PerCpuArray<MapData, PortStats> =
+        PerCpuArray::try_from(map_at(dir, MAP_PORT_STATS)?).map_err(e(MAP_PORT_STATS))?;
+    let cpus = nr_cpus()?;
+    for s in &fresh_slots {
+        let zero = PerCpuValues::try_from(vec![PortStats::default(); cpus])
+            .map_err(|err| Error::io("per-CPU values", err))?;
+        stats.set(u32::from(*s), zero, 0).map_err(e(MAP_PORT_STATS))?;
+    }
     for (k, v) in &want_ports {
         ports.insert(k, v, 0).map_err(e(MAP_PORTS))?;
     }
-    for k in &stale {
+    for k in existing.keys().filter(|k| !want_ports.contains_key(k)) {
         let _ = ports.remove(k);
     }
 
@@ -254,10 +282,11 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     // (their port no longer exists), so drop them with the port.
     let mut fdb: HashMap<MapData, FdbKey, FdbEntry> =
         HashMap::try_from(map_at(dir, MAP_FDB)?).map_err(e(MAP_FDB))?;
+    // The program trusts an entry's port to be on the key's bridge.
     let gone: Vec<FdbKey> = fdb
         .iter()
         .filter_map(|r| r.ok())
-        .filter(|(_, v)| !want_ports.contains_key(&v.port))
+        .filter(|(k, v)| want_ports.get(&v.port).is_none_or(|p| p.bridge != k.bridge))
         .map(|(k, _)| k)
         .collect();
     for k in &gone {
