@@ -251,33 +251,8 @@ pub enum RouteCmd {
         #[arg(long)]
         json: bool,
     },
-    Add {
-        /// Destination prefix or `default`.
-        to: String,
-        #[arg(long)]
-        via: Option<IpAddr>,
-        #[arg(long)]
-        dev: Option<String>,
-        #[arg(long)]
-        table: Option<u32>,
-        #[arg(long)]
-        metric: Option<u32>,
-        #[command(flatten)]
-        ns: NsOpt,
-    },
-    Del {
-        to: String,
-        #[arg(long)]
-        via: Option<IpAddr>,
-        #[arg(long)]
-        dev: Option<String>,
-        #[arg(long)]
-        table: Option<u32>,
-        #[arg(long)]
-        metric: Option<u32>,
-        #[command(flatten)]
-        ns: NsOpt,
-    },
+    Add(RouteArgs),
+    Del(RouteArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -339,4 +314,20 @@ pub enum FdbCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+pub struct RouteArgs {
+    /// Destination prefix or `default`.
+    pub to: String,
+    #[arg(long)]
+    pub via: Option<IpAddr>,
+    #[arg(long)]
+    pub dev: Option<String>,
+    #[arg(long)]
+    pub table: Option<u32>,
+    #[arg(long)]
+    pub metric: Option<u32>,
+    #[command(flatten)]
+    pub ns: NsOpt,
 }

@@ -250,46 +250,18 @@ async fn route(c: RouteCmd) -> Result<()> {
                 bail!("no route to {addr}");
             }
         }
-        RouteCmd::Add {
-            to,
-            via,
-            dev,
-            table,
-            metric,
-            ns,
-        } => {
-            ops::add_route(
-                &ns_of(&ns),
-                ops::RouteRequest {
-                    to: &to,
-                    via,
-                    dev: dev.as_deref(),
-                    table,
-                    metric,
-                },
-            )
-            .await?
-        }
-        RouteCmd::Del {
-            to,
-            via,
-            dev,
-            table,
-            metric,
-            ns,
-        } => {
-            ops::del_route(
-                &ns_of(&ns),
-                ops::RouteRequest {
-                    to: &to,
-                    via,
-                    dev: dev.as_deref(),
-                    table,
-                    metric,
-                },
-            )
-            .await?
-        }
+        RouteCmd::Add(r) => ops::add_route(&ns_of(&r.ns), request(&r)).await?,
+        RouteCmd::Del(r) => ops::del_route(&ns_of(&r.ns), request(&r)).await?,
     }
     Ok(())
+}
+
+fn request(r: &RouteArgs) -> ops::RouteRequest<'_> {
+    ops::RouteRequest {
+        to: &r.to,
+        via: r.via,
+        dev: r.dev.as_deref(),
+        table: r.table,
+        metric: r.metric,
+    }
 }

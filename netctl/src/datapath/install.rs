@@ -114,26 +114,48 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
         .map(|(_, p)| *p)
         .collect();
 
-    if !prog_pin.exists() || !dir.join(MAP_PORTS).exists() {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dir)
-            .load(obj)
-            .map_err(|err| bpf_error("loading the eBPF object", &err))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG_INGRESS)
-            .ok_or_else(|| Error::Bpf(format!("program {PROG_INGRESS} missing from the object")))?
-            .try_into()
-            .map_err(|err| bpf_error(PROG_INGRESS, &err))?;
-        prog.load()
-            .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
-        prog.pin(&prog_pin)
-            .map_err(|err| bpf_error(&format!("pin {}", prog_pin.display()), &err))?;
-        report.loaded = true;
-    }
+    report.loaded = load_program(topology)?;
     // Maps first, so the first packet through a new link finds its port.
     write_maps(&dir, d)?;
-    report.attached = attach_all(&prog_pin, &links, &missing)?;
+    report.attached = attach_all(&prog_pin, &links, &missing, stale_program)?;
     Ok(report)
+}
+
+/// Loads the object (maps pinned, or reused from their pins) and pins the
+/// ingress program, unless the current program is already pinned. Needs no
+/// namespace: `apply` runs it while the netlink work is under way, since
+/// the verifier takes a few tens of milliseconds.
+pub fn load_program(topology: &str) -> Result<bool> {
+    pins::ensure_bpffs()?;
+    let obj = object();
+    if obj.is_empty() {
+        return Err(Error::Bpf(
+            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
+                .into(),
+        ));
+    }
+    let dir = topology_dir(topology);
+    let progs = pins::progs_dir(topology);
+    fs::create_dir_all(&progs)
+        .map_err(|err| Error::io(format!("create {}", progs.display()), err))?;
+    let prog_pin = progs.join(format!("ingress-{}", object_tag()));
+    if prog_pin.exists() && dir.join(MAP_PORTS).exists() {
+        return Ok(false);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(obj)
+        .map_err(|err| bpf_error("loading the eBPF object", &err))?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_INGRESS)
+        .ok_or_else(|| Error::Bpf(format!("program {PROG_INGRESS} missing from the object")))?
+        .try_into()
+        .map_err(|err| bpf_error(PROG_INGRESS, &err))?;
+    prog.load()
+        .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
+    prog.pin(&prog_pin)
+        .map_err(|err| bpf_error(&format!("pin {}", prog_pin.display()), &err))?;
+    Ok(true)
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<String>> {
@@ -158,6 +180,7 @@ fn attach_all(
     prog_pin: &Path,
     links: &Path,
     ports: &[&super::desired::Port],
+    replace: bool,
 ) -> Result<Vec<String>> {
     if ports.is_empty() {
         return Ok(Vec::new());
@@ -166,9 +189,11 @@ fn attach_all(
         .map_err(|err| bpf_error("open pinned program", &err))?;
     let mut done = Vec::new();
     for p in ports {
-        // A filter left by an earlier program (or a crash) goes first, so a
-        // port never runs two copies.
-        let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
+        // A filter of an earlier program goes first, so a port never runs
+        // two copies. (A port without a marker is new: nothing to remove.)
+        if replace {
+            let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
+        }
         match qdisc_add_clsact(&p.ifname) {
             Ok(()) => {}
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -235,7 +260,9 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     for s in &fresh_slots {
         let zero = PerCpuValues::try_from(vec![PortStats::default(); cpus])
             .map_err(|err| Error::io("per-CPU values", err))?;
-        stats.set(u32::from(*s), zero, 0).map_err(e(MAP_PORT_STATS))?;
+        stats
+            .set(u32::from(*s), zero, 0)
+            .map_err(e(MAP_PORT_STATS))?;
     }
     for (k, v) in &want_ports {
         ports.insert(k, v, 0).map_err(e(MAP_PORTS))?;

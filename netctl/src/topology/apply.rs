@@ -410,8 +410,38 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
             datapath: None,
         });
     }
-    let mut ex = execute(&steps).await?;
     let had_datapath = crate::datapath::pins::topology_dir(&desired.name).exists();
+    // The verifier's work overlaps the netlink work.
+    let prepare = (desired.datapath == Datapath::Ebpf).then(|| {
+        let name = desired.name.clone();
+        tokio::task::spawn_blocking(move || crate::datapath::install::load_program(&name))
+    });
+    let executed = execute(&steps).await;
+    let prepared = match prepare {
+        Some(h) => Some(
+            h.await
+                .unwrap_or_else(|e| Err(Error::Bpf(format!("loader thread: {e}")))),
+        ),
+        None => None,
+    };
+    let mut ex = match executed {
+        Ok(ex) => ex,
+        Err(e) => {
+            if !had_datapath {
+                let _ = crate::datapath::install::detach_blocking_pins_only(&desired.name);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(Err(e)) = prepared {
+        if !had_datapath {
+            let _ = crate::datapath::install::detach_blocking_pins_only(&desired.name);
+        }
+        let undone = ex.rollback().await;
+        return Err(Error::Invalid(format!(
+            "loading the eBPF datapath failed: {e}\nrolled back {undone} change(s) made by this apply"
+        )));
+    }
     let datapath = match desired.datapath {
         Datapath::Ebpf => match crate::datapath::sync(desired).await {
             Ok(r) => Some(r),

@@ -38,8 +38,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    Cleanup, check_interrupted, median, netctl_bin, netns_with_prefix, print_table, results_path,
-    root_links, yes_no,
+    Cleanup, check_interrupted, median, netctl_bin, print_table, results_path, root_links, yes_no,
 };
 
 /// How long a server may take to listen, a client to connect, and iperf3 to
@@ -238,20 +237,12 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
         .ok_or_else(|| anyhow!("iperf3 is missing (apt-get install iperf3)"))?;
     let iperf3 = iperf3.lines().next().unwrap_or("").trim().to_string();
 
-    super::catch_interrupts();
-    let pid = std::process::id();
-    let prefix = format!("bd{pid}-");
-    let stale = netns_with_prefix(&prefix);
-    ensure!(
-        stale.is_empty(),
-        "namespaces {} already exist",
-        stale.join(" ")
-    );
-    let links_before = root_links();
-    let mut guard = Cleanup::new(prefix.clone());
-    let scratch = std::env::temp_dir().join(format!("netctl-bench-datapath-{pid}"));
-    fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    guard.dir(scratch.clone());
+    let super::Run {
+        prefix,
+        links_before,
+        mut guard,
+        scratch,
+    } = super::start_run("bd", "datapath")?;
 
     eprintln!("==> building the four setups ({prefix}…)");
     let mut envs = vec![

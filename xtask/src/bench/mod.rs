@@ -321,3 +321,38 @@ pub fn check_interrupted() -> Result<()> {
     );
     Ok(())
 }
+
+/// The common start of a bench run: Ctrl-C handling, a prefix unique to
+/// this process (`<tag><pid>-`) with no namespace already using it, the
+/// root namespace's links to compare at the end, a cleanup guard and a
+/// scratch directory it removes.
+pub struct Run {
+    pub prefix: String,
+    pub links_before: Vec<String>,
+    pub guard: Cleanup,
+    pub scratch: std::path::PathBuf,
+}
+
+pub fn start_run(tag: &str, what: &str) -> anyhow::Result<Run> {
+    use anyhow::Context as _;
+    catch_interrupts();
+    let pid = std::process::id();
+    let prefix = format!("{tag}{pid}-");
+    let stale = netns_with_prefix(&prefix);
+    anyhow::ensure!(
+        stale.is_empty(),
+        "namespaces {} already exist",
+        stale.join(" ")
+    );
+    let links_before = root_links();
+    let mut guard = Cleanup::new(prefix.clone());
+    let scratch = std::env::temp_dir().join(format!("netctl-bench-{what}-{pid}"));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    guard.dir(scratch.clone());
+    Ok(Run {
+        prefix,
+        links_before,
+        guard,
+        scratch,
+    })
+}

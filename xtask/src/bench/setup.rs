@@ -119,20 +119,12 @@ pub fn run(sizes: &[usize], runs: usize, json: Option<PathBuf>) -> Result<()> {
         ensure!(p.is_file(), "{} is missing", p.display());
     }
 
-    super::catch_interrupts();
-    let pid = std::process::id();
-    let prefix = format!("bn{pid}-");
-    let stale = netns_with_prefix(&prefix);
-    ensure!(
-        stale.is_empty(),
-        "namespaces {} already exist",
-        stale.join(" ")
-    );
-    let links_before = root_links();
-    let mut guard = Cleanup::new(prefix.clone());
-    let scratch = std::env::temp_dir().join(format!("netctl-bench-setup-{pid}"));
-    fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    guard.dir(scratch.clone());
+    let super::Run {
+        prefix,
+        links_before,
+        mut guard,
+        scratch,
+    } = super::start_run("bn", "setup")?;
 
     let mut notes = vec![
         "netctl apply includes creating its N+1 namespaces; CNI ADD excludes them \
