@@ -352,3 +352,49 @@ fn a_program_the_verifier_rejects_is_an_error_with_its_log() {
 fn netctl_common_reject() -> &'static str {
     "netctl_selftest_reject"
 }
+
+#[test]
+fn route_and_forwarding_changes_reach_the_datapath() {
+    let name = unique("sync");
+    let _g = Cleanup::new(&name);
+    let t = example("two-bridges.toml", &name);
+    rt().block_on(netctl::topology::apply(&t, false)).unwrap();
+    let (web, host) = (format!("{name}-web"), format!("{name}-host"));
+    assert!(ping(&web, "10.10.2.2"));
+
+    // A route added with netctl in the host namespace is mirrored at once.
+    let o = netctl(&[
+        "route",
+        "add",
+        "10.99.0.0/16",
+        "--via",
+        "10.10.2.2",
+        "-n",
+        &host,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let routes = stdout(&netctl(&["maps", "dump", "routes", "-t", &name]));
+    assert!(
+        routes.contains("10.99.0.0/16 gateway via 10.10.2.2 dev br-back"),
+        "{routes}"
+    );
+    let o = netctl(&["route", "del", "10.99.0.0/16", "-n", &host]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let routes = stdout(&netctl(&["maps", "dump", "routes", "-t", &name]));
+    assert!(!routes.contains("10.99.0.0/16"), "{routes}");
+
+    // Forwarding off: the datapath does not route either, as the kernel.
+    assert!(netctl(&["forward", "off", "-n", &host]).status.success());
+    let f0 = decision(&name, "pass_forward_off");
+    assert!(
+        !in_ns(
+            &web,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.10.2.2"]
+        )
+        .status
+        .success()
+    );
+    assert!(decision(&name, "pass_forward_off") > f0);
+    assert!(netctl(&["forward", "on", "-n", &host]).status.success());
+    assert!(ping(&web, "10.10.2.2"));
+}

@@ -178,11 +178,26 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 ops::set_hairpin(&ns_of(&ns), &port, state == "on").await?
             }
         },
-        Cmd::Addr(c) => match c {
-            AddrCmd::Add { addr, dev, ns } => ops::add_addr(&ns_of(&ns), &dev, addr).await?,
-            AddrCmd::Del { addr, dev, ns } => ops::del_addr(&ns_of(&ns), &dev, addr).await?,
-        },
-        Cmd::Route(c) => route(c).await?,
+        Cmd::Addr(c) => {
+            let ns = match &c {
+                AddrCmd::Add { ns, .. } | AddrCmd::Del { ns, .. } => ns_of(ns),
+            };
+            match c {
+                AddrCmd::Add { addr, dev, .. } => ops::add_addr(&ns, &dev, addr).await?,
+                AddrCmd::Del { addr, dev, .. } => ops::del_addr(&ns, &dev, addr).await?,
+            }
+            resync(&ns).await?;
+        }
+        Cmd::Route(c) => {
+            let ns = match &c {
+                RouteCmd::Add(r) | RouteCmd::Del(r) => Some(ns_of(&r.ns)),
+                _ => None,
+            };
+            route(c).await?;
+            if let Some(ns) = ns {
+                resync(&ns).await?;
+            }
+        }
         Cmd::Datapath(c) => super::datapath::datapath(c).await?,
         Cmd::Maps(c) => super::datapath::maps(c).await?,
         Cmd::Fdb(c) => super::datapath::fdb(c).await?,
@@ -192,7 +207,10 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             let ns = ns_of(&ns);
             match state.as_str() {
                 "show" => println!("ip_forward={}", u8::from(netctl::sysctl::ip_forward(&ns)?)),
-                s => netctl::sysctl::set_ip_forward(&ns, s == "on")?,
+                s => {
+                    netctl::sysctl::set_ip_forward(&ns, s == "on")?;
+                    resync(&ns).await?;
+                }
             }
         }
     }
@@ -264,4 +282,22 @@ fn request(r: &RouteArgs) -> ops::RouteRequest<'_> {
         table: r.table,
         metric: r.metric,
     }
+}
+
+/// The eBPF datapath mirrors its host namespace's routes, local addresses
+/// and forwarding switch: after changing them there, netctl brings every
+/// datapath of that namespace up to date.
+async fn resync(ns: &Netns) -> Result<()> {
+    for name in topology::store::list()? {
+        let Some(t) = topology::store::load(&name)? else {
+            continue;
+        };
+        if t.datapath == topology::Datapath::Ebpf
+            && t.host() == *ns
+            && netctl::datapath::pins::topology_dir(&name).exists()
+        {
+            netctl::datapath::sync(&t).await?;
+        }
+    }
+    Ok(())
 }
