@@ -42,7 +42,10 @@ fn main() {
         Cmd::Run => setup::run()
             .and_then(|_| build(true))
             .and_then(|_| demo::run()),
-        Cmd::Test { args } => setup::run().and_then(|_| test(&args)),
+        // The integration tests drive the netctl binary as users do.
+        Cmd::Test { args } => setup::run()
+            .and_then(|_| build(true))
+            .and_then(|_| test(&args)),
         Cmd::Bench(b) => setup::run()
             .and_then(|_| build(true))
             .and_then(|_| bench::run(b)),
