@@ -96,6 +96,21 @@ pub fn ping(ns: &str, dst: &str) -> bool {
     .success()
 }
 
+/// Starts a Python `script` inside `ns` and waits for it to print its
+/// "ready" line (rather than sleeping); returns the child and the rest of
+/// its output.
+pub fn spawn_ready(ns: &str, script: &str) -> (std::process::Child, std::process::ChildStdout) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    (child, out)
+}
+
 /// A TCP round trip from `client_ns` to a one-shot echo server in
 /// `server_ns` on `addr:port`. Returns what came back.
 pub fn tcp_echo(server_ns: &str, client_ns: &str, addr: &str, port: u16) -> String {
@@ -109,15 +124,7 @@ pub fn tcp_echo(server_ns: &str, client_ns: &str, addr: &str, port: u16) -> Stri
          s.bind(('{addr}',{port}));s.listen(1);print('ready',flush=True)\n\
          c,_=s.accept();d=c.recv(100);c.sendall(b'echo:'+d);c.close()"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", server_ns, "python3", "-c", &server])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the server's "ready" line rather than sleeping.
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let (mut child, _out) = spawn_ready(server_ns, &server);
     let client = format!(
         "import socket\nc=socket.create_connection(('{addr}',{port}),timeout=5)\n\
          c.sendall(b'hello');print(c.recv(100).decode())"
@@ -273,14 +280,7 @@ pub fn udp_flow(server_ns: &str, client_ns: &str, addr: &str, port: u16, count: 
          s.bind(('{addr}',{port}));s.settimeout(2);print('ready',flush=True)\nn=0\n\
          try:\n  while n<{count}:\n    s.recv(100);n+=1\nexcept Exception: pass\nprint(n)"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", server_ns, "python3", "-c", &server])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let (mut child, mut out) = spawn_ready(server_ns, &server);
     let client = format!(
         "import socket,time\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
          for i in range({count}):\n  c.sendto(b'x'*32,('{addr}',{port}))\n  time.sleep(0.0005)"

@@ -176,15 +176,7 @@ fn arp_and_broadcast_still_work() {
         let s = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
                  s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7200));\
                  s.settimeout(5);print('ready',flush=True)\nprint(s.recv(64).decode())";
-        let mut ch = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", s])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = ch.stdout.take().unwrap();
-        let mut buf = [0u8; 6];
-        std::io::Read::read_exact(&mut out, &mut buf).unwrap();
-        (ch, out)
+        spawn_ready(ns, s)
     };
     let (mut cb, mut ob) = recv(&b);
     let (mut cc, mut oc) = recv(&c);

@@ -44,6 +44,17 @@ fn e(what: &str) -> impl Fn(aya::maps::MapError) -> Error + '_ {
     move |err| bpf_error(what, &err)
 }
 
+fn embedded_object() -> Result<&'static [u8]> {
+    let obj = object();
+    if obj.is_empty() {
+        return Err(Error::Bpf(
+            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
+                .into(),
+        ));
+    }
+    Ok(obj)
+}
+
 /// A short, stable hash of the embedded object: pinned programs carry it.
 fn object_tag() -> String {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -59,13 +70,7 @@ fn object_tag() -> String {
 /// maps. Loads the object only when no current program is pinned.
 pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     pins::ensure_bpffs()?;
-    let obj = object();
-    if obj.is_empty() {
-        return Err(Error::Bpf(
-            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
-                .into(),
-        ));
-    }
+    embedded_object()?;
     let dir = topology_dir(topology);
     let links = links_dir(topology);
     let progs = pins::progs_dir(topology);
@@ -127,13 +132,7 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
 /// the verifier takes a few tens of milliseconds.
 pub fn load_program(topology: &str) -> Result<bool> {
     pins::ensure_bpffs()?;
-    let obj = object();
-    if obj.is_empty() {
-        return Err(Error::Bpf(
-            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
-                .into(),
-        ));
-    }
+    let obj = embedded_object()?;
     let dir = topology_dir(topology);
     let progs = pins::progs_dir(topology);
     fs::create_dir_all(&progs)

@@ -541,18 +541,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
             "worst_c_over_b_metric": wb_m.key(),
         }),
     };
-    let path = results_path(json, "datapath.json");
-    super::write_json(&path, &report)?;
-    println!("samples: {}", path.display());
-
-    let links_after = root_links();
-    if links_after != links_before {
-        bail!(
-            "the root namespace's links changed during the bench: before {links_before:?}, \
-             after {links_after:?}"
-        );
-    }
-    Ok(())
+    super::finish_run(&results_path(json, "datapath.json"), &report, &links_before)
 }
 
 fn show_ratio(x: f64) -> String {

@@ -356,3 +356,20 @@ pub fn start_run(tag: &str, what: &str) -> anyhow::Result<Run> {
         scratch,
     })
 }
+
+/// The common end of a bench run: the JSON report written, and proof that
+/// the root namespace's links are as they were.
+pub fn finish_run<T: serde::Serialize>(
+    path: &std::path::Path,
+    report: &T,
+    links_before: &[String],
+) -> anyhow::Result<()> {
+    write_json(path, report)?;
+    println!("samples: {}", path.display());
+    let links_after = root_links();
+    anyhow::ensure!(
+        links_after == links_before,
+        "the root namespace's links changed during the bench: before {links_before:?}, after {links_after:?}"
+    );
+    Ok(())
+}

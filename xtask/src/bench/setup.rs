@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 use super::{
@@ -283,18 +283,7 @@ pub fn run(sizes: &[usize], runs: usize, json: Option<PathBuf>) -> Result<()> {
         sizes: results,
         targets,
     };
-    let path = results_path(json, "setup.json");
-    super::write_json(&path, &report)?;
-    println!("samples: {}", path.display());
-
-    let links_after = root_links();
-    if links_after != links_before {
-        bail!(
-            "the root namespace's links changed during the bench: before {links_before:?}, \
-             after {links_after:?}"
-        );
-    }
-    Ok(())
+    super::finish_run(&results_path(json, "setup.json"), &report, &links_before)
 }
 
 fn runs_for(n: usize, runs: usize) -> usize {
