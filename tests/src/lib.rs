@@ -244,7 +244,8 @@ pub fn footprint(prefix: &str) -> Footprint {
             .collect(),
         bpffs: dir_names("/sys/fs/bpf")
             .into_iter()
-            .filter(|n| !n.starts_with("netctl-scratch-"))
+            // `netctl/` itself comes and goes with other tests' topologies.
+            .filter(|n| !n.starts_with("netctl-scratch-") && n != "netctl")
             .chain(
                 dir_names("/sys/fs/bpf/netctl")
                     .into_iter()

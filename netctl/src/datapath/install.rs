@@ -71,12 +71,10 @@ fn object_tag() -> String {
 pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     pins::ensure_bpffs()?;
     embedded_object()?;
+    pins::create_topology_dirs(topology)?;
     let dir = topology_dir(topology);
     let links = links_dir(topology);
     let progs = pins::progs_dir(topology);
-    for d in [&links, &progs] {
-        fs::create_dir_all(d).map_err(|err| Error::io(format!("create {}", d.display()), err))?;
-    }
     let mut report = SyncReport::default();
     let prog_pin = progs.join(format!("ingress-{}", object_tag()));
 
@@ -133,10 +131,9 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
 pub fn load_program(topology: &str) -> Result<bool> {
     pins::ensure_bpffs()?;
     let obj = embedded_object()?;
+    pins::create_topology_dirs(topology)?;
     let dir = topology_dir(topology);
     let progs = pins::progs_dir(topology);
-    fs::create_dir_all(&progs)
-        .map_err(|err| Error::io(format!("create {}", progs.display()), err))?;
     let prog_pin = progs.join(format!("ingress-{}", object_tag()));
     if prog_pin.exists() && dir.join(MAP_PORTS).exists() {
         return Ok(false);
@@ -360,8 +357,7 @@ pub fn detach_blocking(topology: &str) -> Result<bool> {
             detach_port(&pin);
         }
     }
-    fs::remove_dir_all(&dir).map_err(|err| Error::io(format!("remove {}", dir.display()), err))?;
-    Ok(true)
+    pins::remove_topology(topology)
 }
 
 /// Attaches (`on`) or detaches the XDP program on every port of the
@@ -465,12 +461,7 @@ pub async fn detach(name: &str, host: &Netns) -> Result<bool> {
 /// Removes only the pins (the host namespace is gone, and the ports with it,
 /// or nothing records where it is).
 pub fn detach_blocking_pins_only(topology: &str) -> Result<bool> {
-    let dir = topology_dir(topology);
-    if !dir.exists() {
-        return Ok(false);
-    }
-    fs::remove_dir_all(&dir).map_err(|err| Error::io(format!("remove {}", dir.display()), err))?;
-    Ok(true)
+    pins::remove_topology(topology)
 }
 
 /// Attaches or detaches the XDP program on the topology's ports.

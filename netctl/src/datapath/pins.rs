@@ -54,6 +54,37 @@ pub fn parse_link_pin(name: &str) -> Option<(String, u32)> {
     Some((n.to_string(), i.parse().ok()?))
 }
 
+/// Creates the topology's pin directories (and `netctl/` above them).
+pub fn create_topology_dirs(topology: &str) -> Result<()> {
+    for d in [links_dir(topology), progs_dir(topology)] {
+        // Another topology's teardown may remove an empty `netctl/` between
+        // our mkdirs (see `remove_topology`); trying again settles it.
+        let mut tries = 0;
+        loop {
+            match fs::create_dir_all(&d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => return Err(Error::io(format!("create {}", d.display()), e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a topology's pins, and `netctl/` itself once no topology is
+/// left, so that a machine without datapaths has nothing of netctl in
+/// bpffs. Returns whether there was anything to remove.
+pub fn remove_topology(topology: &str) -> Result<bool> {
+    let dir = topology_dir(topology);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))?;
+    // Fails harmlessly (ENOTEMPTY) while other topologies are pinned.
+    let _ = fs::remove_dir(base_dir());
+    Ok(true)
+}
+
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there, as Cilium
 /// does; a fresh machine has none.
 pub fn ensure_bpffs() -> Result<()> {
