@@ -202,6 +202,12 @@ pub struct RouteValue {
     /// Gateway, IPv4 in network byte order (GATEWAY only).
     pub gateway: [u8; 4],
     pub _pad: u32,
+    /// The egress bridge's MAC and ageing time (CONNECTED/GATEWAY): the new
+    /// source MAC of a routed frame and the freshness its next hop's FDB
+    /// entry needs, written here once so the router looks up no port.
+    pub bridge_mac: [u8; 6],
+    pub _pad2: [u8; 2],
+    pub ageing_ns: u64,
 }
 
 #[repr(C)]
@@ -228,7 +234,7 @@ pub struct PortStats {
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<FdbKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<RouteValue>() == 16);
+const _: () = assert!(core::mem::size_of::<RouteValue>() == 32);
 const _: () = assert!(core::mem::size_of::<NeighEntry>() == 12);
 const _: () = assert!(core::mem::size_of::<PortStats>() == 32);
 

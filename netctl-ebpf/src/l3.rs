@@ -41,6 +41,7 @@ pub fn forward(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
         return Decision::pass(reason::PASS_NO_ROUTE);
     };
     let (kind, out_bridge, gateway) = (route.kind, route.bridge, route.gateway);
+    let (out_mac, ageing_ns) = (route.bridge_mac, route.ageing_ns);
     let nexthop = match kind {
         route_kind::CONNECTED => daddr,
         route_kind::GATEWAY => gateway,
@@ -60,11 +61,10 @@ pub fn forward(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
     let Some(entry) = maps::fdb(neigh.bridge, neigh.mac) else {
         return Decision::pass(reason::PASS_NO_NEIGH);
     };
+    // The FDB key holds the bridge, so the entry's port is on the route's
+    // bridge (netctl drops entries of ports that left it).
     let egress = entry.port;
-    let Some(out) = maps::port(egress) else {
-        return Decision::pass(reason::PASS_NO_NEIGH);
-    };
-    if out.bridge != neigh.bridge || now.saturating_sub(entry.last_seen_ns) > out.ageing_ns {
+    if now.saturating_sub(entry.last_seen_ns) > ageing_ns {
         return Decision::pass(reason::PASS_NO_NEIGH);
     }
 
@@ -85,7 +85,7 @@ pub fn forward(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
     // cloned skb the kernel makes the head private before the program runs.
     unsafe {
         (*eth).dst = neigh.mac;
-        (*eth).src = out.bridge_mac;
+        (*eth).src = out_mac;
         (*ip).ttl = ttl - 1;
         (*ip).check = csum_after_ttl_dec(check, ttl, protocol);
     }

@@ -14,14 +14,7 @@ use crate::nl::{LinkChange, Nl, RouteSpec, VethSpec};
 
 /// Creates a named namespace with `lo` up.
 pub async fn add_netns(name: &str) -> Result<()> {
-    let fd = netns::create(name, netns::route_socket)?;
-    let nl = Nl::from_socket(Netns::named(name), fd);
-    if let Err(e) = nl.set_up(1).await {
-        drop(nl);
-        let _ = netns::delete(name);
-        return Err(e);
-    }
-    Ok(())
+    Nl::create_netns(name).await.map(drop)
 }
 
 pub fn del_netns(name: &str) -> Result<()> {

@@ -180,17 +180,7 @@ mod tests {
     use super::*;
 
     fn r(table: u32, kind: RouteKind, dst: &str, gw: Option<&str>, oif: u32) -> Route {
-        Route {
-            table,
-            kind,
-            dst: dst.parse().unwrap(),
-            gateway: gw.map(|g| g.parse().unwrap()),
-            oif: Some(oif),
-            prefsrc: None,
-            protocol: "static".into(),
-            scope: "global".into(),
-            metric: None,
-        }
+        Route::fixture(table, kind, dst, gw, oif)
     }
 
     fn table() -> Vec<Route> {

@@ -117,13 +117,24 @@ pub async fn gather(only: &[Netns]) -> Result<Report> {
         let Some(me) = g.get(&ns) else {
             return Err(crate::Error::NoSuchNetns(ns.to_string()));
         };
-        // nsid → namespace, as this namespace numbers the others.
+        // nsid → namespace, as this namespace numbers the others: one
+        // RTM_GETNSID per candidate, stopping once every id its veths use
+        // is named (a container needs one, not one per namespace).
+        let mut wanted: std::collections::BTreeSet<i32> = me
+            .view
+            .links
+            .iter()
+            .filter_map(|l| l.link_netnsid)
+            .collect();
         let mut ids: BTreeMap<i32, Netns> = BTreeMap::new();
-        if me.view.links.iter().any(|l| l.link_netnsid.is_some()) {
-            for (other, f) in &files {
-                if let Some(id) = me.nl.nsid_of(f).await? {
-                    ids.insert(id, other.clone());
-                }
+        for (other, f) in &files {
+            if wanted.is_empty() {
+                break;
+            }
+            if let Some(id) = me.nl.nsid_of(f).await?
+                && wanted.remove(&id)
+            {
+                ids.insert(id, other.clone());
             }
         }
         let mut links = Vec::new();

@@ -105,3 +105,51 @@ pub struct FdbEntry {
     /// Seconds since the entry was last updated (learned entries only).
     pub age_s: Option<u32>,
 }
+
+#[cfg(test)]
+impl Link {
+    /// A plain up link as a dump returns it, for planner and datapath tests.
+    pub(crate) fn fixture(index: u32, name: &str, kind: Option<&str>) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: kind.map(str::to_string),
+            mac: None,
+            mtu: 1500,
+            up: true,
+            loopback: index == 1 && kind.is_none(),
+            master: None,
+            link: None,
+            link_netnsid: None,
+            alias: None,
+            ageing_time_cs: None,
+            hairpin: None,
+            netns_immutable: None,
+            group: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Route {
+    /// A static route, for lookup, planner and datapath tests.
+    pub(crate) fn fixture(
+        table: u32,
+        kind: RouteKind,
+        dst: &str,
+        gateway: Option<&str>,
+        oif: u32,
+    ) -> Route {
+        Route {
+            table,
+            kind,
+            dst: dst.parse().unwrap(),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            oif: Some(oif),
+            prefsrc: None,
+            protocol: "static".into(),
+            scope: "global".into(),
+            metric: None,
+        }
+    }
+}

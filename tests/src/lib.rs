@@ -176,8 +176,18 @@ pub fn namespaces_with(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Cleans up a test's topology and every namespace with its prefix when
-/// dropped, also on panic.
+/// Writes `text` as `file` in the test's scratch directory (named after
+/// its unique prefix, removed by `Cleanup`) and returns the path.
+pub fn write_file(prefix: &str, file: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(file);
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+/// Cleans up a test's topology, every namespace with its prefix and its
+/// scratch directory when dropped, also on panic.
 pub struct Cleanup {
     pub prefix: String,
 }
@@ -202,6 +212,7 @@ impl Drop for Cleanup {
         for ns in namespaces_with(&self.prefix) {
             let _ = netctl::netns::delete(&ns);
         }
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
     }
 }
 

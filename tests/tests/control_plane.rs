@@ -299,6 +299,20 @@ fn netns_local_devices_cannot_move_and_netctl_says_why() {
         ip_json(&["-n", &a, "link", "show", "br0"])[0]["ifname"],
         "br0"
     );
+    // vxlan is not netns-local on this kernel (it says so, and moves it):
+    // netctl leaves the decision to the kernel's IFLA_NETNS_IMMUTABLE.
+    let vx = run(
+        "ip",
+        &[
+            "-n", &a, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
+        ],
+    );
+    assert!(vx.status.success(), "{}", stderr(&vx));
+    ok(netctl(&["link", "move", "vx0", "--to", &b, "-n", &a]));
+    assert_eq!(
+        ip_json(&["-n", &b, "link", "show", "vx0"])[0]["ifname"],
+        "vx0"
+    );
     // A veth end moves fine.
     ok(netctl(&["veth", "add", "va", "--peer", "vb", "-n", &a]));
     ok(netctl(&["link", "move", "vb", "--to", &b, "-n", &a]));

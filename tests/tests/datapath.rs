@@ -9,10 +9,7 @@ use netctl_tests::*;
 /// Writes a topology file and applies it with the CLI, whose process exits
 /// before any traffic: the programs must keep working without it.
 fn apply_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("t.toml");
-    std::fs::write(&f, text).unwrap();
+    let f = write_file(name, "t.toml", text);
     let o = netctl(&["apply", f.to_str().unwrap()]);
     assert!(o.status.success(), "apply: {}", stderr(&o));
     f

@@ -165,10 +165,7 @@ fn editing_the_file_changes_only_the_difference() {
 fn the_cli_reports_no_changes_on_reapply_and_destroys_by_file() {
     let name = unique("cli");
     let _g = Cleanup::new(&name);
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("t.toml");
-    std::fs::write(&f, small(&name, "")).unwrap();
+    let f = write_file(&name, "t.toml", &small(&name, ""));
     let fs = f.to_str().unwrap();
     let o = netctl(&["apply", fs]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -179,7 +176,6 @@ fn the_cli_reports_no_changes_on_reapply_and_destroys_by_file() {
     let o = netctl(&["destroy", fs]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(namespaces_with(&name).is_empty());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -187,8 +183,6 @@ fn bad_input_is_refused_and_changes_nothing() {
     let name = unique("bad");
     let _g = Cleanup::new(&name);
     let before = footprint(&name);
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "long name",
@@ -242,8 +236,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         ),
     ];
     for (what, text, expect) in cases {
-        let f = dir.join("bad.toml");
-        std::fs::write(&f, &text).unwrap();
+        let f = write_file(&name, "bad.toml", &text);
         let o = netctl(&["apply", f.to_str().unwrap()]);
         assert!(!o.status.success(), "{what}: apply succeeded");
         let err = stderr(&o);
@@ -252,7 +245,6 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert!(err.contains("bad.toml:"), "{what}: {err}");
         assert_eq!(footprint(&name), before, "{what} changed the system");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -8,7 +8,7 @@ use aya::{
 };
 use netctl_common::{IfCounters, MAP_IF_COUNTERS, PROG_TC_COUNT};
 
-use super::{bpf_error, object};
+use super::{bpf_error, load_private};
 use crate::{Error, Result};
 
 /// The packet/byte counter program (`netctl_tc_count`) and its per-CPU map.
@@ -37,25 +37,7 @@ impl CounterProgram {
     /// object or program cannot be loaded, and when the verifier rejects the
     /// program: then the message carries the verifier's log.
     pub fn load() -> Result<Self> {
-        let object = object();
-        if object.is_empty() {
-            return Err(Error::Bpf(
-                "netctl was built without its eBPF programs (AYA_BUILD_SKIP); \
-                 rebuild without it"
-                    .into(),
-            ));
-        }
-        // The object's datapath maps are pinned by name; a private, throwaway
-        // pin directory keeps this probe from touching anyone's pins.
-        let dir = super::pins::scratch_dir();
-        super::pins::ensure_bpffs()?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let loaded = aya::EbpfLoader::new()
-            .default_map_pin_directory(&dir)
-            .load(object);
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut ebpf = loaded.map_err(|e| bpf_error("loading the eBPF object", &e))?;
+        let mut ebpf = load_private()?;
         classifier(&mut ebpf)?
             .load()
             .map_err(|e| bpf_error(&format!("loading program {PROG_TC_COUNT}"), &e))?;

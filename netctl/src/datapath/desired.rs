@@ -27,9 +27,15 @@ pub struct Desired {
     pub forward: bool,
 }
 
-/// `host` is the view of the topology's host namespace, `containers` maps
-/// a container's namespace name to its view, both read after apply.
-pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView>) -> Desired {
+/// A bridge's ageing time (centiseconds in the kernel) in nanoseconds.
+fn ageing_ns(bridge: &crate::state::Link) -> u64 {
+    u64::from(bridge.ageing_time_cs.unwrap_or(30000)) * 10_000_000
+}
+
+/// `host` is the view of the topology's host namespace, read after apply.
+/// Container MACs come from the topology (every container has one), so the
+/// container namespaces need not be read.
+pub fn compute(t: &Topology, host: &NsView) -> Desired {
     let mut d = Desired {
         forward: host.ip_forward,
         ..Default::default()
@@ -57,19 +63,10 @@ pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView
                 bridge_mac: br.mac.map(|m| m.0).unwrap_or_default(),
                 // Assigned when the maps are written (it depends on them).
                 slot: 0,
-                ageing_ns: u64::from(br.ageing_time_cs.unwrap_or(30000)) * 10_000_000,
+                ageing_ns: ageing_ns(br),
             },
         });
-        // The kernel's word wins; the topology's MAC (always set, see
-        // `parse::default_mac`) stands in when the namespace was not read.
-        let Some(mac) = containers
-            .get(&c.netns)
-            .and_then(|cv| cv.link(&c.ifname))
-            .and_then(|l| l.mac)
-            .or(c.mac)
-        else {
-            continue;
-        };
+        let mac = c.mac;
         for a in &c.addresses {
             if let IpAddr::V4(ip) = a.addr() {
                 d.neigh.insert(
@@ -90,28 +87,27 @@ pub fn compute(t: &Topology, host: &NsView, containers: &BTreeMap<String, NsView
                 kind: route_kind::LOCAL,
                 ..Default::default()
             },
-            (RT_TABLE_MAIN, RouteKind::Unicast) => {
-                match r.oif.filter(|o| bridges.contains_key(o)) {
-                    Some(br) => match r.gateway {
-                        Some(IpAddr::V4(gw)) => RouteValue {
-                            kind: route_kind::GATEWAY,
-                            bridge: br,
-                            gateway: gw.octets(),
-                            _pad: 0,
-                        },
+            (RT_TABLE_MAIN, RouteKind::Unicast) => match r.oif.and_then(|o| bridges.get(&o)) {
+                Some(br) => {
+                    let (kind, gateway) = match r.gateway {
+                        Some(IpAddr::V4(gw)) => (route_kind::GATEWAY, gw.octets()),
                         Some(IpAddr::V6(_)) => continue,
-                        None => RouteValue {
-                            kind: route_kind::CONNECTED,
-                            bridge: br,
-                            ..Default::default()
-                        },
-                    },
-                    None => RouteValue {
-                        kind: route_kind::KERNEL,
+                        None => (route_kind::CONNECTED, [0; 4]),
+                    };
+                    RouteValue {
+                        kind,
+                        bridge: br.index,
+                        gateway,
+                        bridge_mac: br.mac.map(|m| m.0).unwrap_or_default(),
+                        ageing_ns: ageing_ns(br),
                         ..Default::default()
-                    },
+                    }
                 }
-            }
+                None => RouteValue {
+                    kind: route_kind::KERNEL,
+                    ..Default::default()
+                },
+            },
             (RT_TABLE_MAIN, _) => RouteValue {
                 kind: route_kind::KERNEL,
                 ..Default::default()
@@ -136,37 +132,15 @@ mod tests {
     use crate::state::{Link, Route};
 
     fn link(index: u32, name: &str, kind: &str) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            kind: Some(kind.into()),
-            mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, index as u8])),
-            mtu: 1500,
-            up: true,
-            loopback: false,
-            master: None,
-            link: None,
-            link_netnsid: None,
-            alias: None,
-            ageing_time_cs: Some(30000),
-            hairpin: Some(false),
-            netns_immutable: None,
-            group: 0,
-        }
+        let mut l = Link::fixture(index, name, Some(kind));
+        l.mac = Some(crate::mac::Mac([2, 0, 0, 0, 0, index as u8]));
+        l.ageing_time_cs = Some(30000);
+        l.hairpin = Some(false);
+        l
     }
 
     fn route(table: u32, kind: RouteKind, dst: &str, gw: Option<&str>, oif: u32) -> Route {
-        Route {
-            table,
-            kind,
-            dst: dst.parse().unwrap(),
-            gateway: gw.map(|g| g.parse().unwrap()),
-            oif: Some(oif),
-            prefsrc: None,
-            protocol: "kernel".into(),
-            scope: "link".into(),
-            metric: None,
-        }
+        Route::fixture(table, kind, dst, gw, oif)
     }
 
     #[test]
@@ -236,7 +210,7 @@ addresses = ["10.2.0.2/24", "fd00::2/64"]
             ],
             ip_forward: true,
         };
-        let d = compute(&t, &host, &BTreeMap::new());
+        let d = compute(&t, &host);
         assert!(d.forward);
         assert_eq!(d.ports.len(), 2);
         assert_eq!(d.ports[0].ifindex, 4);

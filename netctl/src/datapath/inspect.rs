@@ -61,7 +61,8 @@ pub fn list(only: Option<&str>) -> Result<Vec<MapSummary>> {
                 .map_type()
                 .map(|k| format!("{k:?}"))
                 .unwrap_or_else(|_| "unknown".into());
-            let entries = count_entries(&md, info.key_size());
+            // Every map is one of ours, so decoding it counts it.
+            let entries = dump(&t, &name, &Names::new())?.len();
             out.push(MapSummary {
                 topology: t.clone(),
                 name,
@@ -74,44 +75,6 @@ pub fn list(only: Option<&str>) -> Result<Vec<MapSummary>> {
         }
     }
     Ok(out)
-}
-
-/// Counts keys with BPF_MAP_GET_NEXT_KEY, whatever the map's types.
-fn count_entries(md: &MapData, key_size: u32) -> usize {
-    use std::os::fd::AsRawFd;
-    let fd = std::os::fd::AsFd::as_fd(md.fd()).as_raw_fd();
-    let mut n = 0usize;
-    let mut key = vec![0u8; key_size as usize];
-    let mut next = vec![0u8; key_size as usize];
-    let mut first = true;
-    loop {
-        let mut attr = [0u64; 3];
-        attr[0] = fd as u64;
-        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
-        attr[2] = next.as_mut_ptr() as u64;
-        // SAFETY: BPF_MAP_GET_NEXT_KEY reads `key_size` bytes from attr[1]
-        // (or none when null) and writes `key_size` bytes to attr[2]; both
-        // buffers are that long and outlive the call. The attr layout is
-        // bpf_attr's map_fd/key/next_key (u32 fd padded to 8 bytes).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                4, // BPF_MAP_GET_NEXT_KEY
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if r != 0 {
-            break;
-        }
-        n += 1;
-        std::mem::swap(&mut key, &mut next);
-        first = false;
-        if n > 10_000_000 {
-            break;
-        }
-    }
-    n
 }
 
 /// Ifindex → name in the topology's host namespace.
@@ -186,6 +149,26 @@ pub enum Dump {
     PortStats(Vec<PortStatsRow>),
     Config(BTreeMap<&'static str, u32>),
     IfCounters(Vec<(String, u64, u64)>),
+}
+
+impl Dump {
+    /// Entries (rows) of the decoded map.
+    pub fn len(&self) -> usize {
+        match self {
+            Dump::Ports(v) => v.len(),
+            Dump::Fdb(v) => v.len(),
+            Dump::Routes(v) => v.len(),
+            Dump::Neigh(v) => v.len(),
+            Dump::Decisions(m) => m.len(),
+            Dump::PortStats(v) => v.len(),
+            Dump::Config(m) => m.len(),
+            Dump::IfCounters(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub fn ports(topology: &str, names: &Names) -> Result<Vec<PortRow>> {

@@ -22,7 +22,7 @@ use netctl_common::{
 
 use super::desired::Desired;
 use super::pins::{self, link_pin_name, links_dir, parse_link_pin, topology_dir};
-use super::{bpf_error, object};
+use super::{bpf_error, embedded_object, object};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -42,17 +42,6 @@ fn map_at(dir: &Path, name: &str) -> Result<Map> {
 
 fn e(what: &str) -> impl Fn(aya::maps::MapError) -> Error + '_ {
     move |err| bpf_error(what, &err)
-}
-
-fn embedded_object() -> Result<&'static [u8]> {
-    let obj = object();
-    if obj.is_empty() {
-        return Err(Error::Bpf(
-            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
-                .into(),
-        ));
-    }
-    Ok(obj)
 }
 
 /// A short, stable hash of the embedded object: pinned programs carry it.
@@ -436,9 +425,7 @@ use crate::topology::Topology;
 pub async fn desired_for(t: &Topology) -> Result<Desired> {
     let host = t.host();
     let hv = NsView::read(&Nl::open(&host).await?).await?;
-    // Container MACs come from the topology (every container has one), so
-    // the container namespaces need not be read.
-    Ok(super::desired::compute(t, &hv, &BTreeMap::new()))
+    Ok(super::desired::compute(t, &hv))
 }
 
 /// Makes the pinned datapath of `t` match the kernel's state.

@@ -33,6 +33,34 @@ pub(crate) fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl-ebpf"))
 }
 
+/// The embedded object, or an error saying it was not built.
+pub(crate) fn embedded_object() -> crate::Result<&'static [u8]> {
+    let obj = object();
+    if obj.is_empty() {
+        return Err(Error::Bpf(
+            "netctl was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
+                .into(),
+        ));
+    }
+    Ok(obj)
+}
+
+/// Loads the object for a private use (a verifier check, the counter
+/// probe): its datapath maps are declared pinned, so they are pinned in a
+/// throwaway directory, removed again at once, so that no topology's pins
+/// are shared or touched.
+pub(crate) fn load_private() -> crate::Result<aya::Ebpf> {
+    let obj = embedded_object()?;
+    pins::ensure_bpffs()?;
+    let dir = pins::scratch_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let loaded = aya::EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(obj);
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded.map_err(|e| bpf_error("loading the eBPF object", &e))
+}
+
 /// `what: error: cause: ...`, skipping causes the message already contains
 /// (aya's load error repeats its `io::Error` and appends the verifier log).
 pub(crate) fn bpf_error(what: &str, e: &dyn StdError) -> Error {

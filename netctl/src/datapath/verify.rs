@@ -2,12 +2,11 @@
 //! without attaching them: `netctl datapath verify` checks that this kernel
 //! accepts the datapath before any apply needs it.
 
-use aya::EbpfLoader;
 use aya::programs::{ProgramError, SchedClassifier, Xdp};
 use netctl_common::{PROG_INGRESS, PROG_TC_COUNT, PROG_XDP};
 use serde::Serialize;
 
-use super::{bpf_error, object, pins};
+use super::{bpf_error, load_private};
 use crate::error::{Error, Result};
 
 /// The programs netctl attaches.
@@ -25,19 +24,7 @@ pub struct Verified {
 /// Loads `name` and returns the verifier's statistics, or an error carrying
 /// the verifier's log when it refuses the program.
 pub fn verify(name: &str) -> Result<Verified> {
-    let obj = object();
-    if obj.is_empty() {
-        return Err(Error::Bpf(
-            "netctl was built without its eBPF programs".into(),
-        ));
-    }
-    pins::ensure_bpffs()?;
-    // Map pins of a check must not touch any topology's.
-    let dir = pins::scratch_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let loaded = EbpfLoader::new().default_map_pin_directory(&dir).load(obj);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut ebpf = loaded.map_err(|e| bpf_error("loading the eBPF object", &e))?;
+    let mut ebpf = load_private()?;
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| Error::Bpf(format!("no program {name} in the object")))?;

@@ -45,6 +45,21 @@ impl Nl {
         Ok(Nl::from_socket(ns.clone(), fd))
     }
 
+    /// Creates the named namespace and returns a connection inside it, with
+    /// `lo` up (a new namespace's lo is down; containers expect it up). On
+    /// failure the namespace is gone again.
+    pub async fn create_netns(name: &str) -> Result<Nl> {
+        let fd = netns::create(name, netns::route_socket)?;
+        let nl = Nl::from_socket(Netns::named(name), fd);
+        if let Err(e) = nl.set_up(1).await {
+            // The socket holds the namespace: close it before deleting.
+            drop(nl);
+            let _ = netns::delete(name);
+            return Err(e);
+        }
+        Ok(nl)
+    }
+
     /// Wraps a netlink route socket that was opened in `ns`.
     pub fn from_socket(ns: Netns, fd: OwnedFd) -> Nl {
         use std::os::fd::FromRawFd;

@@ -129,13 +129,9 @@ impl Executor {
     pub async fn run(&mut self, step: &Step) -> Result<()> {
         match step {
             Step::CreateNetns { name } => {
-                let ns = Netns::named(name);
-                let fd = netns::create(name, netns::route_socket)?;
+                let nl = Nl::create_netns(name).await?;
                 self.undo.push(Undo::DeleteNetns(name.clone()));
-                let nl = Nl::from_socket(ns.clone(), fd);
-                // A new namespace's lo is down; containers expect it up.
-                nl.set_up(1).await?;
-                self.nls.insert(ns, nl);
+                self.nls.insert(nl.ns.clone(), nl);
             }
             Step::DeleteNetns { name } => {
                 let ns = Netns::named(name);

@@ -57,7 +57,8 @@ pub struct ContainerSpec {
     pub addresses: Vec<IpNet>,
     /// Default gateways, at most one per address family.
     pub gateways: Vec<IpAddr>,
-    pub mac: Option<Mac>,
+    /// Always set: the file's, or `parse::default_mac`.
+    pub mac: Mac,
     pub mtu: Option<u32>,
     pub hairpin: bool,
 }

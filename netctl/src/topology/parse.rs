@@ -521,7 +521,7 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
             });
         // Docker's scheme: 02:42 and the IPv4 address, so the datapath knows
         // every container's MAC without asking its namespace.
-        let mac = mac.or_else(|| Some(default_mac(&name, &cname, &addrs)));
+        let mac = mac.unwrap_or_else(|| default_mac(&name, &cname, &addrs));
         let mtu = check_mtu(ctx, &c.mtu);
         containers.push(ContainerSpec {
             name: cname,

@@ -597,7 +597,7 @@ impl Planner<'_> {
                         && peer.is_some_and(|p| {
                             p.kind.as_deref() == Some("veth")
                                 && p.link == Some(h.index)
-                                && c.mac.is_none_or(|m| p.mac == Some(m))
+                                && p.mac == Some(c.mac)
                                 && c.mtu.is_none_or(|m| p.mtu == m)
                                 && p.up
                         })
@@ -618,7 +618,7 @@ impl Planner<'_> {
                     bridge: c.bridge.clone(),
                     peer_netns: c.netns.clone(),
                     peer_name: c.ifname.clone(),
-                    mac: c.mac,
+                    mac: Some(c.mac),
                     mtu: c.mtu,
                     alias: alias_for(&d.name),
                     group: d.link_group(),

@@ -157,23 +157,7 @@ fn several_problems_reported_at_once() {
 // ---- planning ----
 
 fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
-    Link {
-        index,
-        name: name.into(),
-        kind: kind.map(str::to_string),
-        mac: None,
-        mtu: 1500,
-        up: true,
-        loopback: index == 1,
-        master: None,
-        link: None,
-        link_netnsid: None,
-        alias: None,
-        ageing_time_cs: None,
-        hairpin: None,
-        netns_immutable: None,
-        group: 0,
-    }
+    Link::fixture(index, name, kind)
 }
 
 fn small() -> Topology {
@@ -211,17 +195,13 @@ fn applied(t: &Topology) -> Observed {
             index: 2,
             net: "10.0.0.2/24".parse().unwrap(),
         }],
-        routes: vec![Route {
-            table: RT_TABLE_MAIN,
-            kind: RouteKind::Unicast,
-            dst: "0.0.0.0/0".parse().unwrap(),
-            gateway: Some("10.0.0.1".parse().unwrap()),
-            oif: Some(2),
-            prefsrc: None,
-            protocol: "static".into(),
-            scope: "global".into(),
-            metric: None,
-        }],
+        routes: vec![Route::fixture(
+            RT_TABLE_MAIN,
+            RouteKind::Unicast,
+            "0.0.0.0/0",
+            Some("10.0.0.1"),
+            2,
+        )],
         ip_forward: false,
     };
     let mut o = Observed::default();
@@ -293,7 +273,7 @@ fn removing_a_container_deletes_its_link_and_namespace() {
 fn changed_mac_recreates_the_pair() {
     let t = small();
     let mut t2 = t.clone();
-    t2.containers[0].mac = Some("02:00:00:00:00:09".parse().unwrap());
+    t2.containers[0].mac = "02:00:00:00:00:09".parse().unwrap();
     let steps = plan(&t2, Some(&t), &applied(&t)).unwrap();
     let s: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
     assert!(s[0].starts_with("- link veth"), "{s:?}");

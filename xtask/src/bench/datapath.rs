@@ -294,9 +294,9 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
                 let env = &envs[id.idx()];
                 port = if port >= 60000 { FIRST_PORT } else { port + 1 };
                 let before = env.topology.as_deref().and_then(stats);
-                let cpu0 = cpu_times();
+                let cpu0 = super::cpu_times();
                 let r = measure(env, m, dur, port);
-                let cpu1 = cpu_times();
+                let cpu1 = super::cpu_times();
                 let after = env.topology.as_deref().and_then(stats);
                 let load = cpu0.zip(cpu1).map(|(x, y)| y.share_since(&x));
                 let datapath = before.zip(after).map(|(b, a)| a.minus(&b));
@@ -1188,35 +1188,4 @@ fn pin_thread(cpu: usize) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
     }
     Ok(())
-}
-
-/// The `cpu` line of /proc/stat: (busy, steal, total) in ticks.
-struct CpuTimes(u64, u64, u64);
-
-fn cpu_times() -> Option<CpuTimes> {
-    let s = fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = s
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already
-    // counted in user and nice).
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
-    let steal = *v.get(7).unwrap_or(&0);
-    Some(CpuTimes(total - idle - steal, steal, total))
-}
-
-impl CpuTimes {
-    /// (busy share, steal share) between `before` and now.
-    fn share_since(&self, before: &CpuTimes) -> (f64, f64) {
-        let t = self.2.saturating_sub(before.2).max(1) as f64;
-        (
-            self.0.saturating_sub(before.0) as f64 / t,
-            self.1.saturating_sub(before.1) as f64 / t,
-        )
-    }
 }

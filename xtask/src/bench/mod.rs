@@ -205,28 +205,47 @@ pub fn root_links() -> Vec<String> {
 /// kernel frees deleted namespaces asynchronously (cleanup_net, under RTNL),
 /// which would otherwise be charged to whatever is timed next.
 pub fn settle(max: Duration) {
-    fn busy_idle() -> Option<(u64, u64)> {
-        let s = fs::read_to_string("/proc/stat").ok()?;
-        let cpu: Vec<u64> = s
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
-        Some((cpu.iter().sum::<u64>() - idle, idle))
-    }
     let end = Instant::now() + max;
     std::thread::sleep(Duration::from_millis(100));
     while Instant::now() < end {
-        let Some((b0, i0)) = busy_idle() else { return };
+        let Some(t0) = cpu_times() else { return };
         std::thread::sleep(Duration::from_millis(100));
-        let Some((b1, i1)) = busy_idle() else { return };
-        let (db, di) = (b1 - b0, i1 - i0);
-        if db * 5 <= db + di {
+        let Some(t1) = cpu_times() else { return };
+        let (busy, steal) = t1.share_since(&t0);
+        if busy + steal <= 0.2 {
             return; // under 20 % busy
         }
+    }
+}
+
+/// The `cpu` line of /proc/stat: (busy, steal, total) in ticks.
+pub struct CpuTimes(u64, u64, u64);
+
+pub fn cpu_times() -> Option<CpuTimes> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // counted in user and nice).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    let steal = *v.get(7).unwrap_or(&0);
+    Some(CpuTimes(total - idle - steal, steal, total))
+}
+
+impl CpuTimes {
+    /// (busy share, steal share) between `before` and now.
+    pub fn share_since(&self, before: &CpuTimes) -> (f64, f64) {
+        let t = self.2.saturating_sub(before.2).max(1) as f64;
+        (
+            self.0.saturating_sub(before.0) as f64 / t,
+            self.1.saturating_sub(before.1) as f64 / t,
+        )
     }
 }
 
