@@ -81,7 +81,7 @@ pub const MAP_STATS: &str = "NETCTL_STATS";
 pub const MAP_PORT_STATS: &str = "NETCTL_PORT_STATS";
 /// Array of `u32` indexed by `config::*`: runtime switches.
 pub const MAP_CONFIG: &str = "NETCTL_CONFIG";
-pub const MAP_CONFIG_MAX: u32 = 4;
+pub const MAP_CONFIG_MAX: u32 = 8;
 
 /// Indexes of `MAP_CONFIG`.
 pub mod config {
@@ -91,6 +91,17 @@ pub mod config {
     /// Non-zero: the host namespace forwards IPv4 (`ip_forward=1`), so the
     /// routed fast path may forward too.
     pub const FORWARD: u32 = 1;
+    /// Bumped by every ruleset swap; its low bit is the live generation of
+    /// the classifier's maps, so one write switches generation and serial
+    /// together. Cached classifications (in conntrack entries) of an older
+    /// serial are stale.
+    pub const RULES_SERIAL: u32 = 3;
+    /// Non-zero while the live ruleset has any entry at any hook: with no
+    /// rules the fast path skips conntrack and classification entirely.
+    pub const RULES_ON: u32 = 4;
+    /// Set while a swap clears the old generation: if that is cut short,
+    /// the next swap must first clear leftovers of the one it writes.
+    pub const RULES_DIRTY: u32 = 5;
 }
 
 /// What the datapath did with a packet: indexes of `MAP_STATS`.
@@ -123,7 +134,14 @@ pub mod reason {
     pub const PASS_IP_SPECIAL: u32 = 12;
     /// The redirect helper failed; the packet was handed to the kernel.
     pub const PASS_REDIRECT_FAILED: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Dropped by a rule or policy (DROP).
+    pub const DROP_RULE: u32 = 14;
+    /// Rejected by a rule (REJECT): the answer was sent back.
+    pub const REJECT_RULE: u32 = 15;
+    /// Rejected by a rule, but the answer could not be built (the packet
+    /// was dropped, as the kernel drops it when it cannot answer).
+    pub const REJECT_FAILED: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "redirect_l2",
@@ -140,6 +158,9 @@ pub mod reason {
         "pass_forward_off",
         "pass_ip_special",
         "pass_redirect_failed",
+        "drop_rule",
+        "reject_rule",
+        "reject_failed",
     ];
 }
 
@@ -158,6 +179,11 @@ pub struct PortInfo {
     pub slot: u16,
     /// FDB entries older than this are ignored (the bridge's ageing time).
     pub ageing_ns: u64,
+    /// The bridge's first IPv4 address (network order; 0 if none): the
+    /// source of the ICMP errors REJECT sends for forwarded packets, as the
+    /// kernel picks the address of the interface the error leaves by.
+    pub bridge_ip: [u8; 4],
+    pub _pad: u32,
 }
 
 /// The port hairpins: frames may go back out the port they came in on.
@@ -197,7 +223,8 @@ pub mod route_kind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteValue {
     pub kind: u32,
-    /// Egress bridge ifindex for CONNECTED/GATEWAY.
+    /// Egress bridge ifindex for CONNECTED/GATEWAY; for KERNEL, the route's
+    /// output device (0: none), which `-o` rules match against.
     pub bridge: u32,
     /// Gateway, IPv4 in network byte order (GATEWAY only).
     pub gateway: [u8; 4],
@@ -231,7 +258,7 @@ pub struct PortStats {
     pub passed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PortInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<PortInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<FdbKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RouteValue>() == 32);
@@ -253,7 +280,352 @@ mod user {
     unsafe impl aya::Pod for super::RouteValue {}
     unsafe impl aya::Pod for super::NeighEntry {}
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::RuleEntry {}
+    unsafe impl aya::Pod for super::RsHook {}
+    unsafe impl aya::Pod for super::RsClassKey {}
+    unsafe impl aya::Pod for super::RsWordKey {}
+    unsafe impl aya::Pod for super::RsSummary {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
 }
+
+// ---------------------------------------------------------------------------
+// Netfilter rules, compiled (see `netctl::rules::compile`).
+//
+// Each hook has a flattened program: a list of entries (rules with user
+// chains inlined, table blocks in raw → mangle → nat → filter order, the
+// policies as entries of their own). A packet's fields are classified one
+// field at a time (an LPM lookup per field gives a class); each (field,
+// class) has a bitvector over the entries that hold for it; the entries that
+// match are the AND over fields, and the first one at or after the cursor
+// decides. Bitvectors are stored sparse: a summary over blocks of 64
+// entries, and one 64-bit word per non-empty block; the entries that do not
+// constrain a field are kept once, as class `RS_CLASS_WILD`.
+//
+// Every key carries the generation (0/1); `config::RULES_SERIAL` picks the live
+// one.
+// ---------------------------------------------------------------------------
+
+/// The classified fields, indexes into per-field tables.
+pub mod field {
+    /// Source address (32-bit key).
+    pub const SRC: u8 = 0;
+    /// Destination address (32-bit key).
+    pub const DST: u8 = 1;
+    /// IP protocol (8-bit key).
+    pub const PROTO: u8 = 2;
+    /// tcp/udp source port (16-bit key; 0 for other protocols).
+    pub const SPORT: u8 = 3;
+    /// tcp/udp destination port (16-bit key; 0 for other protocols).
+    pub const DPORT: u8 = 4;
+    /// ICMP `type << 8 | code` (16-bit key; 0 for other protocols).
+    pub const ICMP: u8 = 5;
+    /// Input interface ifindex (32-bit key; 0: none, as in OUTPUT).
+    pub const IN: u8 = 6;
+    /// Output interface ifindex (32-bit key; 0: none, as in PREROUTING).
+    pub const OUT: u8 = 7;
+    /// Conntrack state, one `ctbit::*` (8-bit key).
+    pub const CTSTATE: u8 = 8;
+    pub const COUNT: u8 = 9;
+    /// Key width in bits per field.
+    pub const WIDTH: [u8; COUNT as usize] = [32, 32, 8, 16, 16, 16, 32, 32, 8];
+}
+
+/// Conntrack state bits, as `-m conntrack --ctstate` names them.
+pub mod ctbit {
+    pub const INVALID: u8 = 1 << 0;
+    pub const NEW: u8 = 1 << 1;
+    pub const ESTABLISHED: u8 = 1 << 2;
+    pub const RELATED: u8 = 1 << 3;
+    pub const UNTRACKED: u8 = 1 << 4;
+}
+
+/// The five hooks, indexes of per-hook tables.
+pub mod hook {
+    pub const PREROUTING: u8 = 0;
+    pub const INPUT: u8 = 1;
+    pub const FORWARD: u8 = 2;
+    pub const OUTPUT: u8 = 3;
+    pub const POSTROUTING: u8 = 4;
+    pub const COUNT: u8 = 5;
+}
+
+/// Most entries one hook's flattened program may have.
+pub const RS_ENTRIES_MAX: u32 = 65536;
+/// Blocks of 64 entries, and the summary words over them.
+pub const RS_BLOCKS_MAX: u32 = RS_ENTRIES_MAX / 64;
+pub const RS_SUMMARY_WORDS: usize = (RS_BLOCKS_MAX / 64) as usize;
+/// Most matching non-final entries a packet may walk at one hook: the
+/// compiler refuses rulesets that could need more, and the classifier's
+/// loop is bounded by it (plus one step per block).
+pub const RS_WALK_MAX: u32 = 256;
+/// The class of the entries that do not constrain a field.
+pub const RS_CLASS_WILD: u32 = u32::MAX;
+/// `RuleEntry::slot` of an entry that counts nothing.
+pub const RS_NO_SLOT: u32 = u32::MAX;
+/// Counter slots (rules and policies; both generations' during a swap).
+pub const RS_SLOTS_MAX: u32 = 131072;
+/// LOG prefixes per generation, and their length (iptables allows 29).
+pub const RS_LOG_MAX: u32 = 1024;
+pub const RS_LOG_LEN: usize = 32;
+
+/// `RuleEntry::kind`.
+pub mod entry {
+    /// Count and go on with the next entry (a jump's own rule, a rule
+    /// without target).
+    pub const CONTINUE: u8 = 0;
+    /// Count, log (`RuleEntry::arg` is the LOG prefix index), go on.
+    pub const LOG: u8 = 1;
+    /// Count and go on at `RuleEntry::target`: ACCEPT (the end of its
+    /// table's block), RETURN and the end of a goto'd chain (the end of
+    /// the calling chain's block), an ACCEPT policy.
+    pub const SKIP: u8 = 2;
+    /// Count and drop (DROP, a DROP policy).
+    pub const DROP: u8 = 3;
+    /// Count and reject; `RuleEntry::arg` is a `reject::*`.
+    pub const REJECT: u8 = 4;
+}
+
+/// `--reject-with`, as `RuleEntry::arg` of a REJECT entry.
+pub mod reject {
+    pub const ICMP_PORT_UNREACHABLE: u8 = 0;
+    pub const ICMP_NET_UNREACHABLE: u8 = 1;
+    pub const ICMP_HOST_UNREACHABLE: u8 = 2;
+    pub const ICMP_ADMIN_PROHIBITED: u8 = 3;
+    pub const TCP_RESET: u8 = 4;
+}
+
+/// One entry of a hook's flattened program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleEntry {
+    /// An `entry::*`.
+    pub kind: u8,
+    /// `reject::*` for REJECT, else 0.
+    pub reject: u8,
+    pub _pad: u16,
+    /// Where SKIP goes on (an entry index; `entries` means "accepted").
+    pub target: u32,
+    /// Counter slot in `MAP_RS_COUNTERS`, or `RS_NO_SLOT`.
+    pub slot: u32,
+    /// LOG prefix index in `MAP_RS_LOG` (LOG only).
+    pub log: u32,
+}
+
+/// One hook's program in one generation: `MAP_RS_HOOKS[gen * 5 + hook]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RsHook {
+    /// Entries in the program; 0: the hook accepts everything uncounted.
+    pub entries: u32,
+    /// The nat table's block `[nat_start, nat_end)`: walked only for the
+    /// first packet of a connection, as in the kernel.
+    pub nat_start: u32,
+    pub nat_end: u32,
+    /// The end of the raw table's block (which starts at 0): the kernel
+    /// runs raw before conntrack, so the classifier walks `[0, raw_end)`
+    /// first, with the state INVALID, and tracks only what raw let through.
+    pub raw_end: u32,
+}
+
+/// Key of `MAP_RS_CLASS` (an LPM trie): `prefixlen` is 32 (the four header
+/// bytes) plus the field's prefix length; `value` is the field's key,
+/// big-endian, left-aligned in 32 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RsClassKey {
+    pub prefixlen: u32,
+    pub generation: u8,
+    pub hook: u8,
+    pub field: u8,
+    pub _pad: u8,
+    pub value: [u8; 4],
+}
+
+/// Key of `MAP_RS_SUMMARY` and, with a block, of `MAP_RS_WORDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RsWordKey {
+    pub generation: u8,
+    pub hook: u8,
+    pub field: u8,
+    pub _pad: u8,
+    pub class: u32,
+    /// The block (entries `64 * block ..`); `u32::MAX` in summary keys.
+    pub block: u32,
+}
+
+/// Which blocks hold an entry of a (field, class): bit `b % 64` of word
+/// `b / 64`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RsSummary {
+    pub words: [u64; RS_SUMMARY_WORDS],
+}
+
+impl Default for RsSummary {
+    fn default() -> Self {
+        Self {
+            words: [0; RS_SUMMARY_WORDS],
+        }
+    }
+}
+
+pub const MAP_RS_HOOKS: &str = "NETCTL_RS_HOOKS";
+pub const MAP_RS_CLASS: &str = "NETCTL_RS_CLASS";
+pub const MAP_RS_CLASS_MAX: u32 = 524288;
+pub const MAP_RS_SUMMARY: &str = "NETCTL_RS_SUMMARY";
+pub const MAP_RS_SUMMARY_MAX: u32 = 524288;
+pub const MAP_RS_WORDS: &str = "NETCTL_RS_WORDS";
+pub const MAP_RS_WORDS_MAX: u32 = 1048576;
+/// Array of `RuleEntry`, index `(gen * 5 + hook) * RS_ENTRIES_MAX + entry`.
+pub const MAP_RS_ENTRIES: &str = "NETCTL_RS_ENTRIES";
+/// Array of `[u8; RS_LOG_LEN]`, index `gen * RS_LOG_MAX + log`.
+pub const MAP_RS_LOG: &str = "NETCTL_RS_LOG";
+/// Per-CPU array of `IfCounters` (packets, bytes) by counter slot.
+pub const MAP_RS_COUNTERS: &str = "NETCTL_RS_COUNTERS";
+
+const _: () = assert!(core::mem::size_of::<RuleEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<RsHook>() == 16);
+const _: () = assert!(core::mem::size_of::<RsClassKey>() == 12);
+const _: () = assert!(core::mem::size_of::<RsWordKey>() == 12);
+
+// ---------------------------------------------------------------------------
+// Connection tracking.
+// ---------------------------------------------------------------------------
+
+/// `CtKey -> CtEntry` (LRU): one entry per connection, keyed by its tuple in
+/// a canonical order (the lower address/port pair first), so both
+/// directions find it with one lookup.
+pub const MAP_CT: &str = "NETCTL_CT";
+/// The kernel's `nf_conntrack_max` on a host of this size. An LRU map is
+/// always preallocated (~190 bytes an entry), so this is memory every
+/// topology with a datapath holds.
+pub const MAP_CT_MAX: u32 = 65536;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    /// The lower of the two (address, port) pairs.
+    pub a_addr: [u8; 4],
+    pub b_addr: [u8; 4],
+    /// Ports in host order; for ICMP both are the echo identifier; 0 for
+    /// protocols without ports.
+    pub a_port: u16,
+    pub b_port: u16,
+}
+
+/// TCP states of a connection, as the kernel names them.
+pub mod tcp_state {
+    pub const NONE: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const SYN_RECV: u8 = 2;
+    pub const ESTABLISHED: u8 = 3;
+    pub const FIN_WAIT: u8 = 4;
+    pub const CLOSE_WAIT: u8 = 5;
+    pub const LAST_ACK: u8 = 6;
+    pub const TIME_WAIT: u8 = 7;
+    pub const CLOSE: u8 = 8;
+    pub const SYN_SENT2: u8 = 9;
+    pub const COUNT: u8 = 10;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "NONE",
+        "SYN_SENT",
+        "SYN_RECV",
+        "ESTABLISHED",
+        "FIN_WAIT",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "TIME_WAIT",
+        "CLOSE",
+        "SYN_SENT2",
+    ];
+}
+
+/// `CtEntry::flags`.
+pub mod ct_flag {
+    /// A packet went in the reply direction (`IPS_SEEN_REPLY`).
+    pub const SEEN_REPLY: u8 = 1;
+}
+
+/// A cached classification of one direction of a connection: the verdict
+/// and the counters it bumps, valid while the ruleset generation, the
+/// packet's conntrack state and its route stay the same.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtCache {
+    /// Ruleset serial + 1 the cache was filled under (0: empty).
+    pub serial: u32,
+    /// The interfaces and hooks the packets took (`-i`, `-o`, path).
+    pub in_if: u32,
+    pub out_if: u32,
+    /// The `ctbit::*` the packets had.
+    pub ctstate: u8,
+    /// `verdict::*`.
+    pub verdict: u8,
+    /// `reject::*` when the verdict is REJECT.
+    pub reject: u8,
+    /// Slots in use.
+    pub nslots: u8,
+    pub path: u8,
+    pub _pad: [u8; 3],
+    pub slots: [u32; CT_CACHE_SLOTS],
+}
+
+pub const CT_CACHE_SLOTS: usize = 6;
+
+/// Outcomes of the rules for a packet.
+pub mod verdict {
+    pub const ACCEPT: u8 = 0;
+    pub const DROP: u8 = 1;
+    pub const REJECT: u8 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The originator's address and port: tells the two directions apart.
+    pub orig_addr: [u8; 4],
+    pub orig_port: u16,
+    /// `tcp_state::*` (TCP only).
+    pub tcp_state: u8,
+    /// `ct_flag::*`.
+    pub flags: u8,
+    /// `bpf_ktime_get_ns()` when the connection was created / last seen.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// Packets and bytes, original then reply direction.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub cache: [CtCache; 2],
+}
+
+/// Per-protocol timeouts in seconds (the kernel's defaults).
+pub mod ct_timeout {
+    pub const TCP: [u32; super::tcp_state::COUNT as usize] = [
+        0,      // NONE
+        120,    // SYN_SENT
+        60,     // SYN_RECV
+        432000, // ESTABLISHED
+        120,    // FIN_WAIT
+        60,     // CLOSE_WAIT
+        30,     // LAST_ACK
+        120,    // TIME_WAIT
+        10,     // CLOSE
+        120,    // SYN_SENT2
+    ];
+    pub const UDP: u32 = 30;
+    /// UDP once both directions have been seen.
+    pub const UDP_STREAM: u32 = 120;
+    pub const ICMP: u32 = 30;
+    pub const GENERIC: u32 = 600;
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtCache>() == 44);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 144);
 
 /// Per-CPU hash `ifindex (u32) -> IfCounters` filled by `PROG_XDP`.
 pub const MAP_XDP_STATS: &str = "NETCTL_XDP_STATS";

@@ -7,6 +7,7 @@ use crate::{
     Decision,
     maps::{self, NETCTL_FDB},
     parse::{is_multicast, mac_u64},
+    path,
 };
 
 /// A learned entry is rewritten at most this often while the MAC stays on
@@ -40,40 +41,33 @@ pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
 }
 
 /// Switches a unicast frame for `dst`, which is not the bridge itself, to
-/// the port that learned it.
+/// the port that learned it. Bridged frames cross FORWARD with the bridge
+/// as both `-i` and `-o`, as with br_netfilter.
 #[inline(always)]
 pub fn forward(port: &PortInfo, ifindex: u32, dst: [u8; 6], now: u64) -> Decision {
     let Some(entry) = maps::fdb(port.bridge, dst) else {
-        return Decision::pass(reason::PASS_UNKNOWN);
+        return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
     };
     if now.saturating_sub(entry.last_seen_ns) > port.ageing_ns {
-        return Decision::pass(reason::PASS_UNKNOWN);
+        return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
     }
     if entry.port == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
-        return Decision::pass(reason::PASS_SAME_PORT);
+        return Decision::pass(reason::PASS_SAME_PORT, path::PRE, 0);
     }
     // The key holds the bridge, so the entry's port is on this bridge; netctl
     // removes entries of ports that are gone or moved (and a redirect to a
     // vanished device fails and falls back to the kernel).
-    redirect_peer(entry.port, reason::REDIRECT_L2)
+    Decision::redirect(reason::REDIRECT_L2, entry.port, port.bridge)
 }
 
-/// Delivers into the peer of host-side veth `egress` (the container's eth0)
-/// once the program returns; `why` is the redirect reason to count.
+/// Delivers into the peer of host-side veth `d.egress` (the container's
+/// eth0) once the program returns, or says that the kernel must.
 #[inline(always)]
-pub fn redirect_peer(egress: u32, why: u32) -> Decision {
+pub fn redirect_peer(d: &mut Decision) {
     // SAFETY: the helper only records the target in per-CPU state that the
     // kernel acts on after the program returns; it has no memory arguments.
-    let rc = unsafe { bpf_redirect_peer(egress, 0) };
-    if rc == i64::from(TC_ACT_REDIRECT) {
-        Decision {
-            reason: why,
-            egress,
-        }
-    } else {
-        Decision {
-            reason: reason::PASS_REDIRECT_FAILED,
-            egress,
-        }
+    let rc = unsafe { bpf_redirect_peer(d.egress, 0) };
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        d.reason = reason::PASS_REDIRECT_FAILED;
     }
 }

@@ -10,10 +10,15 @@
 #![no_std]
 #![no_main]
 
+mod classify;
+mod conntrack;
+mod filter;
 mod l2;
 mod l3;
 mod maps;
+mod packet;
 mod parse;
+mod reject;
 mod trace;
 
 use aya_ebpf::{
@@ -23,7 +28,9 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::{TcContext, XdpContext},
 };
-use netctl_common::{IfCounters, MAP_IF_COUNTERS_MAX_ENTRIES, PortInfo, TCX_NEXT, config, reason};
+use netctl_common::{
+    IfCounters, MAP_IF_COUNTERS_MAX_ENTRIES, PortInfo, TCX_NEXT, config, reason, verdict,
+};
 
 use crate::parse::{ETH_HLEN, EthHdr, ensure_linear, is_multicast, mac_u64, ptr_at};
 
@@ -70,77 +77,141 @@ pub fn netctl_tc_count(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// What the fast path did with a packet.
+/// Which netfilter hooks a packet crosses in the host namespace after
+/// PREROUTING, as the kernel would route it.
+pub mod path {
+    /// Not filtered at all (not IPv4, multicast, or no header to read).
+    pub const NONE: u8 = 0;
+    /// PREROUTING only: the kernel drops it before INPUT/FORWARD (TTL
+    /// expiry, no route, forwarding off, hairpin refused).
+    pub const PRE: u8 = 1;
+    /// PREROUTING, INPUT: addressed to the host.
+    pub const INPUT: u8 = 2;
+    /// PREROUTING, FORWARD, POSTROUTING: bridged or routed onwards.
+    pub const FORWARD: u8 = 3;
+}
+
+/// What the fast path will do with a packet, decided before anything is
+/// changed, so the rules can still refuse it.
 #[derive(Clone, Copy)]
 pub struct Decision {
     /// A `reason::*`.
     pub reason: u32,
-    /// The port redirected to (REDIRECT_*, PASS_REDIRECT_FAILED), else 0.
+    /// The port to redirect to (REDIRECT_*), else 0.
     pub egress: u32,
+    /// A `path::*`.
+    pub path: u8,
+    /// The output interface for FORWARD/POSTROUTING (`-o`).
+    pub out_if: u32,
+    /// Routed: the new destination and source MACs.
+    pub rewrite: bool,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
 }
 
 impl Decision {
-    /// Hand the packet to the kernel, counting `why`.
+    /// Hand the packet to the kernel, counting `why`; it then crosses the
+    /// hooks of `path`, leaving by `out_if`.
     #[inline(always)]
-    pub const fn pass(why: u32) -> Self {
+    pub const fn pass(why: u32, path: u8, out_if: u32) -> Self {
         Self {
             reason: why,
             egress: 0,
+            path,
+            out_if,
+            rewrite: false,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
         }
     }
 
     #[inline(always)]
-    fn verdict(self) -> i32 {
-        if self.reason == reason::REDIRECT_L2 || self.reason == reason::REDIRECT_L3 {
-            TC_ACT_REDIRECT
-        } else {
-            TCX_NEXT
+    pub const fn redirect(why: u32, egress: u32, out_if: u32) -> Self {
+        Self {
+            reason: why,
+            egress,
+            path: path::FORWARD,
+            out_if,
+            rewrite: false,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
         }
     }
 }
 
-/// The fast path, on TC (tcx) ingress of every port of a topology.
+/// The fast path, on TC ingress of every port of a topology.
 #[classifier]
 pub fn netctl_ingress(ctx: TcContext) -> i32 {
     // SAFETY: the kernel passes a valid `__sk_buff` context for the whole
     // run of a SCHED_CLS program; `ingress_ifindex` is a readable field.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let len = ctx.len();
-    let port = maps::port(ifindex);
-    let d = match &port {
-        Some(p) => decide(&ctx, ifindex, p),
-        None => Decision::pass(reason::PASS_NOT_PORT),
+    let Some(port) = maps::port_ptr(ifindex) else {
+        maps::account(None, len, reason::PASS_NOT_PORT);
+        if maps::config(config::TRACE) != 0 {
+            trace::netctl_trace(ctx.skb.skb, ifindex, reason::PASS_NOT_PORT, 0);
+        }
+        return TCX_NEXT;
     };
-    maps::account(port.map(|p| p.slot), len, d.reason);
+    let mut d = Decision::pass(reason::PASS_NOT_PORT, path::NONE, 0);
+    decide(&ctx, ifindex, port, &mut d);
+    // SAFETY: a live element of the ports map, valid until the program
+    // returns; fields userspace rewrites concurrently are read whole.
+    let (bridge, slot) = unsafe { ((*port).bridge, (*port).slot) };
+    let mut rc = TCX_NEXT;
+    if d.path != path::NONE && maps::config(config::RULES_ON) != 0 {
+        let v = filter::netctl_filter(ctx.skb.skb, bridge, u32::from(d.path), d.out_if);
+        if v != u32::from(verdict::ACCEPT) {
+            (d.reason, rc) = reject::answer(&ctx, ifindex, port, d.path, v);
+            d.egress = 0;
+        }
+    }
+    if d.reason == reason::REDIRECT_L2 || d.reason == reason::REDIRECT_L3 {
+        if d.rewrite && !l3::rewrite(&ctx, &d) {
+            d.reason = reason::PASS_IP_SPECIAL;
+        } else {
+            l2::redirect_peer(&mut d);
+            if d.reason != reason::PASS_REDIRECT_FAILED {
+                rc = TC_ACT_REDIRECT;
+            }
+        }
+    }
+    maps::account(Some(slot), len, d.reason);
     if maps::config(config::TRACE) != 0 {
         trace::netctl_trace(ctx.skb.skb, ifindex, d.reason, d.egress);
     }
-    d.verdict()
+    rc
 }
 
-#[inline(always)]
-fn decide(ctx: &TcContext, ifindex: u32, port: &PortInfo) -> Decision {
+/// Where the frame goes, written to `d`. Not inlined: its locals then live
+/// in a frame of their own that is gone before the rules run, and every
+/// frame of a call chain shares one 512-byte stack.
+#[inline(never)]
+fn decide(ctx: &TcContext, ifindex: u32, port: *const PortInfo, d: &mut Decision) {
+    // SAFETY: see the caller; the copy is what this packet is judged by.
+    let port = unsafe { *port };
     // A frame shorter than its Ethernet header is the kernel's to drop.
     if !ensure_linear(ctx, ETH_HLEN) {
-        return Decision::pass(reason::PASS_IP_SPECIAL);
+        *d = Decision::pass(reason::PASS_IP_SPECIAL, path::NONE, 0);
+        return;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Decision::pass(reason::PASS_IP_SPECIAL);
+        *d = Decision::pass(reason::PASS_IP_SPECIAL, path::NONE, 0);
+        return;
     };
     // SAFETY: bounds-checked by `ptr_at`; the fields are bytes.
     let (dst, src, proto) = unsafe { ((*eth).dst, (*eth).src, (*eth).proto) };
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    l2::learn(port, ifindex, src, now);
-    if is_multicast(&dst) {
-        return Decision::pass(reason::PASS_MULTICAST);
-    }
-    if mac_u64(&dst) == mac_u64(&port.bridge_mac) {
-        l3::forward(ctx, proto, now)
+    l2::learn(&port, ifindex, src, now);
+    *d = if is_multicast(&dst) {
+        Decision::pass(reason::PASS_MULTICAST, path::NONE, 0)
+    } else if mac_u64(&dst) == mac_u64(&port.bridge_mac) {
+        l3::route(ctx, proto, now)
     } else {
-        l2::forward(port, ifindex, dst, now)
-    }
+        l2::forward(&port, ifindex, dst, now)
+    };
 }
 
 /// The earliest point a packet can be dropped (the raw table, later). For

@@ -9,8 +9,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use netctl_common::{
-    FdbEntry, FdbKey, IfCounters, MAP_CONFIG_MAX, MAP_FDB_MAX, MAP_NEIGH_MAX, MAP_PORTS_MAX,
-    MAP_ROUTES_MAX, NeighEntry, PortInfo, PortStats, RouteValue, reason,
+    CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG_MAX, MAP_CT_MAX, MAP_FDB_MAX,
+    MAP_NEIGH_MAX, MAP_PORTS_MAX, MAP_ROUTES_MAX, MAP_RS_CLASS_MAX, MAP_RS_SUMMARY_MAX,
+    MAP_RS_WORDS_MAX, NeighEntry, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
+    RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, hook, reason,
 };
 
 #[map]
@@ -39,20 +41,54 @@ pub static NETCTL_CONFIG: Array<u32> = Array::pinned(MAP_CONFIG_MAX, 0);
 pub static NETCTL_XDP_STATS: PerCpuHashMap<u32, IfCounters> =
     PerCpuHashMap::pinned(MAP_PORTS_MAX, 0);
 
+// The compiled ruleset (see `netctl_common`, "Netfilter rules, compiled").
+
+#[map]
+pub static NETCTL_RS_HOOKS: Array<RsHook> = Array::pinned(2 * hook::COUNT as u32, 0);
+
+/// LPM trie over `RsClassKey` without its prefix length: `[generation,
+/// hook, field, 0, value…]`.
+#[map]
+pub static NETCTL_RS_CLASS: LpmTrie<[u8; 8], u32> = LpmTrie::pinned(MAP_RS_CLASS_MAX, 0);
+
+/// `BPF_F_NO_PREALLOC`: the classifier's hash maps are sized for the
+/// largest rulesets, and preallocated they would cost every topology ~80 MB
+/// and their creation time at every first apply; unpreallocated, memory
+/// follows the ruleset. Lookups (first packets of a connection only) do
+/// not notice.
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static NETCTL_RS_SUMMARY: HashMap<RsWordKey, RsSummary> =
+    HashMap::pinned(MAP_RS_SUMMARY_MAX, NO_PREALLOC);
+
+#[map]
+pub static NETCTL_RS_WORDS: HashMap<RsWordKey, u64> =
+    HashMap::pinned(MAP_RS_WORDS_MAX, NO_PREALLOC);
+
+#[map]
+pub static NETCTL_RS_ENTRIES: Array<RuleEntry> =
+    Array::pinned(2 * hook::COUNT as u32 * RS_ENTRIES_MAX, 0);
+
+#[map]
+pub static NETCTL_RS_LOG: Array<[u8; RS_LOG_LEN]> = Array::pinned(2 * RS_LOG_MAX, 0);
+
+#[map]
+pub static NETCTL_RS_COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(RS_SLOTS_MAX, 0);
+
+#[map]
+pub static NETCTL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAP_CT_MAX, 0);
+
 /// `NETCTL_CONFIG[index]`; a missing slot reads as 0 (off).
 #[inline(always)]
 pub fn config(index: u32) -> u32 {
     NETCTL_CONFIG.get(index).copied().unwrap_or(0)
 }
 
-/// Copies a port's description out of `NETCTL_PORTS`.
+/// The live element of `NETCTL_PORTS` for `ifindex`, not copied.
 #[inline(always)]
-pub fn port(ifindex: u32) -> Option<PortInfo> {
-    // SAFETY: the pointer is to a live element of a hash map, valid until
-    // the program returns (RCU). Userspace may rewrite the element
-    // concurrently; the copy can then mix old and new fields, which at
-    // worst sends one packet the way the old description said.
-    NETCTL_PORTS.get_ptr(ifindex).map(|p| unsafe { *p })
+pub fn port_ptr(ifindex: u32) -> Option<*const PortInfo> {
+    NETCTL_PORTS.get_ptr(ifindex)
 }
 
 /// Copies an FDB entry out of `NETCTL_FDB`.
@@ -106,5 +142,17 @@ pub fn account_xdp(ifindex: u32, len: u64) {
             bytes: len,
         };
         let _ = NETCTL_XDP_STATS.insert(ifindex, first, 0);
+    }
+}
+
+/// Adds one packet of `len` bytes to rule counter `slot`.
+#[inline(always)]
+pub fn count_rule(slot: u32, len: u32) {
+    if let Some(c) = NETCTL_RS_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: as in `account`: this CPU's copy of an array element.
+        unsafe {
+            (*c).packets = (*c).packets.wrapping_add(1);
+            (*c).bytes = (*c).bytes.wrapping_add(u64::from(len));
+        }
     }
 }

@@ -14,9 +14,13 @@
 
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use aya_log_ebpf::info;
-use netctl_common::reason;
+use netctl_common::{RS_LOG_MAX, field, reason};
 
-use crate::parse::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr};
+use crate::{
+    classify,
+    maps::NETCTL_RS_LOG,
+    parse::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr},
+};
 
 /// Logs what the ingress program decided for the packet in `skb`, which
 /// arrived on `ifindex`; `egress` is the port it was redirected to (0 when
@@ -101,4 +105,56 @@ fn reason_name(why: u32) -> &'static str {
     // SAFETY: the bytes are those of ASCII `&str`s and ASCII spaces, so they
     // are valid UTF-8.
     unsafe { core::str::from_utf8_unchecked(name) }
+}
+
+/// The iptables LOG target: one line per packet that reaches a LOG rule,
+/// with its `--log-prefix` and the kernel's `KEY=value` layout (`IN` and
+/// `OUT` are ifindexes: names are not at hand here). Sent whether or
+/// not tracing is on, as the kernel's LOG writes whether or not anyone
+/// reads the log.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_log(generation: u32, log: u32, hook: u32) -> i32 {
+    // aya-log ignores its context argument (events go to a ring buffer), and
+    // an unused argument of a global function is optimised away, which the
+    // verifier then refuses; so this function takes none.
+    let ctx = ();
+    let idx = (generation & 1) * RS_LOG_MAX + log.min(RS_LOG_MAX - 1);
+    let Some(prefix) = NETCTL_RS_LOG.get(idx) else {
+        return 0;
+    };
+    // The whole NUL-padded buffer, not the prefix cut to its length: a
+    // string of varying length has the verifier walk the logging code once
+    // per possible length. `netctl trace` drops the NULs.
+    // SAFETY: userspace writes prefixes from Rust strings (UTF-8), cut at a
+    // character boundary, NUL-padded; NUL is valid UTF-8.
+    let prefix = unsafe { core::str::from_utf8_unchecked(&prefix[..]) };
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element, filled for the packet.
+    let v = unsafe { (*s).values };
+    let (inif, outif) = (
+        u32::from_be_bytes(v[field::IN as usize]),
+        u32::from_be_bytes(v[field::OUT as usize]),
+    );
+    let sp = u16::from_be_bytes([v[field::SPORT as usize][0], v[field::SPORT as usize][1]]);
+    let dp = u16::from_be_bytes([v[field::DPORT as usize][0], v[field::DPORT as usize][1]]);
+    // SAFETY: as above.
+    let len = unsafe { (*s).len };
+    info!(
+        &ctx,
+        "LOG hook={} {}IN={} OUT={} SRC={:i} DST={:i} LEN={} PROTO={} SPT={} DPT={}",
+        hook,
+        prefix,
+        inif,
+        outif,
+        v[field::SRC as usize],
+        v[field::DST as usize],
+        len,
+        v[field::PROTO as usize][0],
+        sp,
+        dp
+    );
+    0
 }

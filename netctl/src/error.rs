@@ -37,6 +37,10 @@ pub enum Error {
 
     #[error("eBPF: {0}")]
     Bpf(String),
+
+    /// A ruleset, rule or rule edit refused (iptables' reason, where it has one).
+    #[error(transparent)]
+    Rules(#[from] crate::rules::parse::RuleError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod ops;
 pub mod render;
 pub mod route_get;
+pub mod rules;
 pub mod show;
 pub mod state;
 pub mod sysctl;

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use netctl::topology::{self, Topology};
 
+pub mod fidelity;
+
 /// A name unique to this test process and call, short enough to prefix
 /// namespace names: `t<pid base36><n>`.
 pub fn unique(tag: &str) -> String {
@@ -212,6 +214,19 @@ impl Drop for Cleanup {
         for ns in namespaces_with(&self.prefix) {
             let _ = netctl::netns::delete(&ns);
         }
+        // A ruleset record whose topology record is already gone.
+        if let Ok(rd) = std::fs::read_dir(topology::store::run_dir().join("rules")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&self.prefix) {
+                    let stem = e
+                        .file_name()
+                        .to_string_lossy()
+                        .trim_end_matches(".json")
+                        .to_string();
+                    let _ = netctl::rules::store::remove(&stem);
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
     }
 }
@@ -226,7 +241,7 @@ pub struct Footprint {
     pub bpffs: Vec<String>,
 }
 
-fn dir_names(p: &str) -> Vec<String> {
+fn dir_names(p: impl AsRef<std::path::Path>) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(p)
         .map(|rd| {
             rd.flatten()
@@ -251,7 +266,12 @@ pub fn footprint(prefix: &str) -> Footprint {
         records: topology::store::list()
             .unwrap()
             .into_iter()
-            .filter(|n| n.starts_with(prefix))
+            .chain(
+                dir_names(topology::store::run_dir().join("rules"))
+                    .into_iter()
+                    .map(|n| format!("rules/{n}")),
+            )
+            .filter(|n| n.trim_start_matches("rules/").starts_with(prefix))
             .collect(),
         bpffs: dir_names("/sys/fs/bpf")
             .into_iter()

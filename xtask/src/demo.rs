@@ -12,6 +12,19 @@ const TOPO: &str = "docker-default";
 const HOST: &str = "docker-default-host";
 const C1: &str = "docker-default-c1";
 const C2: &str = "docker-default-c2";
+const C3: &str = "docker-default-c3";
+
+/// A stateful firewall in iptables' own words: containers talk to each
+/// other, except that c3 may not ping c1, which is told so.
+const RULES: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A FORWARD -s 172.17.0.4/32 -d 172.17.0.2/32 -p icmp -j REJECT --reject-with icmp-admin-prohibited
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+COMMIT
+";
 
 fn netctl_path() -> PathBuf {
     root().join("target/release/netctl")
@@ -113,6 +126,42 @@ fn demo(file: &str) -> Result<()> {
     if redirected == 0 {
         bail!("the datapath redirected nothing");
     }
+
+    println!("\n==> netfilter rules in the datapath, in iptables' syntax");
+    let file_rules = std::env::temp_dir().join(format!("netctl-demo-{}.rules", std::process::id()));
+    std::fs::write(&file_rules, RULES)?;
+    let restored = show(&[
+        "rules",
+        "--topology",
+        TOPO,
+        "restore",
+        file_rules.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&file_rules);
+    restored?;
+    in_ns(C1, &["ping", "-c", "2", "-i", "0.2", "172.17.0.3"])?;
+    println!("\n$ netctl netns exec {C3} -- ping -c 1 172.17.0.2   (refused by a REJECT rule)");
+    let o = Command::new(netctl_path())
+        .args([
+            "netns",
+            "exec",
+            C3,
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "172.17.0.2",
+        ])
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    print!("{out}");
+    if o.status.success() || !out.contains("172.17.0.1") {
+        bail!("the REJECT rule did not answer");
+    }
+    show(&["rules", "--topology", TOPO, "list", "-v", "-n", "FORWARD"])?;
+    show(&["rules", "--topology", TOPO, "save", "-c"])?;
 
     println!("\n==> applying again changes nothing");
     let again = show(&["apply", file])?;

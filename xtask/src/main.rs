@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fidelity;
 mod setup;
 mod sh;
 
@@ -32,6 +33,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// The differential fidelity harness: random rulesets and packets
+    /// through the kernel's iptables and netctl, compared.
+    Fidelity(fidelity::FidelityArgs),
 }
 
 fn main() {
@@ -49,6 +53,9 @@ fn main() {
         Cmd::Bench(b) => setup::run()
             .and_then(|_| build(true))
             .and_then(|_| bench::run(b)),
+        Cmd::Fidelity(f) => setup::run()
+            .and_then(|_| build(true))
+            .and_then(|_| fidelity::run(&f)),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");

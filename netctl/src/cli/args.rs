@@ -89,6 +89,20 @@ pub enum Cmd {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// Netfilter rules of a topology's datapath, in iptables' syntax:
+    /// `restore [FILE|-]`, `save [-c] [-t TABLE]`,
+    /// `list [-t TABLE] [-v] [-n] [-x] [--line-numbers] [CHAIN]` (or `-L`),
+    /// `-S [CHAIN]`, and iptables' edits (`-A`, `-I`, `-D`, `-R`, `-N`, `-X`,
+    /// `-P`, `-F`, `-Z`, with `-t TABLE`).
+    #[command(allow_hyphen_values = true)]
+    Rules {
+        /// The topology (default: the only one with a datapath). Long form
+        /// only: `-t` is iptables' table option.
+        #[arg(long)]
+        topology: Option<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// IPv4/IPv6 forwarding in a namespace.
     Forward {
         #[arg(value_parser = ["on", "off", "show"])]

@@ -203,6 +203,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Fdb(c) => super::datapath::fdb(c).await?,
         Cmd::Stats { t, json } => super::datapath::stats(t, json).await?,
         Cmd::Trace { t, duration } => super::datapath::trace(t, duration).await?,
+        Cmd::Rules { topology, args } => super::rules::run(topology, args).await?,
         Cmd::Forward { state, ns } => {
             let ns = ns_of(&ns);
             match state.as_str() {

@@ -18,7 +18,7 @@ fn record(name: &str) -> Result<Topology> {
 }
 
 /// The topology to look at: the one named, or the only one with a datapath.
-fn pick(t: &TopoOpt) -> Result<String> {
+pub(super) fn pick(t: &TopoOpt) -> Result<String> {
     if let Some(n) = &t.topology {
         return Ok(n.clone());
     }
@@ -215,6 +215,164 @@ fn print_dump(d: &inspect::Dump) {
                 println!("{n} packets {p} bytes {b}");
             }
         }
+        Dump::Conntrack(v) => print_conntrack(v),
+        Dump::RsHooks(v) => {
+            println!(
+                "{:>3} {:<12} {:>8} {:<12} LIVE",
+                "GEN", "HOOK", "ENTRIES", "NAT"
+            );
+            for h in v {
+                let nat = if h.nat_start < h.nat_end {
+                    format!("{}..{}", h.nat_start, h.nat_end)
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "{:>3} {:<12} {:>8} {:<12} {}",
+                    h.generation,
+                    h.hook,
+                    h.entries,
+                    nat,
+                    if h.live { "yes" } else { "no" }
+                );
+            }
+        }
+        Dump::RsEntries(v) => {
+            println!(
+                "{:<12} {:>6} {:<9} {:>7} {:>7} {:<22} LOG",
+                "HOOK", "INDEX", "KIND", "TARGET", "SLOT", "REJECT"
+            );
+            let dash = |x: Option<u32>| x.map_or("-".to_string(), |n| n.to_string());
+            for e in v {
+                let log = match (e.log, &e.log_prefix) {
+                    (Some(i), Some(p)) => format!("{i} {p:?}"),
+                    (Some(i), None) => i.to_string(),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<12} {:>6} {:<9} {:>7} {:>7} {:<22} {}",
+                    e.hook,
+                    e.index,
+                    e.kind,
+                    dash(e.target),
+                    dash(e.slot),
+                    e.reject.as_deref().unwrap_or("-"),
+                    log
+                );
+            }
+        }
+        Dump::RsClass(v) => {
+            let w = v.iter().map(|c| c.value.len()).max().unwrap_or(0).max(5);
+            println!(
+                "{:>3} {:<12} {:<8} {:<w$} {:>6}",
+                "GEN", "HOOK", "FIELD", "VALUE", "CLASS"
+            );
+            for c in v {
+                println!(
+                    "{:>3} {:<12} {:<8} {:<w$} {:>6}",
+                    c.generation, c.hook, c.field, c.value, c.class
+                );
+            }
+        }
+        Dump::RsSummary(v) => {
+            println!(
+                "{:>3} {:<12} {:<8} {:>6} BLOCKS",
+                "GEN", "HOOK", "FIELD", "CLASS"
+            );
+            for r in v {
+                println!(
+                    "{:>3} {:<12} {:<8} {:>6} {}",
+                    r.generation,
+                    r.hook,
+                    r.field,
+                    r.class.to_string(),
+                    join(&r.blocks)
+                );
+            }
+        }
+        Dump::RsWords(v) => {
+            println!(
+                "{:>3} {:<12} {:<8} {:>6} {:>6} ENTRIES",
+                "GEN", "HOOK", "FIELD", "CLASS", "BLOCK"
+            );
+            for r in v {
+                println!(
+                    "{:>3} {:<12} {:<8} {:>6} {:>6} {}",
+                    r.generation,
+                    r.hook,
+                    r.field,
+                    r.class.to_string(),
+                    r.block,
+                    join(&r.entries)
+                );
+            }
+        }
+        Dump::RsLog(v) => {
+            println!(
+                "{:>3} {:>5} {:<4} {:<4} PREFIX",
+                "GEN", "INDEX", "LIVE", "USED"
+            );
+            let yn = |b: bool| if b { "yes" } else { "no" };
+            for l in v {
+                println!(
+                    "{:>3} {:>5} {:<4} {:<4} {:?}",
+                    l.generation,
+                    l.index,
+                    yn(l.live),
+                    yn(l.used),
+                    l.prefix
+                );
+            }
+        }
+        Dump::RsCounters(v) => {
+            println!("{:>7} {:>12} {:>14} ENTRIES", "SLOT", "PACKETS", "BYTES");
+            for c in v {
+                println!(
+                    "{:>7} {:>12} {:>14} {}",
+                    c.slot,
+                    c.packets,
+                    c.bytes,
+                    if c.entries.is_empty() {
+                        "-".to_string()
+                    } else {
+                        c.entries.join(" ")
+                    }
+                );
+            }
+        }
+    }
+}
+
+fn join(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn print_conntrack(v: &[inspect::CtRow]) {
+    let orig: Vec<String> = v.iter().map(|c| c.original.to_string()).collect();
+    let reply: Vec<String> = v.iter().map(|c| c.reply.to_string()).collect();
+    let wo = orig.iter().map(String::len).max().unwrap_or(0).max(8);
+    let wr = reply.iter().map(String::len).max().unwrap_or(0).max(5);
+    println!(
+        "{:<5} {:<wo$} {:<wr$} {:<12} {:>10} {:>10} {:>15} {:>21}",
+        "PROTO", "ORIGINAL", "REPLY", "STATE", "AGE", "TIMEOUT", "PACKETS", "BYTES"
+    );
+    for ((c, o), r) in v.iter().zip(&orig).zip(&reply) {
+        let timeout = if c.expired {
+            "expired".to_string()
+        } else {
+            format!("{:.2}s", c.timeout_s)
+        };
+        println!(
+            "{:<5} {:<wo$} {:<wr$} {:<12} {:>10} {:>10} {:>15} {:>21}",
+            c.protocol,
+            o,
+            r,
+            c.state,
+            format!("{:.2}s", c.age_s),
+            timeout,
+            format!("{}/{}", c.orig_packets, c.reply_packets),
+            format!("{}/{}", c.orig_bytes, c.reply_bytes),
+        );
     }
 }
 

@@ -1,3 +1,4 @@
 pub mod args;
 pub mod commands;
 mod datapath;
+mod rules;

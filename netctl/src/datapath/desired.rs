@@ -32,6 +32,17 @@ fn ageing_ns(bridge: &crate::state::Link) -> u64 {
     u64::from(bridge.ageing_time_cs.unwrap_or(30000)) * 10_000_000
 }
 
+/// The first IPv4 address on interface `index`, network order (0: none).
+fn first_ipv4(host: &NsView, index: u32) -> [u8; 4] {
+    host.addrs
+        .iter()
+        .find_map(|a| match a.net {
+            IpNet::V4(n) if a.index == index => Some(n.addr().octets()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// `host` is the view of the topology's host namespace, read after apply.
 /// Container MACs come from the topology (every container has one), so the
 /// container namespaces need not be read.
@@ -64,6 +75,8 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
                 // Assigned when the maps are written (it depends on them).
                 slot: 0,
                 ageing_ns: ageing_ns(br),
+                bridge_ip: first_ipv4(host, br.index),
+                _pad: 0,
             },
         });
         let mac = c.mac;
@@ -105,6 +118,7 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
                 }
                 None => RouteValue {
                     kind: route_kind::KERNEL,
+                    bridge: r.oif.unwrap_or(0),
                     ..Default::default()
                 },
             },

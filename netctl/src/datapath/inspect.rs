@@ -1,5 +1,6 @@
 //! Reading a pinned datapath back: maps listed and decoded (MACs, interface
-//! names, ages, prefixes — not hex), FDB, per-decision and per-port stats.
+//! names, ages, prefixes — not hex), FDB, per-decision and per-port stats,
+//! conntrack and the compiled ruleset's classifier maps.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -7,9 +8,12 @@ use std::net::Ipv4Addr;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use netctl_common::{
-    FdbEntry, FdbKey, IfCounters, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS,
-    MAP_ROUTES, MAP_STATS, MAP_XDP_STATS, NeighEntry, PORT_F_HAIRPIN, PortInfo, PortStats,
-    RouteValue, config, reason, route_kind,
+    CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG, MAP_CT, MAP_FDB, MAP_NEIGH,
+    MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES,
+    MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS, MAP_STATS, MAP_XDP_STATS, NeighEntry,
+    PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
+    RS_NO_SLOT, RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag,
+    ct_timeout, ctbit, entry, field, hook, reason, reject, route_kind, tcp_state,
 };
 use serde::Serialize;
 
@@ -54,6 +58,8 @@ pub fn list(only: Option<&str>) -> Result<Vec<MapSummary>> {
         if only.is_some_and(|o| o != t) {
             continue;
         }
+        // The live ruleset's entries, read once for the maps that need them.
+        let mut live = None;
         for name in pins::map_pins(&t)? {
             let md = open_data(&t, &name)?;
             let info = md.info().map_err(me(&name))?;
@@ -62,7 +68,7 @@ pub fn list(only: Option<&str>) -> Result<Vec<MapSummary>> {
                 .map(|k| format!("{k:?}"))
                 .unwrap_or_else(|_| "unknown".into());
             // Every map is one of ours, so decoding it counts it.
-            let entries = dump(&t, &name, &Names::new())?.len();
+            let entries = dump_in(&t, &name, &Names::new(), &mut live)?.len();
             out.push(MapSummary {
                 topology: t.clone(),
                 name,
@@ -149,6 +155,14 @@ pub enum Dump {
     PortStats(Vec<PortStatsRow>),
     Config(BTreeMap<&'static str, u32>),
     IfCounters(Vec<(String, u64, u64)>),
+    Conntrack(Vec<CtRow>),
+    RsHooks(Vec<HookRow>),
+    RsEntries(Vec<EntryRow>),
+    RsClass(Vec<ClassRow>),
+    RsSummary(Vec<SummaryRow>),
+    RsWords(Vec<WordRow>),
+    RsLog(Vec<LogRow>),
+    RsCounters(Vec<CounterRow>),
 }
 
 impl Dump {
@@ -163,6 +177,14 @@ impl Dump {
             Dump::PortStats(v) => v.len(),
             Dump::Config(m) => m.len(),
             Dump::IfCounters(v) => v.len(),
+            Dump::Conntrack(v) => v.len(),
+            Dump::RsHooks(v) => v.len(),
+            Dump::RsEntries(v) => v.len(),
+            Dump::RsClass(v) => v.len(),
+            Dump::RsSummary(v) => v.len(),
+            Dump::RsWords(v) => v.len(),
+            Dump::RsLog(v) => v.len(),
+            Dump::RsCounters(v) => v.len(),
         }
     }
 
@@ -320,6 +342,14 @@ pub fn config_values(topology: &str) -> Result<BTreeMap<&'static str, u32>> {
             "forward",
             m.get(&config::FORWARD, 0).map_err(me(MAP_CONFIG))?,
         ),
+        (
+            "rules_serial",
+            m.get(&config::RULES_SERIAL, 0).map_err(me(MAP_CONFIG))?,
+        ),
+        (
+            "rules_on",
+            m.get(&config::RULES_ON, 0).map_err(me(MAP_CONFIG))?,
+        ),
     ]))
 }
 
@@ -341,9 +371,643 @@ fn xdp_counters(topology: &str, names: &Names) -> Result<Vec<(String, u64, u64)>
         .collect())
 }
 
+// ---------------------------------------------------------------------------
+// Connection tracking.
+// ---------------------------------------------------------------------------
+
+/// One direction of a connection. `sport`/`dport` are set for TCP and UDP,
+/// `id` (the echo identifier) for ICMP.
+#[derive(Debug, Serialize)]
+pub struct CtTuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+}
+
+impl std::fmt::Display for CtTuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.sport, self.dport, self.id) {
+            (Some(s), Some(d), _) => write!(f, "{}:{s} -> {}:{d}", self.src, self.dst),
+            (_, _, Some(i)) => write!(f, "{} -> {} id {i}", self.src, self.dst),
+            _ => write!(f, "{} -> {}", self.src, self.dst),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CtRow {
+    pub protocol: String,
+    pub original: CtTuple,
+    pub reply: CtTuple,
+    /// The TCP state; `[unreplied]` or `seen reply` for other protocols.
+    pub state: String,
+    pub seen_reply: bool,
+    pub age_s: f64,
+    /// Seconds before the entry times out (0 once it has).
+    pub timeout_s: f64,
+    /// Timed out: the datapath treats the connection as gone (the LRU
+    /// keeps the element until it is reused).
+    pub expired: bool,
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+fn proto_name(p: u8) -> String {
+    match p {
+        PROTO_ICMP => "icmp".into(),
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The entry's timeout in seconds, as the datapath computes it.
+fn ct_timeout_s(proto: u8, e: &CtEntry) -> u64 {
+    u64::from(match proto {
+        PROTO_TCP => ct_timeout::TCP[usize::from(e.tcp_state.min(tcp_state::COUNT - 1))],
+        PROTO_UDP if e.flags & ct_flag::SEEN_REPLY != 0 => ct_timeout::UDP_STREAM,
+        PROTO_UDP => ct_timeout::UDP,
+        PROTO_ICMP => ct_timeout::ICMP,
+        _ => ct_timeout::GENERIC,
+    })
+}
+
+fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
+    let (a, b) = (
+        (Ipv4Addr::from(k.a_addr), k.a_port),
+        (Ipv4Addr::from(k.b_addr), k.b_port),
+    );
+    // The key is in canonical order; the entry says who opened it.
+    let orig_is_a = e.orig_addr == k.a_addr && e.orig_port == k.a_port;
+    let (o, r) = if orig_is_a { (a, b) } else { (b, a) };
+    let tuple = |s: (Ipv4Addr, u16), d: (Ipv4Addr, u16)| {
+        let ports = matches!(k.proto, PROTO_TCP | PROTO_UDP);
+        CtTuple {
+            src: s.0,
+            dst: d.0,
+            sport: ports.then_some(s.1),
+            dport: ports.then_some(d.1),
+            id: (k.proto == PROTO_ICMP).then_some(s.1),
+        }
+    };
+    let seen_reply = e.flags & ct_flag::SEEN_REPLY != 0;
+    let state = if k.proto == PROTO_TCP {
+        tcp_state::NAMES
+            .get(usize::from(e.tcp_state))
+            .map_or_else(|| format!("state{}", e.tcp_state), |n| (*n).to_string())
+    } else if seen_reply {
+        "seen reply".into()
+    } else {
+        "[unreplied]".into()
+    };
+    let idle = now.saturating_sub(e.last_seen_ns);
+    let timeout = ct_timeout_s(k.proto, e) * 1_000_000_000;
+    let centis = |ns: u64| (ns / 10_000_000) as f64 / 100.0;
+    CtRow {
+        protocol: proto_name(k.proto),
+        original: tuple(o, r),
+        reply: tuple(r, o),
+        state,
+        seen_reply,
+        age_s: centis(now.saturating_sub(e.created_ns)),
+        timeout_s: centis(timeout.saturating_sub(idle)),
+        expired: idle > timeout,
+        orig_packets: e.packets[0],
+        orig_bytes: e.bytes[0],
+        reply_packets: e.packets[1],
+        reply_bytes: e.bytes[1],
+    }
+}
+
+pub fn conntrack(topology: &str) -> Result<Vec<CtRow>> {
+    let m: HashMap<MapData, CtKey, CtEntry> =
+        HashMap::try_from(open(topology, MAP_CT)?).map_err(me(MAP_CT))?;
+    let now = monotonic_ns();
+    let mut v: Vec<(CtKey, CtRow)> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, e)| (k, ct_row(&k, &e, now)))
+        .collect();
+    v.sort_by_key(|(k, _)| (k.proto, k.a_addr, k.a_port, k.b_addr, k.b_port));
+    Ok(v.into_iter().map(|x| x.1).collect())
+}
+
+// ---------------------------------------------------------------------------
+// The compiled ruleset (see `netctl_common`'s "Netfilter rules, compiled").
+// ---------------------------------------------------------------------------
+
+const HOOK_NAMES: [&str; hook::COUNT as usize] =
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+const FIELD_NAMES: [&str; field::COUNT as usize] = [
+    "src", "dst", "proto", "sport", "dport", "icmp", "in", "out", "ctstate",
+];
+fn entry_name(k: u8) -> String {
+    match k {
+        entry::CONTINUE => "CONTINUE".into(),
+        entry::LOG => "LOG".into(),
+        entry::SKIP => "SKIP".into(),
+        entry::DROP => "DROP".into(),
+        entry::REJECT => "REJECT".into(),
+        n => format!("?{n}"),
+    }
+}
+
+fn reject_name(r: u8) -> String {
+    match r {
+        reject::ICMP_PORT_UNREACHABLE => "icmp-port-unreachable".into(),
+        reject::ICMP_NET_UNREACHABLE => "icmp-net-unreachable".into(),
+        reject::ICMP_HOST_UNREACHABLE => "icmp-host-unreachable".into(),
+        reject::ICMP_ADMIN_PROHIBITED => "icmp-admin-prohibited".into(),
+        reject::TCP_RESET => "tcp-reset".into(),
+        n => format!("?{n}"),
+    }
+}
+
+const CTBIT_NAMES: [(u8, &str); 5] = [
+    (ctbit::INVALID, "INVALID"),
+    (ctbit::NEW, "NEW"),
+    (ctbit::ESTABLISHED, "ESTABLISHED"),
+    (ctbit::RELATED, "RELATED"),
+    (ctbit::UNTRACKED, "UNTRACKED"),
+];
+
+fn name_in(table: &[&'static str], i: u8) -> String {
+    table
+        .get(usize::from(i))
+        .map_or_else(|| format!("?{i}"), |n| (*n).to_string())
+}
+
+fn hook_name(h: u8) -> String {
+    name_in(&HOOK_NAMES, h)
+}
+
+fn field_name(f: u8) -> String {
+    name_in(&FIELD_NAMES, f)
+}
+
+/// The live ruleset generation: the low bit of `config::RULES_SERIAL`
+/// (the datapath reads both from that one word).
+pub fn live_generation(topology: &str) -> Result<u8> {
+    let m: Array<MapData, u32> =
+        Array::try_from(open(topology, MAP_CONFIG)?).map_err(me(MAP_CONFIG))?;
+    let serial = m.get(&config::RULES_SERIAL, 0).map_err(me(MAP_CONFIG))?;
+    Ok((serial & 1) as u8)
+}
+
+/// The ten hook headers, by index `gen * 5 + hook`.
+fn hook_headers(topology: &str) -> Result<Vec<RsHook>> {
+    let m: Array<MapData, RsHook> =
+        Array::try_from(open(topology, MAP_RS_HOOKS)?).map_err(me(MAP_RS_HOOKS))?;
+    (0..m.len().min(2 * u32::from(hook::COUNT)))
+        .map(|i| m.get(&i, 0).map_err(me(MAP_RS_HOOKS)))
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookRow {
+    pub generation: u8,
+    pub live: bool,
+    pub hook: String,
+    pub entries: u32,
+    /// The nat table's block `[nat_start, nat_end)` (empty when equal).
+    pub nat_start: u32,
+    pub nat_end: u32,
+}
+
+/// The hook headers that are not empty.
+pub fn rs_hooks(topology: &str) -> Result<Vec<HookRow>> {
+    let live = live_generation(topology)?;
+    Ok(hook_headers(topology)?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, h)| *h != RsHook::default())
+        .map(|(i, h)| {
+            let generation = (i / usize::from(hook::COUNT)) as u8;
+            HookRow {
+                generation,
+                live: generation == live,
+                hook: hook_name((i % usize::from(hook::COUNT)) as u8),
+                entries: h.entries,
+                nat_start: h.nat_start,
+                nat_end: h.nat_end,
+            }
+        })
+        .collect())
+}
+
+/// The live generation and its entries, `(hook, index, entry)`.
+struct Live {
+    generation: u8,
+    entries: Vec<(u8, u32, RuleEntry)>,
+}
+
+/// `cache`, read first if empty.
+fn live<'a>(topology: &str, cache: &'a mut Option<Live>) -> Result<&'a Live> {
+    if cache.is_none() {
+        *cache = Some(live_entries(topology)?);
+    }
+    Ok(cache.as_ref().expect("filled above"))
+}
+
+/// The live generation's entries: only the `entries` of each of its hook
+/// headers are read, never the whole array.
+fn live_entries(topology: &str) -> Result<Live> {
+    let g = live_generation(topology)?;
+    let headers = hook_headers(topology)?;
+    let m: Array<MapData, RuleEntry> =
+        Array::try_from(open(topology, MAP_RS_ENTRIES)?).map_err(me(MAP_RS_ENTRIES))?;
+    let mut out = Vec::new();
+    for h in 0..hook::COUNT {
+        let index = u32::from(g) * u32::from(hook::COUNT) + u32::from(h);
+        let Some(hdr) = headers.get(index as usize) else {
+            continue;
+        };
+        for i in 0..hdr.entries.min(RS_ENTRIES_MAX) {
+            let e = m
+                .get(&(index * RS_ENTRIES_MAX + i), 0)
+                .map_err(me(MAP_RS_ENTRIES))?;
+            out.push((h, i, e));
+        }
+    }
+    Ok(Live {
+        generation: g,
+        entries: out,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntryRow {
+    /// Always the live generation.
+    pub generation: u8,
+    pub hook: String,
+    pub index: u32,
+    pub kind: String,
+    /// Where a SKIP goes on (the hook's entry count: accepted).
+    pub target: Option<u32>,
+    /// Counter slot (`None`: the entry counts nothing).
+    pub slot: Option<u32>,
+    /// `--reject-with` of a REJECT.
+    pub reject: Option<String>,
+    /// LOG prefix index (in the live generation) and the prefix.
+    pub log: Option<u32>,
+    pub log_prefix: Option<String>,
+}
+
+fn log_text(b: &[u8; RS_LOG_LEN]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(RS_LOG_LEN);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// The live generation's entries, hook by hook.
+pub fn rs_entries(topology: &str) -> Result<Vec<EntryRow>> {
+    rs_entries_in(topology, live(topology, &mut None)?)
+}
+
+fn rs_entries_in(topology: &str, live: &Live) -> Result<Vec<EntryRow>> {
+    let g = live.generation;
+    let logs: Array<MapData, [u8; RS_LOG_LEN]> =
+        Array::try_from(open(topology, MAP_RS_LOG)?).map_err(me(MAP_RS_LOG))?;
+    let mut prefixes: BTreeMap<u32, String> = BTreeMap::new();
+    let mut v = Vec::with_capacity(live.entries.len());
+    for &(h, i, e) in &live.entries {
+        let is_log = e.kind == entry::LOG;
+        let log_prefix = if is_log && e.log < RS_LOG_MAX {
+            let at = u32::from(g) * RS_LOG_MAX + e.log;
+            if let std::collections::btree_map::Entry::Vacant(slot) = prefixes.entry(at) {
+                slot.insert(log_text(&logs.get(&at, 0).map_err(me(MAP_RS_LOG))?));
+            }
+            prefixes.get(&at).cloned()
+        } else {
+            None
+        };
+        v.push(EntryRow {
+            generation: g,
+            hook: hook_name(h),
+            index: i,
+            kind: entry_name(e.kind),
+            target: (e.kind == entry::SKIP).then_some(e.target),
+            slot: (e.slot != RS_NO_SLOT).then_some(e.slot),
+            reject: (e.kind == entry::REJECT).then(|| reject_name(e.reject)),
+            log: is_log.then_some(e.log),
+            log_prefix,
+        });
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassRow {
+    pub generation: u8,
+    pub hook: String,
+    pub field: String,
+    /// The value, rendered per field: address/len, port or port range,
+    /// protocol, ICMP type/code, interface name, conntrack states; `*` for
+    /// the field's default (prefix length 0).
+    pub value: String,
+    /// Prefix length in the field's own bits.
+    pub prefix_len: u32,
+    pub class: u32,
+}
+
+/// `value` (the field's key left-aligned in 32 bits) under a prefix of
+/// `len` of the field's bits, as the rule would spell it.
+fn class_value(fld: u8, value: u32, len: u32, names: &Names) -> String {
+    let width = field::WIDTH
+        .get(usize::from(fld))
+        .map_or(32, |w| u32::from(*w));
+    let len = len.min(width);
+    if matches!(fld, field::SRC | field::DST) {
+        return format!("{}/{len}", Ipv4Addr::from(value));
+    }
+    if len == 0 {
+        return "*".into();
+    }
+    let lo = value.checked_shr(32 - width).unwrap_or(0);
+    let span = 1u64 << (width - len);
+    let lo = lo & !((span - 1) as u32);
+    let hi = (u64::from(lo) + span - 1) as u32;
+    let range = |show: &dyn Fn(u32) -> String| {
+        if lo == hi {
+            show(lo)
+        } else {
+            format!("{}-{}", show(lo), show(hi))
+        }
+    };
+    match fld {
+        field::PROTO => range(&|p| match p as u8 {
+            PROTO_ICMP | PROTO_TCP | PROTO_UDP => format!("{p} ({})", proto_name(p as u8)),
+            _ => p.to_string(),
+        }),
+        field::SPORT | field::DPORT => range(&|p| p.to_string()),
+        field::ICMP if len == 8 => format!("{}/*", lo >> 8),
+        field::ICMP => range(&|t| format!("{}/{}", t >> 8, t & 0xff)),
+        field::IN | field::OUT => range(&|i| {
+            if i == 0 {
+                "(none)".into()
+            } else {
+                name_of(names, i)
+            }
+        }),
+        field::CTSTATE => {
+            let states: Vec<&str> = CTBIT_NAMES
+                .iter()
+                .filter(|(b, _)| (lo..=hi).contains(&u32::from(*b)))
+                .map(|(_, n)| *n)
+                .collect();
+            if states.is_empty() {
+                range(&|b| b.to_string())
+            } else {
+                states.join(",")
+            }
+        }
+        _ => range(&|x| x.to_string()),
+    }
+}
+
+/// Sort order of classifier rows: generation, hook, field, then the
+/// value (or class) and prefix length (or block).
+type Order = (u8, u8, u8, u32, u32);
+
+pub fn rs_class(topology: &str, names: &Names) -> Result<Vec<ClassRow>> {
+    let m: LpmTrie<MapData, [u8; 8], u32> =
+        LpmTrie::try_from(open(topology, MAP_RS_CLASS)?).map_err(me(MAP_RS_CLASS))?;
+    let mut v: Vec<(Order, ClassRow)> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, class)| {
+            let d = k.data();
+            let (g, h, f) = (d[0], d[1], d[2]);
+            let value = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+            let len = k.prefix_len().saturating_sub(32);
+            (
+                (g, h, f, value, len),
+                ClassRow {
+                    generation: g,
+                    hook: hook_name(h),
+                    field: field_name(f),
+                    value: class_value(f, value, len, names),
+                    prefix_len: len,
+                    class,
+                },
+            )
+        })
+        .collect();
+    v.sort_by_key(|x| x.0);
+    Ok(v.into_iter().map(|x| x.1).collect())
+}
+
+/// A class id, or `*` for the entries that do not constrain the field.
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(untagged)]
+pub enum ClassId {
+    Id(u32),
+    Wild(&'static str),
+}
+
+impl ClassId {
+    fn of(c: u32) -> Self {
+        if c == RS_CLASS_WILD {
+            ClassId::Wild("*")
+        } else {
+            ClassId::Id(c)
+        }
+    }
+}
+
+impl std::fmt::Display for ClassId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassId::Id(c) => write!(f, "{c}"),
+            ClassId::Wild(w) => f.write_str(w),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SummaryRow {
+    pub generation: u8,
+    pub hook: String,
+    pub field: String,
+    pub class: ClassId,
+    /// The 64-entry blocks that hold an entry of the class.
+    pub blocks: Vec<u32>,
+}
+
+fn word_key_order(k: &RsWordKey) -> Order {
+    (k.generation, k.hook, k.field, k.class, k.block)
+}
+
+pub fn rs_summary(topology: &str) -> Result<Vec<SummaryRow>> {
+    let m: HashMap<MapData, RsWordKey, RsSummary> =
+        HashMap::try_from(open(topology, MAP_RS_SUMMARY)?).map_err(me(MAP_RS_SUMMARY))?;
+    let mut v: Vec<(RsWordKey, RsSummary)> = m.iter().filter_map(|r| r.ok()).collect();
+    v.sort_by_key(|(k, _)| word_key_order(k));
+    Ok(v.into_iter()
+        .map(|(k, s)| SummaryRow {
+            generation: k.generation,
+            hook: hook_name(k.hook),
+            field: field_name(k.field),
+            class: ClassId::of(k.class),
+            blocks: bits(&s.words, 0),
+        })
+        .collect())
+}
+
+/// The indexes of the set bits of `words`, counting from `base`.
+fn bits(words: &[u64], base: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (w, &word) in words.iter().enumerate() {
+        let mut x = word;
+        while x != 0 {
+            let b = x.trailing_zeros();
+            out.push(base + w as u32 * 64 + b);
+            x &= x - 1;
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct WordRow {
+    pub generation: u8,
+    pub hook: String,
+    pub field: String,
+    pub class: ClassId,
+    pub block: u32,
+    /// The entry indexes the word holds (`block * 64 + bit`).
+    pub entries: Vec<u32>,
+}
+
+pub fn rs_words(topology: &str) -> Result<Vec<WordRow>> {
+    let m: HashMap<MapData, RsWordKey, u64> =
+        HashMap::try_from(open(topology, MAP_RS_WORDS)?).map_err(me(MAP_RS_WORDS))?;
+    let mut v: Vec<(RsWordKey, u64)> = m.iter().filter_map(|r| r.ok()).collect();
+    v.sort_by_key(|(k, _)| word_key_order(k));
+    Ok(v.into_iter()
+        .map(|(k, w)| WordRow {
+            generation: k.generation,
+            hook: hook_name(k.hook),
+            field: field_name(k.field),
+            class: ClassId::of(k.class),
+            block: k.block,
+            entries: bits(&[w], k.block.saturating_mul(64)),
+        })
+        .collect())
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogRow {
+    pub generation: u8,
+    /// Of the live generation.
+    pub live: bool,
+    /// A LOG entry of the live ruleset uses it.
+    pub used: bool,
+    pub index: u32,
+    pub prefix: String,
+}
+
+/// Non-empty LOG prefixes of both generations. The array is never cleared,
+/// so a prefix no live entry uses (`used` false) may be a leftover of an
+/// earlier ruleset.
+pub fn rs_log(topology: &str) -> Result<Vec<LogRow>> {
+    rs_log_in(topology, live(topology, &mut None)?)
+}
+
+fn rs_log_in(topology: &str, live: &Live) -> Result<Vec<LogRow>> {
+    let used: std::collections::BTreeSet<u32> = live
+        .entries
+        .iter()
+        .filter(|(_, _, e)| e.kind == entry::LOG)
+        .map(|(_, _, e)| u32::from(live.generation) * RS_LOG_MAX + e.log)
+        .collect();
+    let m: Array<MapData, [u8; RS_LOG_LEN]> =
+        Array::try_from(open(topology, MAP_RS_LOG)?).map_err(me(MAP_RS_LOG))?;
+    let mut v = Vec::new();
+    for i in 0..m.len().min(2 * RS_LOG_MAX) {
+        let b = m.get(&i, 0).map_err(me(MAP_RS_LOG))?;
+        if b[0] == 0 {
+            continue;
+        }
+        let generation = (i / RS_LOG_MAX) as u8;
+        v.push(LogRow {
+            generation,
+            live: generation == live.generation,
+            used: used.contains(&i),
+            index: i % RS_LOG_MAX,
+            prefix: log_text(&b),
+        });
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Serialize)]
+pub struct CounterRow {
+    pub slot: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The live entries counting into the slot, as `HOOK#index`.
+    pub entries: Vec<String>,
+}
+
+/// Non-zero rule counters, summed over CPUs. Only slots up to the highest
+/// one a live entry (rule or policy) uses are read: reading all
+/// `RS_SLOTS_MAX` per-CPU slots one syscall at a time takes too long, and
+/// slots past it can only hold leftovers of an earlier ruleset.
+pub fn rs_counters(topology: &str) -> Result<Vec<CounterRow>> {
+    rs_counters_in(topology, live(topology, &mut None)?)
+}
+
+fn rs_counters_in(topology: &str, live: &Live) -> Result<Vec<CounterRow>> {
+    let mut users: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for (h, i, e) in &live.entries {
+        if e.slot != RS_NO_SLOT {
+            users
+                .entry(e.slot)
+                .or_default()
+                .push(format!("{}#{i}", hook_name(*h)));
+        }
+    }
+    let Some(&last) = users.keys().next_back() else {
+        return Ok(Vec::new());
+    };
+    let m: PerCpuArray<MapData, IfCounters> =
+        PerCpuArray::try_from(open(topology, MAP_RS_COUNTERS)?).map_err(me(MAP_RS_COUNTERS))?;
+    let mut v = Vec::new();
+    for slot in 0..=last.min(RS_SLOTS_MAX - 1).min(m.len().saturating_sub(1)) {
+        let per_cpu = m.get(&slot, 0).map_err(me(MAP_RS_COUNTERS))?;
+        let s = per_cpu.iter().fold(IfCounters::default(), |a, c| a.add(*c));
+        if s == IfCounters::default() {
+            continue;
+        }
+        v.push(CounterRow {
+            slot,
+            packets: s.packets,
+            bytes: s.bytes,
+            entries: users.remove(&slot).unwrap_or_default(),
+        });
+    }
+    Ok(v)
+}
+
 /// Decodes the map called `name` (its pinned name, case-insensitive, with
 /// or without the NETCTL_ prefix).
 pub fn dump(topology: &str, name: &str, names: &Names) -> Result<Dump> {
+    dump_in(topology, name, names, &mut None)
+}
+
+/// `dump`, with the live ruleset's entries read once into `cache`.
+fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) -> Result<Dump> {
     let upper = name.to_ascii_uppercase();
     let full = if upper.starts_with("NETCTL_") {
         upper
@@ -359,6 +1023,14 @@ pub fn dump(topology: &str, name: &str, names: &Names) -> Result<Dump> {
         MAP_PORT_STATS => Dump::PortStats(port_stats(topology, names)?),
         MAP_CONFIG => Dump::Config(config_values(topology)?),
         MAP_XDP_STATS => Dump::IfCounters(xdp_counters(topology, names)?),
+        MAP_CT => Dump::Conntrack(conntrack(topology)?),
+        MAP_RS_HOOKS => Dump::RsHooks(rs_hooks(topology)?),
+        MAP_RS_ENTRIES => Dump::RsEntries(rs_entries_in(topology, live(topology, cache)?)?),
+        MAP_RS_CLASS => Dump::RsClass(rs_class(topology, names)?),
+        MAP_RS_SUMMARY => Dump::RsSummary(rs_summary(topology)?),
+        MAP_RS_WORDS => Dump::RsWords(rs_words(topology)?),
+        MAP_RS_LOG => Dump::RsLog(rs_log_in(topology, live(topology, cache)?)?),
+        MAP_RS_COUNTERS => Dump::RsCounters(rs_counters_in(topology, live(topology, cache)?)?),
         _ => {
             return Err(Error::Invalid(format!(
                 "no map {name:?}; `netctl maps list` shows the maps"

@@ -33,7 +33,7 @@ pub struct SyncReport {
     pub detached: Vec<String>,
 }
 
-fn map_at(dir: &Path, name: &str) -> Result<Map> {
+pub(crate) fn map_at(dir: &Path, name: &str) -> Result<Map> {
     let p = dir.join(name);
     let md = MapData::from_pin(&p)
         .map_err(|e| bpf_error(&format!("open pinned map {}", p.display()), &e))?;

@@ -11,11 +11,13 @@
 //! stays attached until the [`CounterProgram`] is dropped, whichever thread
 //! drops it.
 
+pub mod batch;
 mod counter;
 pub mod desired;
 pub mod inspect;
 pub mod install;
 pub mod pins;
+pub mod ruleset;
 pub mod trace;
 pub mod verify;
 

@@ -24,7 +24,10 @@ impl log::Log for Printer {
     }
     fn log(&self, r: &log::Record) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", r.args());
+        // LOG prefixes arrive NUL-padded to a fixed width (see the eBPF
+        // side's `netctl_log`).
+        let line = r.args().to_string().replace('\0', "");
+        let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
     fn flush(&self) {}

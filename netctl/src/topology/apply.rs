@@ -439,7 +439,7 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
         )));
     }
     let datapath = match desired.datapath {
-        Datapath::Ebpf => match crate::datapath::sync(desired).await {
+        Datapath::Ebpf => match sync_datapath(desired).await {
             Ok(r) => Some(r),
             Err(e) => {
                 // A datapath that was not there before goes with the rest.
@@ -471,6 +471,22 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
         dry_run,
         datapath,
     })
+}
+
+/// Syncs the eBPF datapath, then the rules: the file's, or else the live
+/// ones compiled again (interfaces they name may have come or gone).
+async fn sync_datapath(t: &Topology) -> Result<crate::datapath::install::SyncReport> {
+    let report = crate::datapath::sync(t).await?;
+    match &t.rules {
+        Some(text) => {
+            let rs = crate::rules::parse::parse(text)?;
+            crate::rules::live::replace(t, rs).await?;
+        }
+        None => {
+            crate::rules::live::resync(t).await?;
+        }
+    }
+    Ok(report)
 }
 
 /// Runs steps in order, rolling back on the first failure. The returned
@@ -527,6 +543,7 @@ pub async fn destroy(name: &str) -> Result<Report> {
     // Programs first: traffic falls back to the kernel bridge while the
     // rest is taken down.
     crate::datapath::detach(name, &owned.host()).await?;
+    crate::rules::store::remove(name)?;
     let observed = observe(touched(&owned)).await?;
     let steps = plan::plan_destroy(&owned, &observed);
     let mut ex = Executor::default();

@@ -31,6 +31,10 @@ pub struct Topology {
     pub bridges: Vec<BridgeSpec>,
     pub containers: Vec<ContainerSpec>,
     pub routes: Vec<RouteEntry>,
+    /// Netfilter rules for the datapath, in iptables-save format (checked
+    /// when the file is read); `None` leaves the live rules alone.
+    #[serde(default)]
+    pub rules: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,6 +59,7 @@ struct RawTopology {
     containers: Vec<Spanned<RawContainer>>,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
+    rules: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -645,6 +646,14 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
         }
     }
 
+    if let Some(r) = &raw.rules {
+        if datapath == Datapath::Kernel {
+            ctx.at(r.span(), "rules need datapath = \"ebpf\"".to_string());
+        } else if let Err(e) = crate::rules::parse::parse(r.get_ref()) {
+            ctx.at(r.span(), format!("rules: {e}"));
+        }
+    }
+
     Topology {
         name,
         host_netns: raw.host_netns.map(|h| h.into_inner()),
@@ -654,5 +663,6 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
         bridges,
         containers,
         routes,
+        rules: raw.rules.map(|r| r.into_inner()),
     }
 }

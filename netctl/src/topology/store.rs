@@ -20,8 +20,16 @@ fn path_of(name: &str) -> PathBuf {
 }
 
 pub fn load(name: &str) -> Result<Option<Topology>> {
-    let p = path_of(name);
-    match fs::read(&p) {
+    load_json(&path_of(name))
+}
+
+pub fn save(t: &Topology) -> Result<()> {
+    save_json(&path_of(&t.name), t)
+}
+
+/// A JSON record under /run/netctl, `None` if there is none.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(p: &std::path::Path) -> Result<Option<T>> {
+    match fs::read(p) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| Error::Invalid(format!("record {} is corrupt: {e}", p.display()))),
@@ -30,14 +38,14 @@ pub fn load(name: &str) -> Result<Option<Topology>> {
     }
 }
 
-pub fn save(t: &Topology) -> Result<()> {
-    let p = path_of(&t.name);
+/// Writes a JSON record atomically (a crash leaves the old one or the new).
+pub(crate) fn save_json<T: serde::Serialize>(p: &std::path::Path, v: &T) -> Result<()> {
     let dir = p.parent().expect("record path has a parent");
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let tmp = p.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(t).expect("topology serializes");
+    let body = serde_json::to_vec_pretty(v).expect("records serialize");
     fs::write(&tmp, body).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-    fs::rename(&tmp, &p).map_err(|e| Error::io(format!("write {}", p.display()), e))
+    fs::rename(&tmp, p).map_err(|e| Error::io(format!("write {}", p.display()), e))
 }
 
 pub fn remove(name: &str) -> Result<()> {

@@ -4,6 +4,7 @@
 //! build lives in namespaces of their own, named with a per-process prefix.
 
 mod datapath;
+mod rules;
 mod setup;
 
 use std::fs;
@@ -49,6 +50,11 @@ pub enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Rules: TCP and 64-byte UDP across two bridges with N non-matching
+    /// FORWARD rules and a final accept, kernel iptables against netctl; and
+    /// the time to replace N rules, `netctl rules restore` against
+    /// `iptables-restore`.
+    Rules(rules::RulesArgs),
 }
 
 pub fn run(b: BenchCmd) -> Result<()> {
@@ -60,6 +66,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
             no_pin,
             json,
         } => datapath::run(runs, duration, no_pin, json),
+        BenchCmd::Rules(a) => rules::run(a),
     }
 }
 

@@ -1,0 +1,461 @@
+//! The rule classifier: per-field lookups whose bitvectors are intersected,
+//! then a walk over the matching entries only (see `netctl_common`,
+//! "Netfilter rules, compiled"). Its cost depends on the number of fields
+//! and of entries a packet actually matches, not on the number of rules.
+//!
+//! The pieces are global functions, which the verifier checks once each,
+//! with unknown scalar arguments, rather than once per call site and loop
+//! iteration. Every argument of a global function must be used: LLVM drops
+//! unused ones from the call, and the verifier, which goes by the BTF
+//! signature, then refuses the program. Global functions take only scalars
+//! and the context, so the
+//! packet's field values, their classes and the candidate blocks live in a
+//! per-CPU scratch map.
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::bpf_loop,
+    macros::map,
+    maps::{PerCpuArray, lpm_trie::Key},
+};
+use netctl_common::{
+    RS_CLASS_WILD, RS_ENTRIES_MAX, RS_NO_SLOT, RS_SUMMARY_WORDS, RsWordKey, entry, field, hook,
+    verdict,
+};
+
+use crate::maps::{
+    self, NETCTL_RS_CLASS, NETCTL_RS_ENTRIES, NETCTL_RS_HOOKS, NETCTL_RS_SUMMARY, NETCTL_RS_WORDS,
+};
+
+/// Most steps one hook's walk takes: one per candidate block (at most
+/// `RS_BLOCKS_MAX`) plus one per matching non-final entry, which the
+/// compiler keeps within `RS_WALK_MAX`.
+pub const MAX_STEPS: u32 = netctl_common::RS_BLOCKS_MAX + netctl_common::RS_WALK_MAX;
+/// Counters a cached classification can replay.
+pub const CACHE_SLOTS: usize = netctl_common::CT_CACHE_SLOTS;
+
+const FIELDS: usize = field::COUNT as usize;
+
+pub struct Scratch {
+    /// Each field's key, big-endian, left-aligned.
+    pub values: [[u8; 4]; FIELDS],
+    pub classes: [u32; FIELDS],
+    /// Candidate blocks of the hook being walked.
+    pub sum: [u64; RS_SUMMARY_WORDS],
+    /// IPv4 total length: the byte count rules add.
+    pub len: u32,
+    /// Counters bumped so far for this packet (to cache), and whether the
+    /// outcome can be cached at all (no LOG, not too many counters).
+    pub nslots: u32,
+    pub slots: [u32; CACHE_SLOTS],
+    pub uncacheable: u32,
+    /// The packet's fields, tracking result and the answer REJECT builds:
+    /// here rather than on the stack, which all frames of a call chain
+    /// share (512 bytes).
+    pub pkt: crate::packet::Pkt,
+    /// The connection's key and TCP state, for `conntrack::confirm`.
+    pub ct_key: netctl_common::CtKey,
+    pub ct_state: u8,
+    pub entry: netctl_common::CtEntry,
+    pub cache: netctl_common::CtCache,
+    /// What the cache is keyed by besides the connection (see `CtCache`).
+    pub in_if: u32,
+    pub out_if: u32,
+    pub path: u32,
+    pub stamp: u32,
+    pub buf: [u8; 64],
+    pub quote: [u8; 28],
+    pub walk: Walk,
+}
+
+#[map]
+pub static NETCTL_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    NETCTL_SCRATCH.get_ptr_mut(0)
+}
+
+/// Looks up each field's class for `hook` of generation `generation`.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_classes(generation: u32, hk: u32) -> i32 {
+    let Some(s) = scratch() else { return -1 };
+    let mut f = 0usize;
+    while f < FIELDS {
+        // SAFETY: this CPU's scratch element; nothing else runs on this CPU
+        // with it while the program does (softirq context, no preemption of
+        // the program by another run on the same CPU that uses it).
+        let v = unsafe { (*s).values[f] };
+        let width = u32::from(field::WIDTH[f]);
+        let data = [
+            generation as u8,
+            hk as u8,
+            f as u8,
+            0,
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+        ];
+        let class = NETCTL_RS_CLASS
+            .get(Key::new(32 + width, data))
+            .copied()
+            .unwrap_or(RS_CLASS_WILD - 1);
+        // SAFETY: as above.
+        unsafe { (*s).classes[f] = class };
+        f += 1;
+    }
+    0
+}
+
+/// ANDs the per-field summaries into the candidate blocks.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_summary(generation: u32, hk: u32) -> i32 {
+    let Some(s) = scratch() else { return -1 };
+    let mut w = 0usize;
+    while w < RS_SUMMARY_WORDS {
+        // SAFETY: this CPU's scratch element (see `netctl_rs_classes`).
+        unsafe { (*s).sum[w] = u64::MAX };
+        w += 1;
+    }
+    let mut f = 0usize;
+    while f < FIELDS {
+        // SAFETY: as above.
+        let class = unsafe { (*s).classes[f] };
+        let mut k = RsWordKey {
+            generation: generation as u8,
+            hook: hk as u8,
+            field: f as u8,
+            _pad: 0,
+            class,
+            block: u32::MAX,
+        };
+        let own = NETCTL_RS_SUMMARY.get_ptr(k);
+        k.class = RS_CLASS_WILD;
+        let wild = NETCTL_RS_SUMMARY.get_ptr(k);
+        let mut w = 0usize;
+        while w < RS_SUMMARY_WORDS {
+            // SAFETY: live hash elements (valid until the program returns)
+            // and this CPU's scratch element.
+            unsafe {
+                let a = own.map(|p| (*p).words[w]).unwrap_or(0);
+                let b = wild.map(|p| (*p).words[w]).unwrap_or(0);
+                (*s).sum[w] &= a | b;
+            }
+            w += 1;
+        }
+        f += 1;
+    }
+    0
+}
+
+/// The entries of `block` that every field's class allows.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_block(generation: u32, hk: u32, block: u32) -> u64 {
+    let Some(s) = scratch() else { return 0 };
+    let mut bits = u64::MAX;
+    let mut f = 0usize;
+    while f < FIELDS {
+        // SAFETY: this CPU's scratch element.
+        let class = unsafe { (*s).classes[f] };
+        let mut k = RsWordKey {
+            generation: generation as u8,
+            hook: hk as u8,
+            field: f as u8,
+            _pad: 0,
+            class,
+            block,
+        };
+        // SAFETY: copies of live hash elements (valid until the program
+        // returns); userspace never rewrites words of the live generation.
+        let own = unsafe { NETCTL_RS_WORDS.get(k).copied().unwrap_or(0) };
+        k.class = RS_CLASS_WILD;
+        // SAFETY: as above.
+        let wild = unsafe { NETCTL_RS_WORDS.get(k).copied().unwrap_or(0) };
+        bits &= own | wild;
+        if bits == 0 {
+            return 0;
+        }
+        f += 1;
+    }
+    bits
+}
+
+/// The first candidate block holding entry `from` or a later one, or
+/// `u32::MAX`. The summary has one bit per block of 64 entries.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_next_block(from: u32) -> u32 {
+    let Some(s) = scratch() else { return u32::MAX };
+    let first_block = from / 64;
+    let start = first_block / 64;
+    // A fixed trip count from 0, so the verifier sees every index bounded.
+    let mut w = 0usize;
+    while w < RS_SUMMARY_WORDS {
+        if (w as u32) >= start {
+            // SAFETY: this CPU's scratch element.
+            let mut word = unsafe { (*s).sum[w] };
+            if w as u32 == start {
+                word &= u64::MAX << (first_block % 64);
+            }
+            if word != 0 {
+                return (w as u32) * 64 + lowest_bit(word);
+            }
+        }
+        w += 1;
+    }
+    u32::MAX
+}
+
+/// Index of the lowest set bit of a non-zero word (eBPF has no ctz): a
+/// binary search over halves, quarters… of the isolated bit.
+#[inline(always)]
+pub fn lowest_bit(x: u64) -> u32 {
+    let mut x = x & x.wrapping_neg();
+    let mut n = 0;
+    for width in [32u32, 16, 8, 4, 2, 1] {
+        let mask = (1u64 << width) - 1;
+        if x & mask == 0 {
+            n += width;
+            x >>= width;
+        }
+    }
+    n
+}
+
+/// The walk over one hook's matching entries, stepped by `bpf_loop`.
+#[repr(C)]
+pub struct Walk {
+    generation: u32,
+    hk: u32,
+    first: u32,
+    entries: u32,
+    nat_start: u32,
+    nat_end: u32,
+    base: u32,
+    cursor: u32,
+    block: u32,
+    result: u32,
+    stop: u32,
+    bits: u64,
+}
+
+/// Runs entries `[start, end)` of one hook's program (`end` is clamped to
+/// its length) for the packet in the scratch map: returns a `verdict::*`
+/// (REJECT with its `reject::*` in bits 8..16). `first` says whether the
+/// packet starts a connection (only then is nat walked).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_classify(
+    generation: u32,
+    hk: u32,
+    first: u32,
+    start: u32,
+    end: u32,
+) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    let idx = generation.min(1) * u32::from(hook::COUNT) + hk.min(u32::from(hook::COUNT) - 1);
+    let Some(h) = NETCTL_RS_HOOKS.get(idx) else {
+        return accept;
+    };
+    let entries = h.entries.min(RS_ENTRIES_MAX).min(end);
+    if start >= entries {
+        return accept;
+    }
+    netctl_rs_classes(generation, hk);
+    netctl_rs_summary(generation, hk);
+    let Some(s) = scratch() else {
+        return accept;
+    };
+    // SAFETY: this CPU's scratch element.
+    unsafe {
+        (*s).walk = Walk {
+            generation,
+            hk,
+            first,
+            entries,
+            nat_start: h.nat_start,
+            nat_end: h.nat_end,
+            base: idx * RS_ENTRIES_MAX,
+            cursor: start,
+            block: u32::MAX,
+            result: accept,
+            stop: 0,
+            bits: 0,
+        };
+    }
+    netctl_rs_walk()
+}
+
+/// Steps the walk set up in the scratch map to its verdict. A global
+/// function of its own, with an empty frame: the verifier checks a
+/// `bpf_loop` callback over and over until the state it can see stops
+/// changing, and that state includes the calling frame.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_walk() -> u32 {
+    // A loop the verifier checks once (its body is the callback), where an
+    // unrolled walk of this length would exceed its instruction budget.
+    // SAFETY: `step` has the callback signature the helper expects and
+    // ignores its context argument.
+    let n = unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    if n >= i64::from(MAX_STEPS) {
+        // The compiler bounds the walk below MAX_STEPS; should a packet
+        // still get here, it is dropped rather than let through unjudged.
+        return u32::from(verdict::DROP);
+    }
+    let Some(s) = scratch() else {
+        return u32::from(verdict::DROP);
+    };
+    // SAFETY: this CPU's scratch element.
+    unsafe { (*s).walk.result }
+}
+
+extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
+    // The verifier wants exactly 0 or 1 from a callback. A global
+    // function's result is an unknown scalar to it, and the compiler, which
+    // can see that result is 0 or 1, drops any normalisation; so the stop
+    // flag is read back from map memory, which neither can see into.
+    netctl_rs_step();
+    let Some(s) = scratch() else { return 1 };
+    // SAFETY: this CPU's scratch element.
+    if unsafe { (*s).walk.stop } != 0 { 1 } else { 0 }
+}
+
+/// One step of the walk: the next matching entry at or after the cursor.
+/// Returns 1 (stop) once the walk has a verdict.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_step() -> i32 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let w = unsafe { &mut (*s).walk };
+    let accept = u32::from(verdict::ACCEPT);
+    if w.cursor >= w.entries {
+        w.result = accept;
+        w.stop = 1;
+        return 1;
+    }
+    if w.cursor / 64 != w.block || w.bits == 0 {
+        let b = netctl_rs_next_block(w.cursor);
+        if b == u32::MAX || b.saturating_mul(64) >= w.entries {
+            w.result = accept;
+            w.stop = 1;
+            return 1;
+        }
+        w.block = b;
+        w.bits = netctl_rs_block(w.generation, w.hk, b);
+        if b * 64 < w.cursor {
+            w.bits &= u64::MAX << (w.cursor % 64);
+        }
+        if w.bits == 0 {
+            w.cursor = (b + 1) * 64;
+            return 0;
+        }
+    }
+    let i = w.block * 64 + lowest_bit(w.bits);
+    w.bits &= w.bits - 1;
+    if i >= w.entries {
+        w.result = accept;
+        w.stop = 1;
+        return 1;
+    }
+    if w.first == 0 && i >= w.nat_start && i < w.nat_end {
+        w.cursor = w.nat_end;
+        w.bits = 0;
+        return 0;
+    }
+    let Some(e) = NETCTL_RS_ENTRIES.get(w.base + i) else {
+        w.result = accept;
+        w.stop = 1;
+        return 1;
+    };
+    let (kind, target, slot, reject, log) = (e.kind, e.target, e.slot, e.reject, e.log);
+    if slot != RS_NO_SLOT {
+        count(slot);
+    }
+    match kind {
+        entry::CONTINUE => w.cursor = i + 1,
+        entry::LOG => {
+            crate::trace::netctl_log(w.generation, log, w.hk);
+            if let Some(s) = scratch() {
+                // SAFETY: this CPU's scratch element.
+                unsafe { (*s).uncacheable = 1 };
+            }
+            w.cursor = i + 1;
+        }
+        entry::SKIP => w.cursor = target,
+        entry::DROP => {
+            w.result = u32::from(verdict::DROP);
+            w.stop = 1;
+            return 1;
+        }
+        entry::REJECT => {
+            w.result = u32::from(verdict::REJECT) | (u32::from(reject) << 8);
+            w.stop = 1;
+            return 1;
+        }
+        _ => {
+            w.result = accept;
+            w.stop = 1;
+            return 1;
+        }
+    }
+    // A jump backwards or out of the block re-reads from the new cursor.
+    if w.cursor / 64 != w.block || w.cursor <= i {
+        w.bits = 0;
+    } else {
+        w.bits &= u64::MAX << (w.cursor % 64);
+    }
+    0
+}
+
+/// Runs the raw table's block `[0, raw_end)` of `hk`, before conntrack.
+/// A block that is only its ACCEPT policy (the usual case) costs one entry
+/// read instead of a classification.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_raw(generation: u32, hk: u32, raw_end: u32) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    if raw_end == 1 {
+        let idx = generation.min(1) * u32::from(hook::COUNT) + hk.min(u32::from(hook::COUNT) - 1);
+        let Some(e) = NETCTL_RS_ENTRIES.get(idx * RS_ENTRIES_MAX) else {
+            return accept;
+        };
+        let (kind, slot) = (e.kind, e.slot);
+        if slot != RS_NO_SLOT
+            && let Some(s) = scratch()
+        {
+            // SAFETY: this CPU's scratch element.
+            maps::count_rule(slot, unsafe { (*s).len });
+        }
+        return if kind == entry::DROP {
+            u32::from(verdict::DROP)
+        } else {
+            accept
+        };
+    }
+    netctl_classify(generation, hk, 0, 0, raw_end)
+}
+
+/// Bumps a rule counter and remembers it for the connection's cache.
+#[inline(always)]
+fn count(slot: u32) {
+    let Some(s) = scratch() else { return };
+    // SAFETY: this CPU's scratch element.
+    unsafe {
+        maps::count_rule(slot, (*s).len);
+        let n = (*s).nslots as usize;
+        if n < CACHE_SLOTS {
+            (*s).slots[n] = slot;
+            (*s).nslots += 1;
+        } else {
+            (*s).uncacheable = 1;
+        }
+    }
+}

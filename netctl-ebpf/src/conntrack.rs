@@ -1,0 +1,323 @@
+//! Connection tracking for the `conntrack` match: one LRU entry per
+//! connection, the TCP state from the flags (the kernel's transition table,
+//! without window tracking, as with `nf_conntrack_tcp_be_liberal`), and
+//! ICMP errors related to the connection they quote.
+//!
+//! As in the kernel, an existing entry is updated by every valid packet
+//! (whatever the rules then decide), while a new one is only created once
+//! the rules accepted its first packet (`confirm`).
+
+use netctl_common::{CtCache, CtEntry, CtKey, ct_flag, ct_timeout, ctbit, tcp_state as ts};
+
+use crate::{
+    maps::NETCTL_CT,
+    packet::{
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+        TCP_URG, icmp_is_error,
+    },
+};
+
+/// Table entries beyond the states: the packet is invalid / ignored.
+const IV: u8 = ts::COUNT;
+const IG: u8 = ts::COUNT + 1;
+const SS: u8 = ts::SYN_SENT;
+const SR: u8 = ts::SYN_RECV;
+const ES: u8 = ts::ESTABLISHED;
+const FW: u8 = ts::FIN_WAIT;
+const CW: u8 = ts::CLOSE_WAIT;
+const LA: u8 = ts::LAST_ACK;
+const TW: u8 = ts::TIME_WAIT;
+const CL: u8 = ts::CLOSE;
+const S2: u8 = ts::SYN_SENT2;
+
+/// The kernel's `tcp_conntracks[dir][flags][state]` (states in `tcp_state`
+/// order: NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT,
+/// LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2).
+static TCP_TABLE: [[[u8; 10]; 5]; 2] = [
+    [
+        /* syn    */ [SS, SS, IG, IG, IG, IG, IG, SS, SS, S2],
+        /* synack */ [IV, IV, SR, IV, IV, IV, IV, IV, IV, SR],
+        /* fin    */ [IV, IV, FW, FW, LA, LA, LA, TW, CL, IV],
+        /* ack    */ [ES, IV, ES, ES, CW, CW, TW, TW, CL, IV],
+        /* rst    */ [IV, CL, CL, CL, CL, CL, CL, CL, CL, CL],
+    ],
+    [
+        /* syn    */ [IV, S2, IV, IV, IV, IV, IV, SS, IV, S2],
+        /* synack */ [IV, SR, IG, IG, IG, IG, IG, IG, IG, SR],
+        /* fin    */ [IV, IV, FW, FW, LA, LA, LA, TW, CL, IV],
+        /* ack    */ [IV, IG, SR, ES, CW, CW, TW, TW, CL, IG],
+        /* rst    */ [IV, CL, CL, CL, CL, CL, CL, CL, CL, CL],
+    ],
+];
+
+/// The kernel's `get_conntrack_index`; `None` for "no flag", which is
+/// invalid in every state.
+#[inline(always)]
+fn flag_index(flags: u8) -> Option<usize> {
+    if flags & TCP_RST != 0 {
+        Some(4)
+    } else if flags & TCP_SYN != 0 {
+        Some(if flags & TCP_ACK != 0 { 1 } else { 0 })
+    } else if flags & TCP_FIN != 0 {
+        Some(2)
+    } else if flags & TCP_ACK != 0 {
+        Some(3)
+    } else {
+        None
+    }
+}
+
+/// The kernel's `tcp_valid_flags`, indexed by the flags without ECE, CWR
+/// and PSH: everything else is INVALID before any state is looked at.
+#[inline(always)]
+fn tcp_flags_valid(flags: u8) -> bool {
+    let f = flags & !(0xc0 | TCP_PSH);
+    let (syn, ack, fin, rst, urg) = (TCP_SYN, TCP_ACK, TCP_FIN, TCP_RST, TCP_URG);
+    f == syn
+        || f == syn | urg
+        || f == syn | ack
+        || f == rst
+        || f == rst | ack
+        || f == fin | ack
+        || f == fin | ack | urg
+        || f == ack
+        || f == ack | urg
+}
+
+/// What tracking found for a packet.
+#[derive(Clone, Copy)]
+pub struct Track {
+    pub key: CtKey,
+    /// One `ctbit::*`.
+    pub ctstate: u8,
+    /// 0: original direction, 1: reply.
+    pub dir: usize,
+    /// The packet would start a connection: its entry is created if the
+    /// rules accept it.
+    pub first: bool,
+    /// TCP state the new entry starts in.
+    pub new_state: u8,
+    /// The live entry (`None` for new, invalid or related packets).
+    pub entry: Option<*mut CtEntry>,
+}
+
+impl Track {
+    #[inline(always)]
+    fn invalid() -> Self {
+        Track {
+            key: CtKey::default(),
+            ctstate: ctbit::INVALID,
+            dir: 0,
+            first: false,
+            new_state: 0,
+            entry: None,
+        }
+    }
+}
+
+/// The key in canonical order, and whether the packet goes from the
+/// higher (address, port) pair to the lower one.
+#[inline(always)]
+fn key(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) -> CtKey {
+    let s = (u64::from(u32::from_be_bytes(saddr)) << 16) | u64::from(sport);
+    let d = (u64::from(u32::from_be_bytes(daddr)) << 16) | u64::from(dport);
+    if s <= d {
+        CtKey {
+            proto,
+            _pad: [0; 3],
+            a_addr: saddr,
+            b_addr: daddr,
+            a_port: sport,
+            b_port: dport,
+        }
+    } else {
+        CtKey {
+            proto,
+            _pad: [0; 3],
+            a_addr: daddr,
+            b_addr: saddr,
+            a_port: dport,
+            b_port: sport,
+        }
+    }
+}
+
+#[inline(always)]
+fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
+    let s = match proto {
+        PROTO_TCP => ct_timeout::TCP[usize::from(e.tcp_state.min(ts::COUNT - 1))],
+        PROTO_UDP if e.flags & ct_flag::SEEN_REPLY != 0 => ct_timeout::UDP_STREAM,
+        PROTO_UDP => ct_timeout::UDP,
+        PROTO_ICMP => ct_timeout::ICMP,
+        _ => ct_timeout::GENERIC,
+    };
+    u64::from(s) * 1_000_000_000
+}
+
+/// The live entry for `key`, unless it timed out.
+#[inline(always)]
+fn live(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
+    let e = NETCTL_CT.get_ptr_mut(key)?;
+    // SAFETY: a live LRU element, valid until the program returns; fields
+    // another CPU updates concurrently are read whole (no tearing within a
+    // u64) and at worst one packet is judged by a neighbour's timestamp.
+    let last = unsafe { (*e).last_seen_ns };
+    let t = unsafe { timeout_ns(key.proto, &*e) };
+    if now.saturating_sub(last) > t {
+        return None;
+    }
+    Some(e)
+}
+
+/// Looks the packet's connection up, works out its state and updates an
+/// existing entry. Later fragments and ICMP errors quoting nothing known
+/// are INVALID, as the kernel (which reassembles first) would call them
+/// when it cannot tie them to a connection.
+#[inline(always)]
+pub fn track(p: &Pkt, now: u64) -> Track {
+    if p.later_fragment || !p.l4 {
+        return Track::invalid();
+    }
+    if p.proto == PROTO_ICMP && icmp_is_error(p.icmp_type) {
+        return related(p, now);
+    }
+    if p.proto == PROTO_TCP && !tcp_flags_valid(p.tcp_flags) {
+        return Track::invalid();
+    }
+    let (sport, dport) = match p.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP => (p.sport, p.dport),
+        _ => (0, 0),
+    };
+    let k = key(p.proto, p.saddr, sport, p.daddr, dport);
+    let mut t = Track {
+        key: k,
+        ctstate: ctbit::NEW,
+        dir: 0,
+        first: true,
+        new_state: ts::NONE,
+        entry: None,
+    };
+    let tcp_index = if p.proto == PROTO_TCP {
+        match flag_index(p.tcp_flags) {
+            Some(i) => i,
+            None => return Track::invalid(),
+        }
+    } else {
+        0
+    };
+
+    if let Some(e) = live(&k, now) {
+        // SAFETY: as in `live`.
+        let (orig_addr, orig_port, old, flags) =
+            unsafe { ((*e).orig_addr, (*e).orig_port, (*e).tcp_state, (*e).flags) };
+        let dir = usize::from(!(orig_addr == p.saddr && orig_port == sport));
+        let mut new = old;
+        if p.proto == PROTO_TCP {
+            new = TCP_TABLE[dir & 1][tcp_index.min(4)][usize::from(old.min(9))];
+            if new == IV {
+                return Track::invalid();
+            }
+            // A SYN on a connection in TIME_WAIT or CLOSE opens a new one
+            // over it (RFC 1122 reuse), as the kernel does.
+            if dir == 0 && tcp_index == 0 && (old == TW || old == CL) {
+                t.new_state = SS;
+                return t;
+            }
+            if new == IG {
+                new = old;
+            }
+        } else if p.proto == PROTO_ICMP && dir == 0 && !icmp_request(p.icmp_type) {
+            return Track::invalid();
+        }
+        t.dir = dir;
+        t.first = false;
+        t.entry = Some(e);
+        t.ctstate = if dir == 1 || flags & ct_flag::SEEN_REPLY != 0 {
+            ctbit::ESTABLISHED
+        } else {
+            ctbit::NEW
+        };
+        // SAFETY: as in `live`; racing updates from another CPU lose at most
+        // a count or a refresh.
+        unsafe {
+            (*e).last_seen_ns = now;
+            (*e).tcp_state = new;
+            if dir == 1 {
+                (*e).flags = flags | ct_flag::SEEN_REPLY;
+            }
+            (*e).packets[dir & 1] = (*e).packets[dir & 1].wrapping_add(1);
+            (*e).bytes[dir & 1] = (*e).bytes[dir & 1].wrapping_add(u64::from(p.ip_len));
+        }
+        return t;
+    }
+
+    match p.proto {
+        PROTO_TCP => {
+            let new = TCP_TABLE[0][tcp_index.min(4)][0];
+            if new == IV || new == IG {
+                return Track::invalid();
+            }
+            t.new_state = new;
+        }
+        // Only queries start ICMP connections; a lone reply is INVALID.
+        PROTO_ICMP if !icmp_request(p.icmp_type) => return Track::invalid(),
+        _ => {}
+    }
+    t
+}
+
+#[inline(always)]
+fn icmp_request(t: u8) -> bool {
+    matches!(t, 8 | 13 | 15 | 17)
+}
+
+/// An ICMP error is RELATED when it quotes a packet of a known connection.
+#[inline(always)]
+fn related(p: &Pkt, now: u64) -> Track {
+    if !p.has_inner {
+        return Track::invalid();
+    }
+    let i = p.inner;
+    let (sport, dport) = match i.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP => (i.sport, i.dport),
+        _ => (0, 0),
+    };
+    let k = key(i.proto, i.saddr, sport, i.daddr, dport);
+    if live(&k, now).is_none() {
+        return Track::invalid();
+    }
+    let mut t = Track::invalid();
+    t.ctstate = ctbit::RELATED;
+    t
+}
+
+/// Creates the entry of a connection whose first packet the rules
+/// accepted; `cache` is what that packet's classification was. The entry
+/// is built in `entry` (scratch map memory: it is too big for the stack).
+#[inline(always)]
+pub fn confirm(
+    key: &CtKey,
+    tcp_state: u8,
+    p: &Pkt,
+    now: u64,
+    cache: &CtCache,
+    entry: &mut CtEntry,
+) {
+    *entry = CtEntry {
+        orig_addr: p.saddr,
+        orig_port: match p.proto {
+            PROTO_TCP | PROTO_UDP | PROTO_ICMP => p.sport,
+            _ => 0,
+        },
+        tcp_state,
+        flags: 0,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: [1, 0],
+        bytes: [u64::from(p.ip_len), 0],
+        cache: [*cache, CtCache::default()],
+    };
+    // A full table evicts the least recently used entry (LRU); a failure
+    // only means the next packet is NEW again.
+    let _ = NETCTL_CT.insert(key, entry, 0);
+}

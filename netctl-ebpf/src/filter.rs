@@ -1,0 +1,268 @@
+//! The rules, applied to a packet that entered from a container: conntrack,
+//! then PREROUTING and INPUT or FORWARD and POSTROUTING, as the kernel would
+//! walk them for the route the fast path chose. A connection direction's
+//! outcome is cached in its conntrack entry, so only packets whose
+//! connection, state, route or ruleset changed are classified.
+//!
+//! Each stage is a global function of its own: the verifier checks each
+//! once, so the branches of parsing, tracking and caching add up instead of
+//! multiplying (checked inline, they cost ~0.4 s of verification per load).
+//! Stages talk through the per-CPU scratch map.
+
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
+use netctl_common::{CtCache, config, ctbit, field, hook, verdict};
+
+use crate::{
+    classify::{self, CACHE_SLOTS, netctl_classify, netctl_raw},
+    conntrack, maps,
+    maps::{NETCTL_CT, NETCTL_RS_HOOKS},
+    packet::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    path,
+};
+
+/// `netctl_lookup_cache`'s answer when there is no usable cache.
+const MISS: u32 = u32::MAX;
+
+/// Runs the rules for the packet in `skb`, which arrived on a port of
+/// bridge `in_if` and takes `route` (a `path::*`) out of `out_if`.
+/// Returns a `verdict::*`, REJECT with its `reject::*` in bits 8..16.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out_if: u32) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    if netctl_parse(skb) == 0 {
+        return accept;
+    }
+    // One word says both which generation is live and how new it is, so a
+    // packet can never pair one generation with the other's serial.
+    let serial = maps::config(config::RULES_SERIAL);
+    let generation = serial & 1;
+    let stamp = serial.wrapping_add(1).max(1);
+    let path = route & 0xff;
+    let out_if = if path == u32::from(path::FORWARD) {
+        out_if
+    } else {
+        0
+    };
+
+    // raw runs before conntrack, which never sees what raw drops; the
+    // conntrack match says INVALID there, as in the kernel.
+    let Some(pre) =
+        NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + u32::from(hook::PREROUTING))
+    else {
+        return accept;
+    };
+    let raw_end = pre.raw_end;
+    if raw_end > 0 {
+        netctl_load_fields(in_if, u32::from(ctbit::INVALID));
+        let v = netctl_raw(generation, u32::from(hook::PREROUTING), raw_end);
+        if v != accept {
+            return v;
+        }
+    }
+
+    let t = netctl_track();
+    let ctstate = t & 0xff;
+    let first = (t >> 16) & 1;
+    set_route(in_if, out_if, path, stamp);
+    let v = netctl_lookup_cache(t);
+    if v != MISS {
+        return v;
+    }
+
+    // What is cached is what comes after raw (raw runs for every packet).
+    netctl_load_fields(in_if, ctstate);
+    let all = u32::MAX;
+    let pre = u32::from(hook::PREROUTING);
+    let mut v = netctl_classify(generation, pre, first, raw_end, all);
+    if v == accept {
+        if path == u32::from(path::INPUT) {
+            set(field::OUT, 0);
+            v = netctl_classify(generation, u32::from(hook::INPUT), first, 0, all);
+        } else if path == u32::from(path::FORWARD) {
+            set(field::OUT, out_if);
+            v = netctl_classify(generation, u32::from(hook::FORWARD), first, 0, all);
+            if v == accept {
+                set(field::IN, 0);
+                v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
+            }
+        }
+    }
+    netctl_store_cache(t, v);
+    v
+}
+
+/// Reads the packet's fields into the scratch map; 0 if it is not IPv4.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_parse(skb: *mut __sk_buff) -> u32 {
+    let ctx = TcContext::new(skb);
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element; nothing else uses it while this
+    // program runs on this CPU (programs do not preempt each other there).
+    u32::from(packet::parse(&ctx, unsafe { &mut (*s).pkt }))
+}
+
+/// Tracks the packet's connection. Returns its conntrack state in bits
+/// 0..8, the direction in bit 8, "starts a connection" in bit 16 and "has
+/// a live entry" in bit 24; the key and new TCP state go to the scratch map.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_track() -> u32 {
+    let Some(s) = classify::scratch() else {
+        return u32::from(netctl_common::ctbit::INVALID);
+    };
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as in `netctl_parse`.
+    let s = unsafe { &mut *s };
+    let t = conntrack::track(&s.pkt, now);
+    s.ct_key = t.key;
+    s.ct_state = t.new_state;
+    u32::from(t.ctstate)
+        | ((t.dir as u32 & 1) << 8)
+        | (u32::from(t.first) << 16)
+        | (u32::from(t.entry.is_some()) << 24)
+}
+
+/// Replays the cached outcome of the packet's connection direction, if it
+/// still holds: bumps its counters and returns its verdict, else `MISS`.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_lookup_cache(t: u32) -> u32 {
+    if (t >> 24) & 1 == 0 {
+        return MISS;
+    }
+    let Some(s) = classify::scratch() else {
+        return MISS;
+    };
+    // SAFETY: as in `netctl_parse`.
+    let (key, len) = unsafe { ((*s).ct_key, (*s).pkt.ip_len) };
+    // SAFETY: as above.
+    let (in_if, out_if, path, stamp) = unsafe { ((*s).in_if, (*s).out_if, (*s).path, (*s).stamp) };
+    let Some(e) = NETCTL_CT.get_ptr(key) else {
+        return MISS;
+    };
+    // SAFETY: a live conntrack element, valid until the program returns. A
+    // cache another CPU is rewriting can be read torn; at worst one
+    // packet's counters are off.
+    let c = unsafe { &(*e).cache[((t >> 8) & 1) as usize] };
+    if c.serial != stamp
+        || u32::from(c.ctstate) != t & 0xff
+        || c.in_if != in_if
+        || c.out_if != out_if
+        || u32::from(c.path) != path
+    {
+        return MISS;
+    }
+    let n = usize::from(c.nslots);
+    let mut i = 0;
+    while i < CACHE_SLOTS {
+        if i < n {
+            maps::count_rule(c.slots[i], len);
+        }
+        i += 1;
+    }
+    u32::from(c.verdict) | (u32::from(c.reject) << 8)
+}
+
+/// Fills the scratch map with the packet's field values for the
+/// classifier; PREROUTING sees no output interface.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_load_fields(in_if: u32, ctstate: u32) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return -1;
+    };
+    // SAFETY: as in `netctl_parse`.
+    let s = unsafe { &mut *s };
+    let p = &s.pkt;
+    let (sport, dport) = match p.proto {
+        PROTO_TCP | PROTO_UDP if p.l4 => (p.sport, p.dport),
+        _ => (0, 0),
+    };
+    let icmp = if p.proto == PROTO_ICMP && p.l4 {
+        [p.icmp_type, p.icmp_code]
+    } else {
+        [0, 0]
+    };
+    let sp = sport.to_be_bytes();
+    let dp = dport.to_be_bytes();
+    s.values[field::SRC as usize] = p.saddr;
+    s.values[field::DST as usize] = p.daddr;
+    s.values[field::PROTO as usize] = [p.proto, 0, 0, 0];
+    s.values[field::SPORT as usize] = [sp[0], sp[1], 0, 0];
+    s.values[field::DPORT as usize] = [dp[0], dp[1], 0, 0];
+    s.values[field::ICMP as usize] = [icmp[0], icmp[1], 0, 0];
+    s.values[field::IN as usize] = in_if.to_be_bytes();
+    s.values[field::OUT as usize] = [0; 4];
+    s.values[field::CTSTATE as usize] = [ctstate as u8, 0, 0, 0];
+    s.len = p.ip_len;
+    s.nslots = 0;
+    s.uncacheable = 0;
+    0
+}
+
+/// Records the outcome `v` in the connection's entry, or creates the entry
+/// if this packet starts an accepted connection.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_store_cache(t: u32, v: u32) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return -1;
+    };
+    // SAFETY: as in `netctl_parse`.
+    let s = unsafe { &mut *s };
+    s.cache = CtCache {
+        serial: if s.uncacheable != 0 { 0 } else { s.stamp },
+        in_if: s.in_if,
+        out_if: s.out_if,
+        ctstate: t as u8,
+        verdict: v as u8,
+        reject: (v >> 8) as u8,
+        nslots: s.nslots as u8,
+        path: s.path as u8,
+        _pad: [0; 3],
+        slots: s.slots,
+    };
+    if (t >> 24) & 1 != 0 {
+        let key = s.ct_key;
+        if let Some(e) = NETCTL_CT.get_ptr_mut(key) {
+            // SAFETY: a live conntrack element; the cache is replaced whole.
+            unsafe { (*e).cache[((t >> 8) & 1) as usize] = s.cache };
+        }
+    } else if (t >> 16) & 1 != 0 && v == u32::from(verdict::ACCEPT) {
+        // The first packet's walk included the nat table, which later
+        // packets skip: its outcome is not theirs, so nothing is cached yet.
+        s.cache.serial = 0;
+        // SAFETY: the helper takes no arguments and only reads the clock.
+        let now = unsafe { bpf_ktime_get_ns() };
+        conntrack::confirm(&s.ct_key, s.ct_state, &s.pkt, now, &s.cache, &mut s.entry);
+    }
+    0
+}
+
+/// Records the route the packet takes, which its cache is keyed by.
+#[inline(always)]
+fn set_route(in_if: u32, out_if: u32, path: u32, stamp: u32) {
+    if let Some(s) = classify::scratch() {
+        // SAFETY: this CPU's scratch element.
+        unsafe {
+            (*s).in_if = in_if;
+            (*s).out_if = out_if;
+            (*s).path = path;
+            (*s).stamp = stamp;
+        }
+    }
+}
+
+/// Sets an interface field between hooks.
+#[inline(always)]
+fn set(f: u8, ifindex: u32) {
+    if let Some(s) = classify::scratch() {
+        // SAFETY: this CPU's scratch element.
+        unsafe { (*s).values[usize::from(f)] = ifindex.to_be_bytes() };
+    }
+}

@@ -1,0 +1,40 @@
+//! The differential fidelity harness in CI: a fixed seed, a bounded number
+//! of cases (the same ruleset and frames through the kernel's iptables and
+//! through netctl's datapath; see `netctl_tests::fidelity`). Any mismatch
+//! fails, printed as a minimal ruleset and its frames.
+//!
+//! `cargo xtask fidelity --cases N --seed S` runs more; `FIDELITY_*`
+//! variables (see `Config::from_env`) adjust this test too.
+
+use netctl_tests::fidelity::{self, Config, Scope};
+use netctl_tests::*;
+
+/// The CI seed and case count: well under a minute on two cores. The
+/// scope is `Inbound` (what comes in from the containers: PREROUTING,
+/// INPUT, FORWARD), the part of netfilter netctl's datapath takes over;
+/// `FIDELITY_SCOPE=full` compares OUTPUT and POSTROUTING too.
+const SEED: u64 = 20_260_526;
+const CASES: u32 = 250;
+
+#[test]
+fn kernel_and_netctl_agree_on_random_rulesets() {
+    let cfg = Config::from_env(SEED, CASES, Scope::Inbound);
+    let links = footprint("-").links;
+    let report = fidelity::run(&cfg).unwrap_or_else(|e| panic!("fidelity harness: {e:#}"));
+    println!("{report}");
+    // Nothing left behind: namespaces, records, pins, root links.
+    let after = footprint(&report.prefix);
+    assert!(after.namespaces.is_empty(), "{after:?}");
+    assert!(after.records.is_empty(), "{after:?}");
+    assert!(
+        !after.bpffs.iter().any(|b| b.starts_with("netctl/")),
+        "{after:?}"
+    );
+    assert_eq!(after.links, links, "root namespace links changed");
+    assert!(
+        report.mismatches.is_empty() && report.more == 0,
+        "{} mismatching cases (seed {}): see above",
+        report.mismatches.len() as u32 + report.more,
+        cfg.seed
+    );
+}
