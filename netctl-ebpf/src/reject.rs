@@ -1,7 +1,8 @@
 //! What happens to a packet the rules refused: DROP drops it; REJECT turns
 //! it into the answer the kernel's REJECT target would send (an ICMP
-//! destination-unreachable or a TCP reset) and sends that back out of the
-//! port it came in by, to the container that sent it.
+//! destination-unreachable or a TCP reset) and sends that out of the
+//! bridge towards the packet's source, through the kernel's neighbour
+//! table, as the kernel routes its own answer.
 //!
 //! The packet is rewritten in place (room made for the new headers, trimmed
 //! to the answer's size, headers written with `bpf_skb_store_bytes`), so no
@@ -12,7 +13,7 @@ use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{
-        bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes,
         bpf_skb_store_bytes,
     },
     programs::TcContext,
@@ -62,9 +63,17 @@ pub fn answer(
     if rc != 0 {
         return (reason::REJECT_FAILED, TC_ACT_SHOT);
     }
+    // Out of the bridge through the kernel's neighbour table, as the
+    // kernel routes its own answer: to whichever port holds the packet's
+    // source address, usually (not always) the one it came in by.
     // SAFETY: the helper only records the target for after the program
-    // returns. Egress of the port is the way back into the container.
-    unsafe { bpf_redirect(ifindex, 0) };
+    // returns; no parameters are passed (NULL, length 0).
+    let bridge = unsafe { (*port).bridge };
+    let rc = unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) };
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        // SAFETY: as above; back out of the port it came in by.
+        unsafe { bpf_redirect(ifindex, 0) };
+    }
     (reason::REJECT_RULE, TC_ACT_REDIRECT)
 }
 

@@ -4,9 +4,12 @@
 //! build lives in namespaces of their own, named with a per-process prefix.
 
 mod datapath;
+mod iperf;
+mod ns;
 mod rules;
 mod setup;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,6 +112,20 @@ pub fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// A ratio as `1.23x`, or `-` when it is not a number.
+pub fn show_ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}x")
+    } else {
+        "-".into()
+    }
+}
+
+/// JSON has no NaN: serde_json writes null for it anyway, but say so.
+pub fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
 /// Prints `rows` under `head`, columns right-aligned to their widest cell.
 pub fn print_table(head: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
@@ -145,6 +162,78 @@ pub fn time_cmd(cmd: &mut Command) -> Result<(f64, std::process::Output)> {
         .output()
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     Ok((t.elapsed().as_secs_f64(), o))
+}
+
+/// The error for a command `what` that ran and failed: its exit status,
+/// stderr and stdout.
+pub fn failed(what: &str, o: &std::process::Output) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr).trim(),
+        String::from_utf8_lossy(&o.stdout).trim()
+    )
+}
+
+/// Runs the netctl binary `bin` with `args`; its stdout, or an error that
+/// carries its output.
+pub fn run_netctl(bin: &Path, args: &[&str]) -> Result<String> {
+    let o = Command::new(bin)
+        .args(args)
+        .output()
+        .context("cannot start netctl")?;
+    if !o.status.success() {
+        return Err(failed(&format!("netctl {}", args.join(" ")), &o));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).to_string())
+}
+
+/// `BIN stats -t TOPOLOGY --json`: the report and its decision counters by
+/// name, or None when the topology has no datapath (or the command failed).
+pub fn netctl_stats(
+    bin: &Path,
+    topology: &str,
+) -> Option<(serde_json::Value, BTreeMap<String, i64>)> {
+    let o = Command::new(bin)
+        .args(["stats", "-t", topology, "--json"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    let decisions = v["decisions"]
+        .as_object()?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
+        .collect();
+    Some((v, decisions))
+}
+
+/// `uname -r`, or empty.
+pub fn kernel_release() -> String {
+    sh::output(Command::new("uname").arg("-r"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The first two CPUs we may run on, for the client and the server.
+pub fn two_cpus() -> Option<(usize, usize)> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // fills at most size_of::<cpu_set_t>() bytes of it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads the set within its bounds (i < CPU_SETSIZE).
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .take(2)
+        .collect();
+    (cpus.len() == 2).then(|| (cpus[0], cpus[1]))
 }
 
 /// Names under /run/netns that start with `prefix`.

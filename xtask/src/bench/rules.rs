@@ -44,22 +44,22 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::iperf::{self, UDP_LEN};
+use super::ns::{ns_command, open_ns};
 use super::{
-    Cleanup, check_interrupted, median, netctl_bin, print_table, results_path, root_links, yes_no,
+    Cleanup, check_interrupted, failed, finite, kernel_release, median, netctl_bin, netctl_stats,
+    print_table, results_path, root_links, run_netctl, show_ratio, two_cpus, yes_no,
 };
 
 #[derive(clap::Args)]
@@ -106,12 +106,6 @@ fn netctl() -> PathBuf {
     NETCTL.get().cloned().unwrap_or_else(netctl_bin)
 }
 
-/// How long a server may take to listen, and iperf3 to finish beyond its
-/// nominal duration.
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
-const EXTRA_TIME: Duration = Duration::from_secs(20);
-/// The UDP payload size of the packet-rate test.
-const UDP_LEN: usize = 64;
 /// iperf3 ports: a fresh one per measurement. The rules' ports stay below.
 const FIRST_PORT: u16 = 20000;
 const LAST_PORT: u16 = 30000;
@@ -235,6 +229,17 @@ struct Env {
     client: File,
     server: File,
     pin: Option<(usize, usize)>,
+}
+
+impl Env {
+    fn iperf(&self) -> iperf::Ends<'_> {
+        iperf::Ends {
+            client: &self.client,
+            server: &self.server,
+            server_addr: SERVER,
+            pin: self.pin,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -395,9 +400,7 @@ pub fn run(a: RulesArgs) -> Result<()> {
         "{} is missing",
         netctl_bin().display()
     );
-    let iperf3 = crate::sh::output(Command::new("iperf3").arg("--version"))
-        .ok_or_else(|| anyhow!("iperf3 is missing (apt-get install iperf3)"))?;
-    let iperf3 = iperf3.lines().next().unwrap_or("").trim().to_string();
+    let iperf3 = iperf::version()?;
     let ipt = Ipt::new(&a.iptables)?;
     let mix = !a.no_near_miss;
 
@@ -1043,10 +1046,7 @@ pub fn run(a: RulesArgs) -> Result<()> {
     ];
     let report = Report {
         bench: "rules",
-        kernel: crate::sh::output(Command::new("uname").arg("-r"))
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        kernel: kernel_release(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         iperf3,
         netctl_binary: netctl_build,
@@ -1085,14 +1085,6 @@ pub fn run(a: RulesArgs) -> Result<()> {
     super::finish_run(&results_path(a.json, "rules.json"), &report, &links_before)
 }
 
-fn show_ratio(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.2}x")
-    } else {
-        "-".into()
-    }
-}
-
 fn show_pct(x: f64) -> String {
     if x.is_finite() {
         format!("{:.1}%", x * 100.0)
@@ -1107,11 +1099,6 @@ fn show_ms(x: f64) -> String {
     } else {
         "-".into()
     }
-}
-
-/// JSON has no NaN.
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
 }
 
 // ---------------------------------------------------------------------------
@@ -1474,58 +1461,11 @@ fn check(
 
 /// `netctl stats -t TOPOLOGY --json` decisions, or None.
 fn stats(topology: &str) -> Option<BTreeMap<String, i64>> {
-    let o = Command::new(netctl())
-        .args(["stats", "-t", topology, "--json"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
-    Some(
-        v["decisions"]
-            .as_object()?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
-            .collect(),
-    )
+    netctl_stats(&netctl(), topology).map(|(_, decisions)| decisions)
 }
 
 // ---------------------------------------------------------------------------
 // Building the setups
-
-fn netctl_run(args: &[&str]) -> Result<String> {
-    let o = Command::new(netctl())
-        .args(args)
-        .output()
-        .context("cannot start netctl")?;
-    if !o.status.success() {
-        return Err(failed(&format!("netctl {}", args.join(" ")), &o));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).to_string())
-}
-
-fn failed(what: &str, o: &Output) -> anyhow::Error {
-    anyhow!(
-        "{what} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr).trim(),
-        String::from_utf8_lossy(&o.stdout).trim()
-    )
-}
-
-/// Opens `/run/netns/NAME`, refusing the namespace we run in (the root one).
-fn open_ns(name: &str) -> Result<File> {
-    let f = File::open(format!("/run/netns/{name}"))
-        .with_context(|| format!("open /run/netns/{name}"))?;
-    let (n, me) = (f.metadata()?, fs::metadata("/proc/self/ns/net")?);
-    ensure!(
-        (n.dev(), n.ino()) != (me.dev(), me.ino()),
-        "/run/netns/{name} is our own (root) network namespace"
-    );
-    Ok(f)
-}
 
 /// Two bridges, a client container on br-a and a server on br-b.
 fn setup(side: Side, name: &str, scratch: &Path, guard: &mut Cleanup) -> Result<Env> {
@@ -1545,7 +1485,7 @@ fn setup(side: Side, name: &str, scratch: &Path, guard: &mut Cleanup) -> Result<
     let file = scratch.join(format!("{name}.toml"));
     fs::write(&file, toml).with_context(|| format!("write {}", file.display()))?;
     guard.topology(name);
-    netctl_run(&["apply", &file.to_string_lossy()])?;
+    run_netctl(&netctl(), &["apply", &file.to_string_lossy()])?;
     let (h, ca, sb) = (
         format!("{name}-h"),
         format!("{name}-a"),
@@ -1610,139 +1550,6 @@ fn check_env(e: &Env, ipt: &Ipt) -> Result<SetupInfo> {
 // ---------------------------------------------------------------------------
 // Traffic (iperf3, as bench datapath runs it)
 
-/// A command whose child enters `ns` before exec (no `ip netns exec`).
-fn ns_command(ns: &File, prog: &str) -> Command {
-    let fd = ns.as_raw_fd();
-    let mut c = Command::new(prog);
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // the async-signal-safe setns(2) call on an fd the child inherited (`ns`
-    // stays open in the parent across the spawn). If it fails, the spawn
-    // fails and the program is never run — never in the root namespace.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    c
-}
-
-/// A child process that is killed (by its pid) and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// A one-off iperf3 server in the server namespace, listening.
-fn iperf_server(e: &Env, port: u16) -> Result<Reaped> {
-    let child = ns_command(&e.server, "iperf3")
-        .args(["-s", "-1", "-p", &port.to_string()])
-        .args(["-B", &SERVER.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start iperf3 -s")?;
-    let mut srv = Reaped(child);
-    let pid = srv.0.id();
-    let end = Instant::now() + READY_TIMEOUT;
-    loop {
-        if listening(pid, port) {
-            return Ok(srv);
-        }
-        if let Some(st) = srv.0.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut s) = srv.0.stderr.take() {
-                let _ = s.read_to_string(&mut err);
-            }
-            bail!("iperf3 server exited ({st}): {}", err.trim());
-        }
-        ensure!(
-            Instant::now() < end,
-            "iperf3 server not listening on port {port} after {READY_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Whether process `pid` listens on TCP `port` (/proc/PID/net shows the
-/// child's namespace).
-fn listening(pid: u32, port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["tcp", "tcp6"].iter().any(|f| {
-        fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-            .map(|s| {
-                s.lines().skip(1).any(|l| {
-                    let c: Vec<&str> = l.split_whitespace().collect();
-                    c.len() > 3 && c[1].ends_with(&want) && c[3] == "0A"
-                })
-            })
-            .unwrap_or(false)
-    })
-}
-
-/// Runs `cmd` to completion, killing it (by pid) if it outlives `limit`.
-fn output_within(mut cmd: Command, limit: Duration) -> Result<Output> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(o) => Ok(o?),
-        Err(_) => {
-            // SAFETY: kill(2) of our own child, not yet reaped (the waiting
-            // thread reaps it after this), so the pid is still ours.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = rx.recv();
-            bail!("{:?} did not finish within {limit:?}", cmd.get_program())
-        }
-    }
-}
-
-fn iperf_client(e: &Env, port: u16, dur: Duration, extra: &[&str]) -> Result<Value> {
-    let mut srv = iperf_server(e, port)?;
-    let mut c = ns_command(&e.client, "iperf3");
-    c.args(["-c", &SERVER.to_string(), "-p", &port.to_string()])
-        .args([
-            "-t",
-            &dur.as_secs().to_string(),
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ])
-        .args(extra);
-    if let Some((cc, sc)) = e.pin {
-        c.args(["-A", &format!("{cc},{sc}")]);
-    }
-    let o = output_within(c, dur + EXTRA_TIME)?;
-    let v: Value = serde_json::from_slice(&o.stdout).map_err(|_| failed("iperf3 -c", &o))?;
-    if let Some(err) = v["error"].as_str() {
-        bail!("iperf3: {err}");
-    }
-    ensure!(o.status.success(), "{}", failed("iperf3 -c", &o));
-    let end = Instant::now() + READY_TIMEOUT;
-    while srv.0.try_wait()?.is_none() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(v)
-}
-
 struct Measured {
     value: f64,
     detail: Value,
@@ -1752,7 +1559,7 @@ struct Measured {
 }
 
 fn iperf_tcp(e: &Env, dur: Duration, port: u16) -> Result<Measured> {
-    let v = iperf_client(e, port, dur, &["-P", "1"])?;
+    let v = iperf::client(&e.iperf(), port, dur, &["-P", "1"])?;
     let end = &v["end"];
     let r = &end["sum_received"];
     let bps = r["bits_per_second"]
@@ -1774,7 +1581,7 @@ fn iperf_tcp(e: &Env, dur: Duration, port: u16) -> Result<Measured> {
 
 fn iperf_udp(e: &Env, dur: Duration, port: u16) -> Result<Measured> {
     let len = UDP_LEN.to_string();
-    let v = iperf_client(e, port, dur, &["-u", "-l", &len, "-b", "0"])?;
+    let v = iperf::client(&e.iperf(), port, dur, &["-u", "-l", &len, "-b", "0"])?;
     let end = &v["end"];
     let r = &end["sum_received"];
     let field = |f: &str| {
@@ -1798,23 +1605,6 @@ fn iperf_udp(e: &Env, dur: Duration, port: u16) -> Result<Measured> {
         min_packets: received,
         min_bytes: received * UDP_LEN as f64,
     })
-}
-
-/// The first two CPUs we may run on, for the client and the server.
-fn two_cpus() -> Option<(usize, usize)> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
-    // fills at most size_of::<cpu_set_t>() bytes of it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: CPU_ISSET reads the set within its bounds (i < CPU_SETSIZE).
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .take(2)
-        .collect();
-    (cpus.len() == 2).then(|| (cpus[0], cpus[1]))
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 use super::{
-    Cleanup, add_netns, check_interrupted, del_netns, median, netctl_bin, netns_with_prefix,
-    print_table, results_path, root_links, settle, time_cmd, yes_no,
+    Cleanup, add_netns, check_interrupted, del_netns, failed, kernel_release, median, netctl_bin,
+    netns_with_prefix, print_table, results_path, root_links, settle, time_cmd, yes_no,
 };
 
 const CNI_DIR: &str = "/usr/lib/cni";
@@ -273,10 +273,7 @@ pub fn run(sizes: &[usize], runs: usize, json: Option<PathBuf>) -> Result<()> {
 
     let report = Report {
         bench: "setup",
-        kernel: crate::sh::output(Command::new("uname").arg("-r"))
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        kernel: kernel_release(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cni_plugin: bridge.display().to_string(),
         notes,
@@ -349,15 +346,6 @@ fn topology_toml(name: &str, n: usize) -> String {
         ));
     }
     s
-}
-
-fn failed(what: &str, o: &std::process::Output) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{what} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr).trim(),
-        String::from_utf8_lossy(&o.stdout).trim()
-    )
 }
 
 /// `ip netns exec NS ping` the gateway, outside any timed region.
