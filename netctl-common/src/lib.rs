@@ -58,6 +58,9 @@ const _: () = assert!(core::mem::size_of::<IfCounters>() == 16);
 
 /// The TC ingress program on every host-side veth end of an eBPF topology.
 pub const PROG_INGRESS: &str = "netctl_ingress";
+/// OUTPUT and POSTROUTING for packets the host sends to a container: the
+/// TC egress program on every host-side veth end.
+pub const PROG_EGRESS: &str = "netctl_egress";
 /// The XDP program for the earliest drop point (attached only when needed).
 pub const PROG_XDP: &str = "netctl_xdp";
 

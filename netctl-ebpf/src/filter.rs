@@ -24,7 +24,8 @@ use crate::{
 const MISS: u32 = u32::MAX;
 
 /// Runs the rules for the packet in `skb`, which arrived on a port of
-/// bridge `in_if` and takes `route` (a `path::*`) out of `out_if`.
+/// bridge `in_if` (0: sent by the host) and takes `route` (a `path::*`)
+/// out of `out_if`.
 /// Returns a `verdict::*`, REJECT with its `reject::*` in bits 8..16.
 #[inline(never)]
 #[unsafe(no_mangle)]
@@ -39,23 +40,32 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     let generation = serial & 1;
     let stamp = serial.wrapping_add(1).max(1);
     let path = route & 0xff;
-    let out_if = if path == u32::from(path::FORWARD) {
+    let output = path == u32::from(path::OUTPUT);
+    let out_if = if path == u32::from(path::FORWARD) || output {
         out_if
     } else {
         0
     };
+    // Packets from a container start at PREROUTING, the host's at OUTPUT;
+    // both first hooks begin with the raw table.
+    let first_hook = u32::from(if output {
+        hook::OUTPUT
+    } else {
+        hook::PREROUTING
+    });
 
     // raw runs before conntrack, which never sees what raw drops; the
     // conntrack match says INVALID there, as in the kernel.
-    let Some(pre) =
-        NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + u32::from(hook::PREROUTING))
-    else {
+    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + first_hook) else {
         return accept;
     };
-    let raw_end = pre.raw_end;
+    let raw_end = h.raw_end;
     if raw_end > 0 {
         netctl_load_fields(in_if, u32::from(ctbit::INVALID));
-        let v = netctl_raw(generation, u32::from(hook::PREROUTING), raw_end);
+        if output {
+            set(field::OUT, out_if);
+        }
+        let v = netctl_raw(generation, first_hook, raw_end);
         if v != accept {
             return v;
         }
@@ -72,12 +82,13 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
 
     // What is cached is what comes after raw (raw runs for every packet).
     netctl_load_fields(in_if, ctstate);
+    if output {
+        set(field::OUT, out_if);
+    }
     let all = u32::MAX;
-    let pre = u32::from(hook::PREROUTING);
-    let mut v = netctl_classify(generation, pre, first, raw_end, all);
+    let mut v = netctl_classify(generation, first_hook, first, raw_end, all);
     if v == accept {
         if path == u32::from(path::INPUT) {
-            set(field::OUT, 0);
             v = netctl_classify(generation, u32::from(hook::INPUT), first, 0, all);
         } else if path == u32::from(path::FORWARD) {
             set(field::OUT, out_if);
@@ -86,6 +97,8 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
                 set(field::IN, 0);
                 v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
             }
+        } else if output {
+            v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
         }
     }
     netctl_store_cache(t, v);

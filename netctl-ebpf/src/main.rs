@@ -89,6 +89,8 @@ pub mod path {
     pub const INPUT: u8 = 2;
     /// PREROUTING, FORWARD, POSTROUTING: bridged or routed onwards.
     pub const FORWARD: u8 = 3;
+    /// OUTPUT, POSTROUTING: sent by the host itself.
+    pub const OUTPUT: u8 = 4;
 }
 
 /// What the fast path will do with a packet, decided before anything is
@@ -180,6 +182,37 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
     if maps::config(config::TRACE) != 0 {
         trace::netctl_trace(ctx.skb.skb, ifindex, d.reason, d.egress);
     }
+    rc
+}
+
+/// OUTPUT and POSTROUTING, on TC egress of every port, for the packets the
+/// host itself sends to a container. Everything else leaving a port was
+/// judged where it entered: at a port's ingress (bridged, or routed by the
+/// kernel, which then has the bridge as input device), or — from a device
+/// that is not a port, such as an uplink — not at all yet.
+#[classifier]
+pub fn netctl_egress(ctx: TcContext) -> i32 {
+    if maps::config(config::RULES_ON) == 0 {
+        return TCX_NEXT;
+    }
+    // SAFETY: the kernel passes a valid `__sk_buff` for the whole run;
+    // both fields are readable. Locally generated packets have no input
+    // device (`skb_iif` 0).
+    let (ifindex, iif) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    if iif != 0 {
+        return TCX_NEXT;
+    }
+    let Some(port) = maps::port_ptr(ifindex) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: a live element of the ports map (see `netctl_ingress`).
+    let bridge = unsafe { (*port).bridge };
+    let v = filter::netctl_filter(ctx.skb.skb, 0, u32::from(path::OUTPUT), bridge);
+    if v == u32::from(verdict::ACCEPT) {
+        return TCX_NEXT;
+    }
+    let (why, rc) = reject::answer_local(&ctx, port, v);
+    maps::account(None, ctx.len(), why);
     rc
 }
 

@@ -10,11 +10,11 @@
 //! later fragment or a packet too short to quote; those are only dropped.
 
 use aya_ebpf::{
-    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     helpers::{
-        bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_store_bytes,
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes,
     },
     programs::TcContext,
 };
@@ -74,6 +74,32 @@ pub fn answer(
         // SAFETY: as above; back out of the port it came in by.
         unsafe { bpf_redirect(ifindex, 0) };
     }
+    (reason::REJECT_RULE, TC_ACT_REDIRECT)
+}
+
+/// The reason and TC verdict for a packet the host sent that OUTPUT or
+/// POSTROUTING refused. A REJECT's answer goes up the host's own stack, as
+/// the kernel delivers its answer to the local socket: in at the bridge,
+/// past the ports' programs.
+#[inline(always)]
+pub fn answer_local(ctx: &TcContext, port: *const PortInfo, v: u32) -> (u32, i32) {
+    if v & 0xff != u32::from(verdict::REJECT) {
+        return (reason::DROP_RULE, TC_ACT_SHOT);
+    }
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    };
+    // SAFETY: a live element of the ports map (see `netctl_egress`).
+    let bridge = unsafe { (*port).bridge };
+    // The answer comes from the destination, to the host's MAC.
+    let m = eth.dst;
+    let mac = u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]);
+    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, 0, 1, mac) != 0 {
+        return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    }
+    // SAFETY: the helper only records the target for after the program
+    // returns.
+    unsafe { bpf_redirect(bridge, u64::from(BPF_F_INGRESS)) };
     (reason::REJECT_RULE, TC_ACT_REDIRECT)
 }
 

@@ -409,3 +409,38 @@ fn rules_need_the_ebpf_datapath() {
     assert!(stderr(&o).contains("rules need datapath"), "{}", stderr(&o));
     assert!(namespaces_with(&name).is_empty());
 }
+
+#[test]
+fn output_judges_what_the_host_sends() {
+    let name = unique("rout");
+    let _g = Cleanup::new(&name);
+    apply(&name, None);
+    let (h, a) = (format!("{name}-h"), format!("{name}-a"));
+    restore(
+        &name,
+        "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -d 10.72.0.2/32 -p icmp -j DROP
+-A OUTPUT -o br-a -p tcp -m tcp --dport 81 -j REJECT --reject-with tcp-reset
+COMMIT
+",
+    );
+    // The host's own echo requests: to b dropped, to a not.
+    assert!(!ping(&h, "10.72.0.2"));
+    assert!(ping(&h, "10.71.0.2"));
+    // A listener in a would accept; the host's socket is refused at once.
+    assert_eq!(connect(&h, Some(&a), "10.71.0.2", 81), "refused");
+    assert_eq!(connect(&h, Some(&a), "10.71.0.2", 82), "connected");
+    assert!(count_of(&name, "-A OUTPUT -d 10.72.0.2/32 -p icmp -j DROP") >= 3);
+    assert_eq!(
+        count_of(
+            &name,
+            "-A OUTPUT -o br-a -p tcp -m tcp --dport 81 -j REJECT --reject-with tcp-reset"
+        ),
+        1
+    );
+    // Containers talking to each other never pass OUTPUT.
+    assert!(ping(&a, "10.72.0.2"));
+}

@@ -17,7 +17,8 @@ use aya::programs::tc::{
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
     FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS, MAP_PORTS_MAX,
-    MAP_ROUTES, NeighEntry, PROG_INGRESS, PROG_XDP, PortInfo, PortStats, RouteValue, config,
+    MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_XDP, PortInfo, PortStats, RouteValue,
+    config,
 };
 
 use super::desired::Desired;
@@ -70,8 +71,9 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     // A program from another build of netctl: its links go, so that every
     // port runs the current one.
     let mut stale_program = false;
+    let egress_pin = egress_pin_of(&prog_pin);
     for old in list_dir(&progs)? {
-        if progs.join(&old) != prog_pin {
+        if progs.join(&old) != prog_pin && progs.join(&old) != egress_pin {
             fs::remove_file(progs.join(&old)).map_err(|err| Error::io("unpin program", err))?;
             stale_program = true;
         }
@@ -124,7 +126,7 @@ pub fn load_program(topology: &str) -> Result<bool> {
     let dir = topology_dir(topology);
     let progs = pins::progs_dir(topology);
     let prog_pin = progs.join(format!("ingress-{}", object_tag()));
-    if prog_pin.exists() && dir.join(MAP_PORTS).exists() {
+    if prog_pin.exists() && egress_pin_of(&prog_pin).exists() && dir.join(MAP_PORTS).exists() {
         return Ok(false);
     }
     let mut ebpf = EbpfLoader::new()
@@ -140,7 +142,29 @@ pub fn load_program(topology: &str) -> Result<bool> {
         .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
     prog.pin(&prog_pin)
         .map_err(|err| bpf_error(&format!("pin {}", prog_pin.display()), &err))?;
+    let egress: &mut SchedClassifier = ebpf
+        .program_mut(PROG_EGRESS)
+        .ok_or_else(|| Error::Bpf(format!("program {PROG_EGRESS} missing from the object")))?
+        .try_into()
+        .map_err(|err| bpf_error(PROG_EGRESS, &err))?;
+    egress
+        .load()
+        .map_err(|err| bpf_error(&format!("loading program {PROG_EGRESS}"), &err))?;
+    let egress_pin = egress_pin_of(&prog_pin);
+    egress
+        .pin(&egress_pin)
+        .map_err(|err| bpf_error(&format!("pin {}", egress_pin.display()), &err))?;
     Ok(true)
+}
+
+/// The egress program's pin beside the ingress program's
+/// (`progs/ingress-<tag>` → `progs/egress-<tag>`).
+fn egress_pin_of(prog_pin: &Path) -> std::path::PathBuf {
+    let name = prog_pin
+        .file_name()
+        .map(|n| n.to_string_lossy().replacen("ingress-", "egress-", 1))
+        .unwrap_or_default();
+    prog_pin.with_file_name(name)
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<String>> {
@@ -172,12 +196,15 @@ fn attach_all(
     }
     let mut prog = SchedClassifier::from_pin(prog_pin)
         .map_err(|err| bpf_error("open pinned program", &err))?;
+    let mut egress = SchedClassifier::from_pin(egress_pin_of(prog_pin))
+        .map_err(|err| bpf_error("open pinned egress program", &err))?;
     let mut done = Vec::new();
     for p in ports {
         // A filter of an earlier program goes first, so a port never runs
         // two copies. (A port without a marker is new: nothing to remove.)
         if replace {
             let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
+            let _ = qdisc_detach_program(&p.ifname, TcAttachType::Egress, PROG_EGRESS);
         }
         match qdisc_add_clsact(&p.ifname) {
             Ok(()) => {}
@@ -200,6 +227,17 @@ fn attach_all(
             .take_link(id)
             .map_err(|err| bpf_error("taking the tc link", &err))?;
         // The filter lives on the qdisc; dropping the handle would delete it.
+        std::mem::forget(link);
+        let id = egress
+            .attach_with_options(
+                &p.ifname,
+                TcAttachType::Egress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+            .map_err(|err| bpf_error(&format!("attaching {PROG_EGRESS} to {}", p.ifname), &err))?;
+        let link = egress
+            .take_link(id)
+            .map_err(|err| bpf_error("taking the tc link", &err))?;
         std::mem::forget(link);
         let marker = links.join(link_pin_name(&p.ifname, p.ifindex));
         prog.pin(&marker)
@@ -331,6 +369,7 @@ fn detach_port(marker: &str) {
         .to_string_lossy()
         .to_string();
     let _ = qdisc_detach_program(&name, TcAttachType::Ingress, PROG_INGRESS);
+    let _ = qdisc_detach_program(&name, TcAttachType::Egress, PROG_EGRESS);
 }
 
 /// Removes a topology's datapath: the ingress filters come off the ports
