@@ -73,8 +73,13 @@ pub static NETCTL_RS_ENTRIES: Array<RuleEntry> =
 #[map]
 pub static NETCTL_RS_LOG: Array<[u8; RS_LOG_LEN]> = Array::pinned(2 * RS_LOG_MAX, 0);
 
+/// Per-CPU, unpreallocated: a per-CPU array of every possible slot costs
+/// ~0.1 s to create (one per-CPU allocation per slot) at every first
+/// apply. A slot's element appears with its first count; a missing one
+/// reads as zero.
 #[map]
-pub static NETCTL_RS_COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(RS_SLOTS_MAX, 0);
+pub static NETCTL_RS_COUNTERS: PerCpuHashMap<u32, IfCounters> =
+    PerCpuHashMap::pinned(RS_SLOTS_MAX, NO_PREALLOC);
 
 #[map]
 pub static NETCTL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAP_CT_MAX, 0);
@@ -149,10 +154,19 @@ pub fn account_xdp(ifindex: u32, len: u64) {
 #[inline(always)]
 pub fn count_rule(slot: u32, len: u32) {
     if let Some(c) = NETCTL_RS_COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: as in `account`: this CPU's copy of an array element.
+        // SAFETY: as in `account`: this CPU's copy of a live element.
         unsafe {
             (*c).packets = (*c).packets.wrapping_add(1);
             (*c).bytes = (*c).bytes.wrapping_add(u64::from(len));
         }
+    } else {
+        // The slot's first count: the kernel zeroes the other CPUs' copies.
+        // Should another CPU create it meanwhile, this only writes this
+        // CPU's copy, which is still right.
+        let first = IfCounters {
+            packets: 1,
+            bytes: u64::from(len),
+        };
+        let _ = NETCTL_RS_COUNTERS.insert(slot, first, 0);
     }
 }

@@ -12,8 +12,8 @@ use netctl_common::{
     MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES,
     MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS, MAP_STATS, MAP_XDP_STATS, NeighEntry,
     PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
-    RS_NO_SLOT, RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag,
-    ct_timeout, ctbit, entry, field, hook, reason, reject, route_kind, tcp_state,
+    RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ct_timeout,
+    ctbit, entry, field, hook, reason, reject, route_kind, tcp_state,
 };
 use serde::Serialize;
 
@@ -960,10 +960,8 @@ pub struct CounterRow {
     pub entries: Vec<String>,
 }
 
-/// Non-zero rule counters, summed over CPUs. Only slots up to the highest
-/// one a live entry (rule or policy) uses are read: reading all
-/// `RS_SLOTS_MAX` per-CPU slots one syscall at a time takes too long, and
-/// slots past it can only hold leftovers of an earlier ruleset.
+/// Non-zero rule counters, summed over CPUs (the map holds only the slots
+/// that have counted something).
 pub fn rs_counters(topology: &str) -> Result<Vec<CounterRow>> {
     rs_counters_in(topology, live(topology, &mut None)?)
 }
@@ -978,15 +976,19 @@ fn rs_counters_in(topology: &str, live: &Live) -> Result<Vec<CounterRow>> {
                 .push(format!("{}#{i}", hook_name(*h)));
         }
     }
-    let Some(&last) = users.keys().next_back() else {
-        return Ok(Vec::new());
-    };
-    let m: PerCpuArray<MapData, IfCounters> =
-        PerCpuArray::try_from(open(topology, MAP_RS_COUNTERS)?).map_err(me(MAP_RS_COUNTERS))?;
+    let m: PerCpuHashMap<MapData, u32, IfCounters> =
+        PerCpuHashMap::try_from(open(topology, MAP_RS_COUNTERS)?).map_err(me(MAP_RS_COUNTERS))?;
     let mut v = Vec::new();
-    for slot in 0..=last.min(RS_SLOTS_MAX - 1).min(m.len().saturating_sub(1)) {
-        let per_cpu = m.get(&slot, 0).map_err(me(MAP_RS_COUNTERS))?;
-        let s = per_cpu.iter().fold(IfCounters::default(), |a, c| a.add(*c));
+    let mut all: Vec<(u32, IfCounters)> = Vec::new();
+    for item in m.iter() {
+        let (slot, per_cpu) = item.map_err(me(MAP_RS_COUNTERS))?;
+        all.push((
+            slot,
+            per_cpu.iter().fold(IfCounters::default(), |a, c| a.add(*c)),
+        ));
+    }
+    all.sort_by_key(|(slot, _)| *slot);
+    for (slot, s) in all {
         if s == IfCounters::default() {
             continue;
         }

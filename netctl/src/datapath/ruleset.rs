@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
 use netctl_common::{
     IfCounters, MAP_CONFIG, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES, MAP_RS_HOOKS,
     MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS, RS_LOG_LEN, RsHook, RsSummary, RsWordKey, config,
@@ -85,8 +85,8 @@ pub fn swap(topology: &str, image: &MapImage, fresh_slots: &[u32]) -> Result<Swa
     let words_data = pin(MAP_RS_WORDS)?;
     let mut logs: Array<MapData, [u8; RS_LOG_LEN]> =
         Array::try_from(map_at(&dir, MAP_RS_LOG)?).map_err(e(MAP_RS_LOG))?;
-    let mut counters: PerCpuArray<MapData, IfCounters> =
-        PerCpuArray::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
+    let mut counters: PerCpuHashMap<MapData, u32, IfCounters> =
+        PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
 
     let t0 = Instant::now();
     // Leftovers of this generation (an earlier swap interrupted before its
@@ -95,14 +95,7 @@ pub fn swap(topology: &str, image: &MapImage, fresh_slots: &[u32]) -> Result<Swa
     if cfg.get(&config::RULES_DIRTY, 0).map_err(e(MAP_CONFIG))? != 0 {
         clear_generation(new, &mut hooks, &mut class, &mut summary, &mut words)?;
     }
-    let ncpus = aya::util::nr_cpus().map_err(|(_, err)| Error::io("count CPUs", err))?;
-    for &slot in fresh_slots {
-        let zero = PerCpuValues::try_from(vec![IfCounters::default(); ncpus])
-            .map_err(|err| Error::io("per-CPU values", err))?;
-        counters
-            .set(slot, zero, 0)
-            .map_err(e("zero rule counters"))?;
-    }
+    forget_counters(&mut counters, fresh_slots)?;
     batch::update(&entries_data, MAP_RS_ENTRIES, &image.entries)?;
     for (i, v) in &image.logs {
         logs.set(*i, v, 0).map_err(e(MAP_RS_LOG))?;
@@ -196,25 +189,50 @@ fn clear_generation(
     Ok(())
 }
 
+/// Removes the counters of `slots` that exist (a missing one reads as
+/// zero, and the datapath creates it with its first count). Only existing
+/// elements are looked at, which are few next to the slots of a ruleset.
+fn forget_counters(m: &mut PerCpuHashMap<MapData, u32, IfCounters>, slots: &[u32]) -> Result<()> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let wanted: BTreeSet<u32> = slots.iter().copied().collect();
+    let present: Vec<u32> = m
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| wanted.contains(k))
+        .collect();
+    for k in present {
+        m.remove(&k).map_err(e("zero rule counters"))?;
+    }
+    Ok(())
+}
+
 /// The rule counters of `slots`, summed over CPUs.
 pub fn counters(
     topology: &str,
     slots: &BTreeSet<u32>,
 ) -> Result<std::collections::BTreeMap<u32, Counters>> {
     let dir = topology_dir(topology);
-    let m: PerCpuArray<MapData, IfCounters> =
-        PerCpuArray::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
+    let m: PerCpuHashMap<MapData, u32, IfCounters> =
+        PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
     let mut out = std::collections::BTreeMap::new();
-    for &s in slots {
-        let v = m.get(&s, 0).map_err(e("read rule counters"))?;
-        let sum = v.iter().fold(IfCounters::default(), |a, b| a.add(*b));
+    for item in m.iter() {
+        let (slot, values) = item.map_err(e("read rule counters"))?;
+        if !slots.contains(&slot) {
+            continue;
+        }
+        let sum = values.iter().fold(IfCounters::default(), |a, b| a.add(*b));
         out.insert(
-            s,
+            slot,
             Counters {
                 packets: sum.packets,
                 bytes: sum.bytes,
             },
         );
+    }
+    for &s in slots {
+        out.entry(s).or_default();
     }
     Ok(out)
 }
@@ -222,13 +240,7 @@ pub fn counters(
 /// Zeroes the counters of `slots` (`-Z`).
 pub fn zero_counters(topology: &str, slots: &[u32]) -> Result<()> {
     let dir = topology_dir(topology);
-    let mut m: PerCpuArray<MapData, IfCounters> =
-        PerCpuArray::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
-    let ncpus = aya::util::nr_cpus().map_err(|(_, err)| Error::io("count CPUs", err))?;
-    for &s in slots {
-        let zero = PerCpuValues::try_from(vec![IfCounters::default(); ncpus])
-            .map_err(|err| Error::io("per-CPU values", err))?;
-        m.set(s, zero, 0).map_err(e("zero rule counters"))?;
-    }
-    Ok(())
+    let mut m: PerCpuHashMap<MapData, u32, IfCounters> =
+        PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
+    forget_counters(&mut m, slots)
 }
