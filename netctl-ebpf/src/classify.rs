@@ -124,14 +124,7 @@ pub extern "C" fn netctl_rs_summary(generation: u32, hk: u32) -> i32 {
     while f < FIELDS {
         // SAFETY: as above.
         let class = unsafe { (*s).classes[f] };
-        let mut k = RsWordKey {
-            generation: generation as u8,
-            hook: hk as u8,
-            field: f as u8,
-            _pad: 0,
-            class,
-            block: u32::MAX,
-        };
+        let mut k = word_key(generation, hk, f, class, u32::MAX);
         let own = NETCTL_RS_SUMMARY.get_ptr(k);
         k.class = RS_CLASS_WILD;
         let wild = NETCTL_RS_SUMMARY.get_ptr(k);
@@ -151,6 +144,19 @@ pub extern "C" fn netctl_rs_summary(generation: u32, hk: u32) -> i32 {
     0
 }
 
+/// The key of a summary (`block` is `u32::MAX`) or of a word.
+#[inline(always)]
+fn word_key(generation: u32, hk: u32, f: usize, class: u32, block: u32) -> RsWordKey {
+    RsWordKey {
+        generation: generation as u8,
+        hook: hk as u8,
+        field: f as u8,
+        _pad: 0,
+        class,
+        block,
+    }
+}
+
 /// The entries of `block` that every field's class allows.
 #[inline(never)]
 #[unsafe(no_mangle)]
@@ -161,14 +167,7 @@ pub extern "C" fn netctl_rs_block(generation: u32, hk: u32, block: u32) -> u64 {
     while f < FIELDS {
         // SAFETY: this CPU's scratch element.
         let class = unsafe { (*s).classes[f] };
-        let mut k = RsWordKey {
-            generation: generation as u8,
-            hook: hk as u8,
-            field: f as u8,
-            _pad: 0,
-            class,
-            block,
-        };
+        let mut k = word_key(generation, hk, f, class, block);
         // SAFETY: copies of live hash elements (valid until the program
         // returns); userspace never rewrites words of the live generation.
         let own = unsafe { NETCTL_RS_WORDS.get(k).copied().unwrap_or(0) };

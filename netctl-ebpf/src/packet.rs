@@ -42,8 +42,6 @@ pub struct Pkt {
     pub tcp_flags: u8,
     /// IPv4 total length: what iptables' byte counters add.
     pub ip_len: u32,
-    /// Offset of the transport header in the frame.
-    pub l4_off: u32,
     /// The transport header was read (not a later fragment, not cut short).
     pub l4: bool,
     /// A fragment other than the first.
@@ -91,14 +89,13 @@ pub fn parse(ctx: &TcContext, p: &mut Pkt) -> bool {
         daddr: ip.daddr,
         proto: ip.protocol,
         ip_len: u32::from(u16::from_be_bytes(ip.tot_len)),
-        l4_off: ETH_HLEN as u32 + ihl,
         later_fragment: frag & 0x1fff != 0,
         ..Default::default()
     };
     if p.later_fragment {
         return true;
     }
-    let off = p.l4_off as usize;
+    let off = ETH_HLEN + ihl as usize;
     match p.proto {
         PROTO_TCP => {
             let Ok(h) = ctx.load::<[u8; 14]>(off) else {

@@ -52,7 +52,7 @@ pub fn answer(
             .load::<EthHdr>(0)
             .is_ok_and(|eth| mac_u64(&eth.dst) == mac_u64(&mac));
     let flags = u32::from(from_dst) | (u32::from(routed) << 1);
-    let mac = u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]]);
+    let mac = mac_arg(&mac);
     let rc = netctl_reject(
         ctx.skb.skb,
         (v >> 8) & 0xff,
@@ -92,15 +92,20 @@ pub fn answer_local(ctx: &TcContext, port: *const PortInfo, v: u32) -> (u32, i32
     // SAFETY: a live element of the ports map (see `netctl_egress`).
     let bridge = unsafe { (*port).bridge };
     // The answer comes from the destination, to the host's MAC.
-    let m = eth.dst;
-    let mac = u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]);
-    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, 0, 1, mac) != 0 {
+    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, 0, 1, mac_arg(&eth.dst)) != 0 {
         return (reason::REJECT_FAILED, TC_ACT_SHOT);
     }
     // SAFETY: the helper only records the target for after the program
     // returns.
     unsafe { bpf_redirect(bridge, u64::from(BPF_F_INGRESS)) };
     (reason::REJECT_RULE, TC_ACT_REDIRECT)
+}
+
+/// A MAC as the scalar `netctl_reject` takes (a global function's
+/// arguments can only be scalars): the low 48 bits, big-endian.
+#[inline(always)]
+fn mac_arg(m: &[u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 
 /// Rewrites the packet in `skb` into the answer of kind `kind` (a
