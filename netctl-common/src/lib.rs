@@ -387,6 +387,10 @@ pub mod entry {
     pub const DROP: u8 = 3;
     /// Count and reject; `RuleEntry::arg` is a `reject::*`.
     pub const REJECT: u8 = 4;
+    /// Count, record NAT action `RuleEntry::log` (an index into
+    /// `MAP_RS_NAT`) for the connection, and go on at `target` (the end of
+    /// the nat table's block: a NAT target ends the nat table's walk).
+    pub const NAT: u8 = 5;
 }
 
 /// `--reject-with`, as `RuleEntry::arg` of a REJECT entry.
@@ -603,7 +607,94 @@ pub struct CtEntry {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
     pub cache: [CtCache; 2],
+    /// The translation the nat table chose for the connection's first
+    /// packet (all zero: none).
+    pub nat: CtNat,
 }
+
+/// A connection's NAT binding, as the kernel's conntrack keeps it: the
+/// original direction's source becomes `snat_*` (SNAT, MASQUERADE) and its
+/// destination `dnat_*` (DNAT, REDIRECT); the reply direction is translated
+/// back. The reply tuple is therefore (dnat or original destination) ->
+/// (snat or original source); `MAP_CT_NAT` finds the entry by it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtNat {
+    /// `nat_bit::*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Network order addresses; ports in host order.
+    pub snat_addr: [u8; 4],
+    pub dnat_addr: [u8; 4],
+    pub snat_port: u16,
+    pub dnat_port: u16,
+}
+
+/// `CtNat::flags`.
+pub mod nat_bit {
+    /// The source was translated (SNAT, MASQUERADE).
+    pub const SRC: u8 = 1 << 0;
+    /// The destination was translated (DNAT, REDIRECT).
+    pub const DST: u8 = 1 << 1;
+}
+
+/// `CtKey (reply tuple, canonical order) -> CtKey (the connection's key in
+/// MAP_CT)` (LRU, as big as `MAP_CT`): how packets of a translated
+/// connection's reply direction, whose tuple is not the original one, find
+/// their entry. Only translated connections have an element here.
+pub const MAP_CT_NAT: &str = "NETCTL_CT_NAT";
+
+// ---------------------------------------------------------------------------
+// NAT targets, compiled: an `entry::NAT` entry's `arg` indexes
+// `MAP_RS_NAT[generation * RS_NAT_MAX + arg]`.
+// ---------------------------------------------------------------------------
+
+/// `Array<RsNat>`, both generations.
+pub const MAP_RS_NAT: &str = "NETCTL_RS_NAT";
+/// NAT actions per generation.
+pub const RS_NAT_MAX: u32 = 4096;
+
+/// What a nat-table rule's target does.
+pub mod nat_kind {
+    /// `SNAT --to-source ADDR[-ADDR][:PORT[-PORT]]`.
+    pub const SNAT: u8 = 1;
+    /// `MASQUERADE [--to-ports PORT[-PORT]]`: the source becomes the
+    /// outgoing interface's (primary) address.
+    pub const MASQUERADE: u8 = 2;
+    /// `DNAT --to-destination ADDR[-ADDR][:PORT[-PORT]]`.
+    pub const DNAT: u8 = 3;
+    /// `REDIRECT [--to-ports PORT[-PORT]]`: the destination becomes the
+    /// incoming interface's primary address (127.0.0.1 for the host's own
+    /// packets).
+    pub const REDIRECT: u8 = 4;
+}
+
+/// One NAT action (`MAP_RS_NAT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RsNat {
+    /// `nat_kind::*`.
+    pub kind: u8,
+    /// `nat_range::*`.
+    pub flags: u8,
+    pub _pad: u16,
+    /// The address range (network order, inclusive); zero for MASQUERADE
+    /// and REDIRECT.
+    pub addr_min: [u8; 4],
+    pub addr_max: [u8; 4],
+    /// The port range (host order, inclusive), when `nat_range::PORTS`.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// `RsNat::flags`.
+pub mod nat_range {
+    /// A port range was given (`:PORT[-PORT]`, `--to-ports`).
+    pub const PORTS: u8 = 1 << 0;
+}
+
+const _: () = assert!(core::mem::size_of::<CtNat>() == 16);
+const _: () = assert!(core::mem::size_of::<RsNat>() == 16);
 
 /// Per-protocol timeouts in seconds (the kernel's defaults).
 pub mod ct_timeout {
@@ -628,7 +719,7 @@ pub mod ct_timeout {
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtCache>() == 44);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 144);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 160);
 
 /// Per-CPU hash `ifindex (u32) -> IfCounters` filled by `PROG_XDP`.
 pub const MAP_XDP_STATS: &str = "NETCTL_XDP_STATS";

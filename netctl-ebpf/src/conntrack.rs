@@ -7,7 +7,7 @@
 //! (whatever the rules then decide), while a new one is only created once
 //! the rules accepted its first packet (`confirm`).
 
-use netctl_common::{CtCache, CtEntry, CtKey, ct_flag, ct_timeout, ctbit, tcp_state as ts};
+use netctl_common::{CtCache, CtEntry, CtKey, CtNat, ct_flag, ct_timeout, ctbit, tcp_state as ts};
 
 use crate::{
     maps::NETCTL_CT,
@@ -316,6 +316,7 @@ pub fn confirm(
         packets: [1, 0],
         bytes: [u64::from(p.ip_len), 0],
         cache: [*cache, CtCache::default()],
+        nat: CtNat::default(),
     };
     // A full table evicts the least recently used entry (LRU); a failure
     // only means the next packet is NEW again.

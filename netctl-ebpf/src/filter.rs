@@ -105,6 +105,83 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     v
 }
 
+/// `netctl_filter_answer`'s flags: the answer is a TCP reset; the answer
+/// goes to the host itself (the refused packet was the host's own).
+pub const ANSWER_TCP: u32 = 1;
+pub const ANSWER_LOCAL: u32 = 2;
+
+/// The hooks the answer a REJECT has just written into `skb` crosses, as
+/// the kernel sends it as its own packet out of `out_if`: OUTPUT and
+/// POSTROUTING, and for an answer to the host's own packet (`ANSWER_LOCAL`,
+/// routed over loopback) PREROUTING and INPUT in from `lo` as well.
+///
+/// The kernel attaches the refused packet's connection to the answer, so
+/// every table, raw included, sees it as RELATED; a refused packet without
+/// a connection (INVALID) gives an answer that is INVALID too. nat sees
+/// only a TCP reset's POSTROUTING (`ANSWER_TCP`): that connection's
+/// destination mapping was settled before the refusal, its source mapping
+/// not yet, and an ICMP error is translated through its connection instead.
+/// Returns a `verdict::*`; anything but ACCEPT means the answer is dropped.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_filter_answer(skb: *mut __sk_buff, out_if: u32, flags: u32) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    let Some(s) = classify::scratch() else {
+        return accept;
+    };
+    // SAFETY: this CPU's scratch element, still holding the refused
+    // packet's fields.
+    let refused = unsafe { (*s).values[field::CTSTATE as usize][0] };
+    let tracked = refused & ctbit::INVALID == 0;
+    let ctstate = u32::from(if tracked {
+        ctbit::RELATED
+    } else {
+        ctbit::INVALID
+    });
+    let nat = u32::from(tracked && flags & ANSWER_TCP != 0);
+    if netctl_parse(skb) == 0 {
+        return accept;
+    }
+    let generation = maps::config(config::RULES_SERIAL) & 1;
+    let all = u32::MAX;
+    netctl_load_fields(0, ctstate);
+    set(field::OUT, out_if);
+    let output = u32::from(hook::OUTPUT);
+    let mut v = answer_first_hook(generation, output);
+    if v == accept {
+        v = netctl_classify(generation, u32::from(hook::POSTROUTING), nat, 0, all);
+    }
+    if v == accept && flags & ANSWER_LOCAL != 0 {
+        netctl_load_fields(LOOPBACK, ctstate);
+        v = answer_first_hook(generation, u32::from(hook::PREROUTING));
+        if v == accept {
+            v = netctl_classify(generation, u32::from(hook::INPUT), 0, 0, all);
+        }
+    }
+    v
+}
+
+/// The ifindex of `lo` in every namespace.
+pub const LOOPBACK: u32 = 1;
+
+/// A hook that begins with the raw table (OUTPUT or PREROUTING), for an
+/// answer: raw, then the rest without nat.
+#[inline(always)]
+fn answer_first_hook(generation: u32, hk: u32) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + hk) else {
+        return accept;
+    };
+    let raw_end = h.raw_end;
+    if raw_end > 0 {
+        let v = netctl_raw(generation, hk, raw_end);
+        if v != accept {
+            return v;
+        }
+    }
+    netctl_classify(generation, hk, 0, raw_end, u32::MAX)
+}
+
 /// Reads the packet's fields into the scratch map; 0 if it is not IPv4.
 #[inline(never)]
 #[unsafe(no_mangle)]

@@ -21,6 +21,7 @@ use aya_ebpf::{
 use netctl_common::{PortInfo, reason, reject, verdict};
 
 use crate::{
+    filter::{ANSWER_LOCAL, ANSWER_TCP, LOOPBACK, netctl_filter_answer},
     packet::{PROTO_ICMP, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     parse::{ETH_HLEN, EthHdr, Ipv4Hdr, csum_after_ttl_dec, mac_u64},
     path,
@@ -43,32 +44,47 @@ pub fn answer(
     // sent to, and a forwarded one from the address of the interface the
     // error leaves by: the bridge's.
     // SAFETY: a live element of the ports map (see `netctl_ingress`).
-    let (bridge_ip, mac) = unsafe { ((*port).bridge_ip, (*port).bridge_mac) };
+    let (bridge_ip, mac, bridge) =
+        unsafe { ((*port).bridge_ip, (*port).bridge_mac, (*port).bridge) };
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    };
+    let tcp = (v >> 8) & 0xff == u32::from(reject::TCP_RESET);
     let from_dst = route == path::INPUT || bridge_ip == [0; 4];
     // Routed (sent to the bridge's MAC, not bridged): the kernel decrements
     // the TTL before FORWARD, so its error quotes the decremented header.
-    let routed = route == path::FORWARD
-        && ctx
-            .load::<EthHdr>(0)
-            .is_ok_and(|eth| mac_u64(&eth.dst) == mac_u64(&mac));
+    let routed = route == path::FORWARD && mac_u64(&eth.dst) == mac_u64(&mac);
     let flags = u32::from(from_dst) | (u32::from(routed) << 1);
-    let mac = mac_arg(&mac);
+    // A reset for a packet that came in by a bridge port leaves by that
+    // port with the packet's MACs swapped (nf_send_reset's bridge case);
+    // an ICMP error is routed from the bridge.
+    let src_mac = if tcp { eth.dst } else { mac };
     let rc = netctl_reject(
         ctx.skb.skb,
         (v >> 8) & 0xff,
         u32::from_ne_bytes(bridge_ip),
         flags,
-        mac,
+        mac_arg(&src_mac),
     );
     if rc != 0 {
         return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    }
+    if tcp {
+        // Straight out, past OUTPUT and POSTROUTING, as the kernel does.
+        // SAFETY: the helper only records the target for after the
+        // program returns.
+        unsafe { bpf_redirect(ifindex, 0) };
+        return (reason::REJECT_RULE, TC_ACT_REDIRECT);
+    }
+    // The error is the host's own packet: OUTPUT and POSTROUTING judge it.
+    if netctl_filter_answer(ctx.skb.skb, bridge, 0) != u32::from(verdict::ACCEPT) {
+        return (reason::DROP_RULE, TC_ACT_SHOT);
     }
     // Out of the bridge through the kernel's neighbour table, as the
     // kernel routes its own answer: to whichever port holds the packet's
     // source address, usually (not always) the one it came in by.
     // SAFETY: the helper only records the target for after the program
     // returns; no parameters are passed (NULL, length 0).
-    let bridge = unsafe { (*port).bridge };
     let rc = unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) };
     if rc != i64::from(TC_ACT_REDIRECT) {
         // SAFETY: as above; back out of the port it came in by.
@@ -86,14 +102,33 @@ pub fn answer_local(ctx: &TcContext, port: *const PortInfo, v: u32) -> (u32, i32
     if v & 0xff != u32::from(verdict::REJECT) {
         return (reason::DROP_RULE, TC_ACT_SHOT);
     }
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+    let (Ok(eth), Ok(ip)) = (ctx.load::<EthHdr>(0), ctx.load::<Ipv4Hdr>(ETH_HLEN)) else {
         return (reason::REJECT_FAILED, TC_ACT_SHOT);
     };
+    // The kernel's own ICMP messages (echo and other replies) are sent
+    // holding its ICMP socket, which icmp_send then cannot take: REJECT
+    // drops them unanswered.
+    if ip.protocol == PROTO_ICMP
+        && ctx
+            .load::<u8>(ETH_HLEN + 20)
+            .is_ok_and(|t| matches!(t, 0 | 14 | 16 | 18))
+    {
+        return (reason::REJECT_RULE, TC_ACT_SHOT);
+    }
     // SAFETY: a live element of the ports map (see `netctl_egress`).
     let bridge = unsafe { (*port).bridge };
-    // The answer comes from the destination, to the host's MAC.
-    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, 0, 1, mac_arg(&eth.dst)) != 0 {
+    // To the host's MAC. A reset comes from the packet's destination; an
+    // ICMP error, routed to the host itself, from the host's address the
+    // packet was sent from (the local route's preferred source).
+    let from = u32::from_ne_bytes(ip.saddr);
+    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, from, 0, mac_arg(&eth.dst)) != 0 {
         return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    }
+    // The kernel routes this answer over loopback: out by `lo`, in by `lo`.
+    let tcp = (v >> 8) & 0xff == u32::from(reject::TCP_RESET);
+    let flags = ANSWER_LOCAL | if tcp { ANSWER_TCP } else { 0 };
+    if netctl_filter_answer(ctx.skb.skb, LOOPBACK, flags) != u32::from(verdict::ACCEPT) {
+        return (reason::DROP_RULE, TC_ACT_SHOT);
     }
     // SAFETY: the helper only records the target for after the program
     // returns.

@@ -20,9 +20,10 @@ pub struct FidelityArgs {
     /// The first case's number: `--first K --cases 1` reruns case K.
     #[arg(long, default_value_t = 0)]
     pub first: u32,
-    /// What is compared: `inbound` (PREROUTING, INPUT, FORWARD and what
-    /// arrives where) or `full` (OUTPUT and POSTROUTING too).
-    #[arg(long, default_value = "inbound", value_parser = ["inbound", "full"])]
+    /// What is compared: `full` (every hook, the host's own packets and
+    /// REJECT's answers included) or `inbound` (PREROUTING, INPUT, FORWARD
+    /// and what arrives where).
+    #[arg(long, default_value = "full", value_parser = ["inbound", "full"])]
     pub scope: String,
     /// Most flows per case.
     #[arg(long, default_value_t = 4)]
