@@ -144,7 +144,14 @@ pub mod reason {
     /// Rejected by a rule, but the answer could not be built (the packet
     /// was dropped, as the kernel drops it when it cannot answer).
     pub const REJECT_FAILED: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Translated by NAT and sent out through the kernel's neighbour table
+    /// (`bpf_redirect_neigh`): the kernel's own input path would drop a
+    /// packet whose source became one of its addresses.
+    pub const REDIRECT_NEIGH: u32 = 17;
+    /// Dropped by NAT: no address to masquerade to, no free port, or a
+    /// rewrite that failed (the kernel drops these too).
+    pub const DROP_NAT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "redirect_l2",
@@ -164,6 +171,8 @@ pub mod reason {
         "drop_rule",
         "reject_rule",
         "reject_failed",
+        "redirect_neigh",
+        "drop_nat",
     ];
 }
 
@@ -191,6 +200,10 @@ pub struct PortInfo {
 
 /// The port hairpins: frames may go back out the port they came in on.
 pub const PORT_F_HAIRPIN: u32 = 1;
+/// Not a container's port but the topology's uplink: `bridge` is the
+/// uplink itself, `bridge_mac` and `bridge_ip` its own; nothing is learned
+/// or bridged there, frames to its MAC are routed.
+pub const PORT_F_UPLINK: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -281,6 +294,7 @@ mod user {
     unsafe impl aya::Pod for super::FdbKey {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::RouteValue {}
+    unsafe impl aya::Pod for super::RsNat {}
     unsafe impl aya::Pod for super::NeighEntry {}
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::RuleEntry {}
@@ -643,6 +657,12 @@ pub mod nat_bit {
 /// connection's reply direction, whose tuple is not the original one, find
 /// their entry. Only translated connections have an element here.
 pub const MAP_CT_NAT: &str = "NETCTL_CT_NAT";
+
+/// `ifindex (u32) -> [u8; 4]`: the first IPv4 address of every interface
+/// of the host namespace (network order), as MASQUERADE (the outgoing
+/// interface's) and REDIRECT (the incoming one's) need it. Kept by netctl.
+pub const MAP_IFADDR: &str = "NETCTL_IFADDR";
+pub const MAP_IFADDR_MAX: u32 = 4096;
 
 // ---------------------------------------------------------------------------
 // NAT targets, compiled: an `entry::NAT` entry's `arg` indexes

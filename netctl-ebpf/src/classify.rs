@@ -66,6 +66,18 @@ pub struct Scratch {
     pub buf: [u8; 64],
     pub quote: [u8; 28],
     pub walk: Walk,
+    /// The NAT actions the nat table chose for a connection's first
+    /// packet, as `MAP_RS_NAT` index + 1 (0: none): `[destination
+    /// (PREROUTING, OUTPUT), source (POSTROUTING, INPUT)]`.
+    pub nat: [u32; 2],
+    /// `track`'s answer for the packet (see `filter::netctl_track`).
+    pub track: u32,
+    /// Whether `netctl_prepare` found an IPv4 packet to judge.
+    pub parsed: u32,
+    /// The packet as it arrived, before any NAT (what a new entry records).
+    pub orig_pkt: crate::packet::Pkt,
+    /// The binding a first packet's NAT is building.
+    pub binding: netctl_common::CtNat,
 }
 
 #[map]
@@ -398,6 +410,16 @@ pub extern "C" fn netctl_rs_step() -> i32 {
             w.result = u32::from(verdict::REJECT) | (u32::from(reject) << 8);
             w.stop = 1;
             return 1;
+        }
+        // A NAT target ends its table's walk; which manipulation it is
+        // follows from the hook, as in the kernel.
+        entry::NAT => {
+            let src = w.hk == u32::from(hook::POSTROUTING) || w.hk == u32::from(hook::INPUT);
+            if let Some(s) = scratch() {
+                // SAFETY: this CPU's scratch element.
+                unsafe { (*s).nat[usize::from(src)] = log.saturating_add(1) };
+            }
+            w.cursor = target;
         }
         _ => {
             w.result = accept;

@@ -10,7 +10,7 @@
 use netctl_common::{CtCache, CtEntry, CtKey, CtNat, ct_flag, ct_timeout, ctbit, tcp_state as ts};
 
 use crate::{
-    maps::NETCTL_CT,
+    maps::{NETCTL_CT, NETCTL_CT_NAT},
     packet::{
         PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
         TCP_URG, icmp_is_error,
@@ -118,7 +118,7 @@ impl Track {
 /// The key in canonical order, and whether the packet goes from the
 /// higher (address, port) pair to the lower one.
 #[inline(always)]
-fn key(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) -> CtKey {
+pub fn key(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) -> CtKey {
     let s = (u64::from(u32::from_be_bytes(saddr)) << 16) | u64::from(sport);
     let d = (u64::from(u32::from_be_bytes(daddr)) << 16) | u64::from(dport);
     if s <= d {
@@ -152,6 +152,14 @@ fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
         _ => ct_timeout::GENERIC,
     };
     u64::from(s) * 1_000_000_000
+}
+
+/// The key of the translated connection whose reply tuple is `k`.
+#[inline(always)]
+fn nat_orig(k: &CtKey) -> Option<CtKey> {
+    // SAFETY: a copy is taken at once; an element evicted meanwhile by
+    // another CPU yields a stale key, which then finds no entry.
+    NETCTL_CT_NAT.get_ptr(k).map(|p| unsafe { *p })
 }
 
 /// The live entry for `key`, unless it timed out.
@@ -206,11 +214,23 @@ pub fn track(p: &Pkt, now: u64) -> Track {
         0
     };
 
-    if let Some(e) = live(&k, now) {
+    // A translated connection's reply direction has a tuple of its own,
+    // which leads to the entry's key.
+    let (found, translated) = match live(&k, now) {
+        Some(e) => (Some(e), false),
+        None => match nat_orig(&k).and_then(|o| Some((o, live(&o, now)?))) {
+            Some((orig, e)) => {
+                t.key = orig;
+                (Some(e), true)
+            }
+            None => (None, false),
+        },
+    };
+    if let Some(e) = found {
         // SAFETY: as in `live`.
         let (orig_addr, orig_port, old, flags) =
             unsafe { ((*e).orig_addr, (*e).orig_port, (*e).tcp_state, (*e).flags) };
-        let dir = usize::from(!(orig_addr == p.saddr && orig_port == sport));
+        let dir = usize::from(translated || !(orig_addr == p.saddr && orig_port == sport));
         let mut new = old;
         if p.proto == PROTO_TCP {
             new = TCP_TABLE[dir & 1][tcp_index.min(4)][usize::from(old.min(9))];
@@ -283,7 +303,9 @@ fn related(p: &Pkt, now: u64) -> Track {
         _ => (0, 0),
     };
     let k = key(i.proto, i.saddr, sport, i.daddr, dport);
-    if live(&k, now).is_none() {
+    let known =
+        live(&k, now).is_some() || nat_orig(&k).is_some_and(|orig| live(&orig, now).is_some());
+    if !known {
         return Track::invalid();
     }
     let mut t = Track::invalid();

@@ -10,7 +10,7 @@
 //! Stages talk through the per-CPU scratch map.
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
-use netctl_common::{CtCache, config, ctbit, field, hook, verdict};
+use netctl_common::{CtCache, CtNat, config, ctbit, field, hook, verdict};
 
 use crate::{
     classify::{self, CACHE_SLOTS, netctl_classify, netctl_raw},
@@ -23,15 +23,86 @@ use crate::{
 /// `netctl_lookup_cache`'s answer when there is no usable cache.
 const MISS: u32 = u32::MAX;
 
-/// Runs the rules for the packet in `skb`, which arrived on a port of
-/// bridge `in_if` (0: sent by the host) and takes `route` (a `path::*`)
-/// out of `out_if`.
-/// Returns a `verdict::*`, REJECT with its `reject::*` in bits 8..16.
+/// `netctl_filter`'s answer when the nat table gave a connection's first
+/// packet a new destination at PREROUTING: the packet is rewritten, its
+/// route must be decided again, and `netctl_filter_rest` judges the rest.
+pub const REROUTE: u32 = 0xfe;
+
+/// `netctl_filter`'s answer when the first hook accepted the packet and
+/// `netctl_filter_rest` must judge the rest (called by the program, not by
+/// `netctl_filter`: every frame of a call chain counts against one
+/// 512-byte stack).
+pub const MORE: u32 = 0xfd;
+
+/// What comes before the route decision, for the packet in `skb` that
+/// arrived on a port of bridge `in_if` (0: sent by the host, towards
+/// `out_if`): the raw table, conntrack, and the destination half of the
+/// connection's NAT binding. Returns ACCEPT, or the raw table's verdict.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_prepare(skb: *mut __sk_buff, in_if: u32, output: u32, out_if: u32) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    let Some(s) = classify::scratch() else {
+        return accept;
+    };
+    // SAFETY: this CPU's scratch element.
+    unsafe { (*s).parsed = 0 };
+    if netctl_parse(skb) == 0 {
+        return accept;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*s).parsed = 1;
+        (*s).orig_pkt = (*s).pkt;
+    }
+    let generation = maps::config(config::RULES_SERIAL) & 1;
+    let first_hook = u32::from(if output != 0 {
+        hook::OUTPUT
+    } else {
+        hook::PREROUTING
+    });
+    // raw runs before conntrack, which never sees what raw drops; the
+    // conntrack match says INVALID there, as in the kernel.
+    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + first_hook) else {
+        return accept;
+    };
+    let raw_end = h.raw_end;
+    if raw_end > 0 {
+        netctl_load_fields(in_if, u32::from(ctbit::INVALID));
+        if output != 0 {
+            set(field::OUT, out_if);
+        }
+        let v = netctl_raw(generation, first_hook, raw_end);
+        if v != accept {
+            return v;
+        }
+    }
+    let t = netctl_track();
+    let nat = if t & 0xff == u32::from(ctbit::RELATED) {
+        crate::nat::netctl_nat_icmp(skb)
+    } else {
+        crate::nat::netctl_nat_dst(skb)
+    };
+    if nat < 0 {
+        return u32::from(verdict::DROP);
+    }
+    accept
+}
+
+/// Runs the rules for the packet `netctl_prepare` readied, which takes
+/// `route` (a `path::*`) out of `out_if`: a cached outcome, or PREROUTING
+/// (OUTPUT for the host's packets). Returns a `verdict::*` (REJECT with
+/// its `reject::*` in bits 8..16), `MORE` or `REROUTE`.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out_if: u32) -> u32 {
     let accept = u32::from(verdict::ACCEPT);
-    if netctl_parse(skb) == 0 {
+    let Some(s) = classify::scratch() else {
+        return accept;
+    };
+    // SAFETY: this CPU's scratch element.
+    let (parsed, t) = unsafe { ((*s).parsed, (*s).track) };
+    if parsed == 0 {
         return accept;
     }
     // One word says both which generation is live and how new it is, so a
@@ -46,32 +117,11 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     } else {
         0
     };
-    // Packets from a container start at PREROUTING, the host's at OUTPUT;
-    // both first hooks begin with the raw table.
     let first_hook = u32::from(if output {
         hook::OUTPUT
     } else {
         hook::PREROUTING
     });
-
-    // raw runs before conntrack, which never sees what raw drops; the
-    // conntrack match says INVALID there, as in the kernel.
-    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + first_hook) else {
-        return accept;
-    };
-    let raw_end = h.raw_end;
-    if raw_end > 0 {
-        netctl_load_fields(in_if, u32::from(ctbit::INVALID));
-        if output {
-            set(field::OUT, out_if);
-        }
-        let v = netctl_raw(generation, first_hook, raw_end);
-        if v != accept {
-            return v;
-        }
-    }
-
-    let t = netctl_track();
     let ctstate = t & 0xff;
     let first = (t >> 16) & 1;
     set_route(in_if, out_if, path, stamp);
@@ -79,27 +129,77 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     if v != MISS {
         return v;
     }
+    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + first_hook) else {
+        return accept;
+    };
+    let raw_end = h.raw_end;
 
     // What is cached is what comes after raw (raw runs for every packet).
     netctl_load_fields(in_if, ctstate);
     if output {
         set(field::OUT, out_if);
     }
+    let v = netctl_classify(generation, first_hook, first, raw_end, u32::MAX);
+    if v != accept {
+        netctl_store_cache(t, v);
+        return v;
+    }
+    // SAFETY: as above; the walk may have recorded a NAT action.
+    if !output && first != 0 && unsafe { (*s).nat[0] } != 0 {
+        if crate::nat::netctl_nat_new_dst(skb, in_if) < 0 {
+            return u32::from(verdict::DROP);
+        }
+        return REROUTE;
+    }
+    MORE
+}
+
+/// The hooks after the first (INPUT, or FORWARD and POSTROUTING; after
+/// OUTPUT, POSTROUTING) for a packet taking `route` out of `out_if`;
+/// `rerouted` after a destination NAT changed the packet since its fields
+/// were read. Records the outcome in the connection's cache.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_filter_rest(in_if: u32, route: u32, out_if: u32, rerouted: u32) -> u32 {
+    let accept = u32::from(verdict::ACCEPT);
+    let Some(s) = classify::scratch() else {
+        return accept;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    let t = s.track;
+    let first = (t >> 16) & 1;
+    let serial = maps::config(config::RULES_SERIAL);
+    let generation = serial & 1;
+    let path = route & 0xff;
+    if rerouted != 0 {
+        let out = if path == u32::from(path::FORWARD) {
+            out_if
+        } else {
+            0
+        };
+        s.in_if = in_if;
+        s.out_if = out;
+        s.path = path;
+        s.values[field::DST as usize] = s.pkt.daddr;
+        if matches!(s.pkt.proto, PROTO_TCP | PROTO_UDP) && s.pkt.l4 {
+            let dp = s.pkt.dport.to_be_bytes();
+            s.values[field::DPORT as usize] = [dp[0], dp[1], 0, 0];
+        }
+    }
     let all = u32::MAX;
-    let mut v = netctl_classify(generation, first_hook, first, raw_end, all);
-    if v == accept {
-        if path == u32::from(path::INPUT) {
-            v = netctl_classify(generation, u32::from(hook::INPUT), first, 0, all);
-        } else if path == u32::from(path::FORWARD) {
-            set(field::OUT, out_if);
-            v = netctl_classify(generation, u32::from(hook::FORWARD), first, 0, all);
-            if v == accept {
-                set(field::IN, 0);
-                v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
-            }
-        } else if output {
+    let mut v = accept;
+    if path == u32::from(path::INPUT) {
+        v = netctl_classify(generation, u32::from(hook::INPUT), first, 0, all);
+    } else if path == u32::from(path::FORWARD) {
+        set(field::OUT, out_if);
+        v = netctl_classify(generation, u32::from(hook::FORWARD), first, 0, all);
+        if v == accept {
+            set(field::IN, 0);
             v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
         }
+    } else if path == u32::from(path::OUTPUT) {
+        v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
     }
     netctl_store_cache(t, v);
     v
@@ -211,10 +311,13 @@ pub extern "C" fn netctl_track() -> u32 {
     let t = conntrack::track(&s.pkt, now);
     s.ct_key = t.key;
     s.ct_state = t.new_state;
-    u32::from(t.ctstate)
+    s.nat = [0, 0];
+    s.binding = CtNat::default();
+    s.track = u32::from(t.ctstate)
         | ((t.dir as u32 & 1) << 8)
         | (u32::from(t.first) << 16)
-        | (u32::from(t.entry.is_some()) << 24)
+        | (u32::from(t.entry.is_some()) << 24);
+    s.track
 }
 
 /// Replays the cached outcome of the packet's connection direction, if it
@@ -323,7 +426,9 @@ pub extern "C" fn netctl_store_cache(t: u32, v: u32) -> i32 {
             // SAFETY: a live conntrack element; the cache is replaced whole.
             unsafe { (*e).cache[((t >> 8) & 1) as usize] = s.cache };
         }
-    } else if (t >> 16) & 1 != 0 && v == u32::from(verdict::ACCEPT) {
+    } else if (t >> 16) & 1 != 0 && v == u32::from(verdict::ACCEPT) && s.nat == [0, 0] {
+        // (A connection the nat table translates is confirmed with its
+        // binding, by `nat::netctl_nat_src`.)
         // The first packet's walk included the nat table, which later
         // packets skip: its outcome is not theirs, so nothing is cached yet.
         s.cache.serial = 0;

@@ -1,7 +1,12 @@
 //! The router: frames addressed to the bridge's MAC, forwarded between the
 //! topology's bridges as the host namespace's IPv4 stack would.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
+    helpers::bpf_redirect_neigh,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use netctl_common::{config, reason, route_kind};
 
 use crate::{
@@ -58,7 +63,11 @@ pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
     let nexthop = match kind {
         route_kind::CONNECTED => daddr,
         route_kind::GATEWAY => gateway,
-        _ => return Decision::pass(reason::PASS_NO_ROUTE, path::FORWARD, out_bridge),
+        _ => {
+            let mut d = Decision::pass(reason::PASS_NO_ROUTE, path::FORWARD, out_bridge);
+            d.nexthop = gateway;
+            return d;
+        }
     };
 
     // SAFETY: the pointer is to a live hash element, valid until the program
@@ -107,4 +116,53 @@ pub fn rewrite(ctx: &TcContext, d: &Decision) -> bool {
         (*ip).check = csum_after_ttl_dec(check, ttl, protocol);
     }
     true
+}
+
+/// Sends a routed packet the kernel would have forwarded out of
+/// `out_if` itself: TTL decremented, then out through the kernel's
+/// neighbour table towards `nexthop` (network order; 0: the destination,
+/// on-link).
+/// False if it cannot. A global function: its frame must not add to the
+/// program's own, which every call chain shares, and a static one gets its
+/// context argument split by LLVM into packet pointers the verifier
+/// refuses to do arithmetic on.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_out_by_neigh(skb: *mut __sk_buff, out_if: u32, nexthop: u32) -> bool {
+    let ctx = &TcContext::new(skb);
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above, after the last helper that could
+    // move packet data (see `rewrite`).
+    unsafe {
+        let (ttl, protocol, check) = ((*ip).ttl, (*ip).protocol, (*ip).check);
+        if ttl <= 1 {
+            return false;
+        }
+        (*ip).ttl = ttl - 1;
+        (*ip).check = csum_after_ttl_dec(check, ttl, protocol);
+    }
+    let rc = if nexthop == 0 {
+        // SAFETY: no parameters: the helper uses the packet's destination.
+        unsafe { bpf_redirect_neigh(out_if, core::ptr::null_mut(), 0, 0) }
+    } else {
+        let mut nh = bpf_redir_neigh {
+            nh_family: 2, // AF_INET
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                ipv4_nh: nexthop,
+            },
+        };
+        // SAFETY: `nh` is a valid `bpf_redir_neigh` on the stack for the
+        // call, with its size; the helper only reads it.
+        unsafe {
+            bpf_redirect_neigh(
+                out_if,
+                &mut nh,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        }
+    };
+    rc == i64::from(aya_ebpf::bindings::TC_ACT_REDIRECT)
 }

@@ -16,20 +16,22 @@ mod filter;
 mod l2;
 mod l3;
 mod maps;
+mod nat;
 mod packet;
 mod parse;
 mod reject;
 mod trace;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, xdp_action},
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::PerCpuHashMap,
     programs::{TcContext, XdpContext},
 };
 use netctl_common::{
-    IfCounters, MAP_IF_COUNTERS_MAX_ENTRIES, PortInfo, TCX_NEXT, config, reason, verdict,
+    IfCounters, MAP_IF_COUNTERS_MAX_ENTRIES, PORT_F_UPLINK, PortInfo, TCX_NEXT, config, reason,
+    verdict,
 };
 
 use crate::parse::{ETH_HLEN, EthHdr, ensure_linear, is_multicast, mac_u64, ptr_at};
@@ -109,6 +111,9 @@ pub struct Decision {
     pub rewrite: bool,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
+    /// The gateway of a route the kernel would take (0: on-link), for a
+    /// translated packet the datapath must send itself.
+    pub nexthop: [u8; 4],
 }
 
 impl Decision {
@@ -124,6 +129,7 @@ impl Decision {
             rewrite: false,
             dst_mac: [0; 6],
             src_mac: [0; 6],
+            nexthop: [0; 4],
         }
     }
 
@@ -137,6 +143,7 @@ impl Decision {
             rewrite: false,
             dst_mac: [0; 6],
             src_mac: [0; 6],
+            nexthop: [0; 4],
         }
     }
 }
@@ -155,15 +162,51 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
         }
         return TCX_NEXT;
     };
-    let mut d = Decision::pass(reason::PASS_NOT_PORT, path::NONE, 0);
-    decide(&ctx, ifindex, port, &mut d);
     // SAFETY: a live element of the ports map, valid until the program
     // returns; fields userspace rewrites concurrently are read whole.
     let (bridge, slot) = unsafe { ((*port).bridge, (*port).slot) };
+    let rules = maps::config(config::RULES_ON) != 0;
+    let accept = u32::from(verdict::ACCEPT);
+    // raw, conntrack and a translated connection's new destination come
+    // before the route decision, as in the kernel.
+    if rules && !multicast_frame(&ctx) {
+        let v = filter::netctl_prepare(ctx.skb.skb, bridge, 0, 0);
+        if v != accept {
+            maps::account(Some(slot), len, reason::DROP_RULE);
+            return TC_ACT_SHOT;
+        }
+    }
+    let mut d = Decision::pass(reason::PASS_NOT_PORT, path::NONE, 0);
+    decide(&ctx, ifindex, port, &mut d);
     let mut rc = TCX_NEXT;
-    if d.path != path::NONE && maps::config(config::RULES_ON) != 0 {
-        let v = filter::netctl_filter(ctx.skb.skb, bridge, u32::from(d.path), d.out_if);
-        if v != u32::from(verdict::ACCEPT) {
+    if d.path != path::NONE && rules {
+        let mut v = filter::netctl_filter(ctx.skb.skb, bridge, u32::from(d.path), d.out_if);
+        if v == filter::REROUTE {
+            decide(&ctx, ifindex, port, &mut d);
+            v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 1);
+        } else if v == filter::MORE {
+            v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 0);
+        }
+        if v == accept {
+            let n = nat::netctl_nat_src(ctx.skb.skb, d.out_if);
+            if n < 0 {
+                maps::account(Some(slot), len, reason::DROP_NAT);
+                return TC_ACT_SHOT;
+            }
+            // A packet the kernel would forward, whose source NAT made one
+            // of the host's own addresses: the kernel's input path would
+            // drop it as a martian, so the datapath sends it out itself.
+            if n > 0 && d.egress == 0 && d.path == path::FORWARD && d.out_if != 0 {
+                let nh = u32::from_ne_bytes(d.nexthop);
+                if !l3::netctl_out_by_neigh(ctx.skb.skb, d.out_if, nh) {
+                    maps::account(Some(slot), len, reason::DROP_NAT);
+                    return TC_ACT_SHOT;
+                }
+                maps::account(Some(slot), len, reason::REDIRECT_NEIGH);
+                return TC_ACT_REDIRECT;
+            }
+        }
+        if v != accept {
             (d.reason, rc) = reject::answer(&ctx, ifindex, port, d.path, v);
             d.egress = 0;
         }
@@ -207,8 +250,19 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
     };
     // SAFETY: a live element of the ports map (see `netctl_ingress`).
     let bridge = unsafe { (*port).bridge };
-    let v = filter::netctl_filter(ctx.skb.skb, 0, u32::from(path::OUTPUT), bridge);
-    if v == u32::from(verdict::ACCEPT) {
+    let accept = u32::from(verdict::ACCEPT);
+    let output = u32::from(path::OUTPUT);
+    let mut v = filter::netctl_prepare(ctx.skb.skb, 0, 1, bridge);
+    if v == accept {
+        v = filter::netctl_filter(ctx.skb.skb, 0, output, bridge);
+    }
+    if v == filter::MORE {
+        v = filter::netctl_filter_rest(0, output, bridge, 0);
+    }
+    if v == accept && nat::netctl_nat_src(ctx.skb.skb, bridge) < 0 {
+        v = u32::from(verdict::DROP);
+    }
+    if v == accept {
         return TCX_NEXT;
     }
     let (why, rc) = reject::answer_local(&ctx, port, v);
@@ -237,14 +291,27 @@ fn decide(ctx: &TcContext, ifindex: u32, port: *const PortInfo, d: &mut Decision
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    l2::learn(&port, ifindex, src, now);
+    let uplink = port.flags & PORT_F_UPLINK != 0;
+    if !uplink {
+        l2::learn(&port, ifindex, src, now);
+    }
     *d = if is_multicast(&dst) {
         Decision::pass(reason::PASS_MULTICAST, path::NONE, 0)
     } else if mac_u64(&dst) == mac_u64(&port.bridge_mac) {
         l3::route(ctx, proto, now)
+    } else if uplink {
+        // Not bridged: a frame for another MAC is the kernel's to drop.
+        Decision::pass(reason::PASS_UNKNOWN, path::NONE, 0)
     } else {
         l2::forward(&port, ifindex, dst, now)
     };
+}
+
+/// Whether the frame is for a group (broadcast, multicast): the kernel
+/// bridge floods those, and netfilter does not judge them here.
+#[inline(always)]
+fn multicast_frame(ctx: &TcContext) -> bool {
+    ctx.load::<[u8; 1]>(0).is_ok_and(|b| b[0] & 1 != 0)
 }
 
 /// The earliest point a packet can be dropped (the raw table, later). For

@@ -14,6 +14,7 @@ use netctl_common::{
     MAP_RS_WORDS_MAX, NeighEntry, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
     RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, hook, reason,
 };
+use netctl_common::{MAP_IFADDR_MAX, RS_NAT_MAX, RsNat};
 
 #[map]
 pub static NETCTL_PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAP_PORTS_MAX, 0);
@@ -84,6 +85,18 @@ pub static NETCTL_RS_COUNTERS: PerCpuHashMap<u32, IfCounters> =
 #[map]
 pub static NETCTL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAP_CT_MAX, 0);
 
+/// A translated connection's reply tuple -> its key in `NETCTL_CT`.
+#[map]
+pub static NETCTL_CT_NAT: LruHashMap<CtKey, CtKey> = LruHashMap::pinned(MAP_CT_MAX, 0);
+
+/// The NAT actions of both generations' rules.
+#[map]
+pub static NETCTL_RS_NAT: Array<RsNat> = Array::pinned(2 * RS_NAT_MAX, 0);
+
+/// Each host interface's first IPv4 address (MASQUERADE, REDIRECT).
+#[map]
+pub static NETCTL_IFADDR: HashMap<u32, [u8; 4]> = HashMap::pinned(MAP_IFADDR_MAX, 0);
+
 /// `NETCTL_CONFIG[index]`; a missing slot reads as 0 (off).
 #[inline(always)]
 pub fn config(index: u32) -> u32 {
@@ -113,7 +126,9 @@ pub fn fdb(bridge: u32, mac: [u8; 6]) -> Option<FdbEntry> {
 /// port `ifindex`, in this CPU's slots.
 #[inline(always)]
 pub fn account(slot: Option<u16>, len: u32, why: u32) {
-    let redirected = u64::from(why == reason::REDIRECT_L2 || why == reason::REDIRECT_L3);
+    let redirected = u64::from(
+        why == reason::REDIRECT_L2 || why == reason::REDIRECT_L3 || why == reason::REDIRECT_NEIGH,
+    );
 
     if let Some(n) = NETCTL_STATS.get_ptr_mut(why) {
         // SAFETY: this CPU's slot of an array element, which always exists.

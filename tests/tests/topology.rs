@@ -305,3 +305,289 @@ fn objects_the_topology_does_not_own_are_not_taken_over() {
     let l = ip_json(&["-n", &format!("{name}-a"), "link", "show", "keepme"]);
     assert_eq!(l[0]["ifname"], "keepme");
 }
+
+// ---- the uplink, published ports, Docker's rules ----
+
+/// A host namespace with a bridge, one container, and an uplink to an
+/// outside namespace that routes the bridge's subnet back through it
+/// (no NAT: the kernel datapath carries everything).
+fn with_uplink(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+host_netns = "{name}-h"
+datapath = "kernel"
+
+[uplink]
+name = "uplink0"
+address = "192.0.2.2/24"
+outside_address = "192.0.2.1/24"
+
+[[bridge]]
+name = "br0"
+addresses = ["10.30.0.1/24"]
+
+[[container]]
+name = "a"
+bridge = "br0"
+addresses = ["10.30.0.2/24"]
+
+[[route]]
+netns = "{name}-outside"
+to = "10.30.0.0/24"
+via = "192.0.2.2"
+{extra}
+"#
+    )
+}
+
+#[test]
+fn an_uplink_joins_the_host_namespace_to_an_outside_one() {
+    let name = unique("up");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let t = topo(&with_uplink(&name, ""));
+    let r = rt();
+    let rep = r.block_on(topology::apply(&t, false)).unwrap();
+    assert!(rep.changed());
+
+    let (host, outside, a) = (
+        format!("{name}-h"),
+        format!("{name}-outside"),
+        format!("{name}-a"),
+    );
+    // The outside namespace exists, with the peer end as eth0, addressed
+    // and up, and lo up.
+    assert!(namespaces_with(&name).contains(&outside));
+    let eth0 = ip_json(&["-n", &outside, "addr", "show", "eth0"]);
+    assert_eq!(eth0[0]["addr_info"][0]["local"], "192.0.2.1");
+    assert_eq!(eth0[0]["addr_info"][0]["prefixlen"], 24);
+    assert_eq!(eth0[0]["operstate"], "UP");
+    let lo = ip_json(&["-n", &outside, "link", "show", "lo"]);
+    assert!(lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    // The host end: addressed, not a bridge port.
+    let up = ip_json(&["-n", &host, "addr", "show", "uplink0"]);
+    assert_eq!(up[0]["addr_info"][0]["local"], "192.0.2.2");
+    assert!(up[0].get("master").is_none(), "{up}");
+    // The host namespace's default route goes through the uplink.
+    let default = ip_json(&["-n", &host, "route", "show", "default"]);
+    assert_eq!(default.as_array().unwrap().len(), 1, "{default}");
+    assert_eq!(default[0]["gateway"], "192.0.2.1");
+    assert_eq!(default[0]["dev"], "uplink0");
+    // Traffic: the outside reaches the host's uplink address, and a
+    // container reaches the outside through the host (routed back by the
+    // outside's route through the uplink).
+    assert!(ping(&outside, "192.0.2.2"), "outside -> uplink address");
+    assert!(ping(&a, "192.0.2.1"), "container -> outside");
+    assert_eq!(tcp_echo(&outside, &a, "192.0.2.1", 8090), "echo:hello");
+
+    // Applying again changes nothing.
+    let again = r.block_on(topology::apply(&t, false)).unwrap();
+    assert!(!again.changed(), "{:?}", again.steps);
+
+    // Edit: another gateway on the uplink's subnet, the outside moved.
+    let t2 = topo(
+        &with_uplink(&name, "")
+            .replace(
+                "outside_address = \"192.0.2.1/24\"",
+                &format!("outside_address = \"192.0.2.9/24\"\noutside_netns = \"{name}-world\""),
+            )
+            .replace(
+                &format!("netns = \"{name}-outside\""),
+                &format!("netns = \"{name}-world\""),
+            ),
+    );
+    r.block_on(topology::apply(&t2, false)).unwrap();
+    let world = format!("{name}-world");
+    assert!(
+        !namespaces_with(&name).contains(&outside),
+        "old outside gone"
+    );
+    let default = ip_json(&["-n", &host, "route", "show", "default"]);
+    assert_eq!(default[0]["gateway"], "192.0.2.9");
+    assert!(ping(&a, "192.0.2.9"), "container -> the new outside");
+    let again = r.block_on(topology::apply(&t2, false)).unwrap();
+    assert!(!again.changed(), "{:?}", again.steps);
+
+    // Destroy leaves nothing: namespaces (the outside one too), links,
+    // records.
+    r.block_on(topology::destroy(&name)).unwrap();
+    assert!(
+        namespaces_with(&name).is_empty(),
+        "{:?}",
+        namespaces_with(&name)
+    );
+    assert!(!namespaces_with(&world).contains(&world));
+    assert_eq!(footprint(&name), before, "destroy left something behind");
+}
+
+#[test]
+fn a_failed_apply_with_an_uplink_removes_it_and_its_outside_namespace() {
+    let name = unique("upf");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    // The last step fails in the kernel: the gateway is on no link of the
+    // container; the uplink and the outside namespace were made before it.
+    let t = topo(&with_uplink(
+        &name,
+        &format!(
+            "[[route]]\nnetns = \"{name}-a\"\nto = \"10.77.0.0/16\"\nvia = \"198.51.100.1\"\n"
+        ),
+    ));
+    let e = rt()
+        .block_on(topology::apply(&t, false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rolled back"), "{e}");
+    assert!(
+        namespaces_with(&name).is_empty(),
+        "{:?}",
+        namespaces_with(&name)
+    );
+    assert_eq!(footprint(&name), before, "rollback left something");
+}
+
+#[test]
+fn bad_uplinks_and_publishes_are_refused_and_change_nothing() {
+    let name = unique("bp");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let docker = |container_extra: &str| {
+        format!(
+            r#"
+name = "{name}"
+host_netns = "{name}-h"
+docker_rules = true
+
+[uplink]
+name = "uplink0"
+address = "192.0.2.2/24"
+outside_address = "192.0.2.1/24"
+
+[[bridge]]
+name = "docker0"
+addresses = ["172.17.0.1/16"]
+
+[[container]]
+name = "a"
+bridge = "docker0"
+addresses = ["172.17.0.2/16"]
+{container_extra}
+"#
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "protocol",
+            docker("publish = [\"8080:80/sctp\"]"),
+            "protocol \"sctp\" is not \"tcp\" or \"udp\"",
+        ),
+        (
+            "port 0",
+            docker("publish = [\"0:80\"]"),
+            "host port \"0\" is not a port number 1–65535",
+        ),
+        (
+            "no host port",
+            docker("publish = [\"80\"]"),
+            "needs HOSTPORT:CONTAINERPORT",
+        ),
+        (
+            "twice",
+            docker(
+                "publish = [\"8080:80\"]\n[[container]]\nname = \"b\"\nbridge = \"docker0\"\naddresses = [\"172.17.0.3/16\"]\npublish = [\"8080:8080/tcp\"]",
+            ),
+            "host port 8080/tcp is already published by container a",
+        ),
+        (
+            "foreign host address",
+            docker("publish = [\"203.0.113.5:8080:80\"]"),
+            "host address 203.0.113.5 is not an address of the host namespace",
+        ),
+        (
+            "without docker_rules",
+            docker("publish = [\"8080:80\"]").replace("docker_rules = true", ""),
+            "needs docker_rules = true",
+        ),
+        (
+            "uplink without host_netns",
+            docker("").replace(&format!("host_netns = \"{name}-h\""), ""),
+            "an uplink needs host_netns",
+        ),
+        (
+            "outside address off the subnet",
+            docker("").replace("192.0.2.1/24", "198.51.100.1/24"),
+            "is not on the uplink's subnet 192.0.2.0/24",
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let f = write_file(&name, "bad.toml", &text);
+        let o = netctl(&["apply", f.to_str().unwrap()]);
+        assert!(!o.status.success(), "{what}: apply succeeded");
+        let err = stderr(&o);
+        assert!(err.contains(expect), "{what}: {err}");
+        assert!(err.contains("bad.toml:"), "{what}: {err}");
+        assert_eq!(footprint(&name), before, "{what} changed the system");
+        assert!(namespaces_with(&name).is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn an_outside_namespace_the_topology_does_not_own_is_not_taken_over() {
+    let name = unique("upo");
+    let _g = Cleanup::new(&name);
+    let outside = format!("{name}-outside");
+    assert!(run("ip", &["netns", "add", &outside]).status.success());
+    let e = rt()
+        .block_on(topology::apply(&topo(&with_uplink(&name, "")), false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not belong"), "{e}");
+    assert_eq!(namespaces_with(&name), vec![outside], "nothing created");
+}
+
+/// Docker's rules installed in the eBPF datapath: `netctl rules save`
+/// shows what `docker::rules` generates. Needs the NAT targets in the
+/// rules parser (MASQUERADE, DNAT).
+#[test]
+fn the_docker_nat_example_installs_dockers_rules_needs_nat() {
+    let name = unique("dn");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let t = example("docker-nat.toml", &name);
+    let r = rt();
+    r.block_on(topology::apply(&t, false)).unwrap();
+    let host = format!("{name}-host");
+    let outside = format!("{name}-outside");
+    assert!(namespaces_with(&name).contains(&outside));
+    assert!(ping(&outside, "192.0.2.2"), "outside -> uplink address");
+    // Hairpin mode on the bridge ports, as Docker without the proxy.
+    let ports = ip_json(&["-n", &host, "-d", "link", "show", "master", "docker0"]);
+    for p in ports.as_array().unwrap() {
+        assert_eq!(p["linkinfo"]["info_slave_data"]["hairpin"], true, "{p}");
+    }
+    let o = netctl(&["rules", "--topology", &name, "save"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without the comment lines, and with the policy counters (the host's
+    // own packets count already) zeroed.
+    let saved: String = stdout(&o)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match (l.starts_with(':'), l.rfind(" [")) {
+            (true, Some(i)) => format!("{} [0:0]\n", &l[..i]),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(saved, topology::docker::rules(&t));
+    assert!(
+        saved.contains(
+            "-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+        )
+    );
+    // Applying again changes nothing.
+    let again = r.block_on(topology::apply(&t, false)).unwrap();
+    assert!(!again.changed(), "{:?}", again.steps);
+    r.block_on(topology::destroy(&name)).unwrap();
+    assert!(namespaces_with(&name).is_empty());
+    assert_eq!(footprint(&name), before, "destroy left something behind");
+}

@@ -103,6 +103,9 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// Connections the datapath tracks: `list` (as `conntrack -L`), `flush`.
+    #[command(subcommand)]
+    Conntrack(ConntrackCmd),
     /// IPv4/IPv6 forwarding in a namespace.
     Forward {
         #[arg(value_parser = ["on", "off", "show"])]
@@ -327,6 +330,22 @@ pub enum FdbCmd {
         t: TopoOpt,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConntrackCmd {
+    /// Tracked connections, one a line as `conntrack -L` prints them.
+    List {
+        #[command(flatten)]
+        t: TopoOpt,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget every tracked connection and NAT binding (as `conntrack -F`).
+    Flush {
+        #[command(flatten)]
+        t: TopoOpt,
     },
 }
 

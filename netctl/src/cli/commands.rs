@@ -204,6 +204,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Stats { t, json } => super::datapath::stats(t, json).await?,
         Cmd::Trace { t, duration } => super::datapath::trace(t, duration).await?,
         Cmd::Rules { topology, args } => super::rules::run(topology, args).await?,
+        Cmd::Conntrack(c) => super::conntrack::run(c)?,
         Cmd::Forward { state, ns } => {
             let ns = ns_of(&ns);
             match state.as_str() {

@@ -307,6 +307,42 @@ fn print_dump(d: &inspect::Dump) {
                 );
             }
         }
+        Dump::CtNat(v) => {
+            println!("{:<5} {:<44} CONNECTION", "PROTO", "REPLY TUPLE");
+            for r in v {
+                println!(
+                    "{:<5} {:<44} {} {}",
+                    r.protocol,
+                    format!("{} {}", r.reply_a, r.reply_b),
+                    r.conn_a,
+                    r.conn_b
+                );
+            }
+        }
+        Dump::RsNat(v) => {
+            println!(
+                "{:>3} {:>5} {:<4} {:<10} TO",
+                "GEN", "INDEX", "LIVE", "KIND"
+            );
+            for n in v {
+                let to = match (&n.addresses, &n.ports) {
+                    (Some(a), Some(p)) => format!("{a}:{p}"),
+                    (Some(a), None) => a.clone(),
+                    (None, Some(p)) => format!("ports {p}"),
+                    (None, None) => "-".into(),
+                };
+                let live = if n.live { "yes" } else { "no" };
+                println!(
+                    "{:>3} {:>5} {:<4} {:<10} {to}",
+                    n.generation, n.index, live, n.kind
+                );
+            }
+        }
+        Dump::IfAddr(v) => {
+            for a in v {
+                println!("{} {}", a.interface, a.address);
+            }
+        }
         Dump::RsLog(v) => {
             println!(
                 "{:>3} {:>5} {:<4} {:<4} PREFIX",
@@ -353,7 +389,7 @@ fn print_conntrack(v: &[inspect::CtRow]) {
     let wo = orig.iter().map(String::len).max().unwrap_or(0).max(8);
     let wr = reply.iter().map(String::len).max().unwrap_or(0).max(5);
     println!(
-        "{:<5} {:<wo$} {:<wr$} {:<12} {:>10} {:>10} {:>15} {:>21}",
+        "{:<5} {:<wo$} {:<wr$} {:<12} {:>10} {:>10} {:>15} {:>21} NAT",
         "PROTO", "ORIGINAL", "REPLY", "STATE", "AGE", "TIMEOUT", "PACKETS", "BYTES"
     );
     for ((c, o), r) in v.iter().zip(&orig).zip(&reply) {
@@ -363,7 +399,7 @@ fn print_conntrack(v: &[inspect::CtRow]) {
             format!("{:.2}s", c.timeout_s)
         };
         println!(
-            "{:<5} {:<wo$} {:<wr$} {:<12} {:>10} {:>10} {:>15} {:>21}",
+            "{:<5} {:<wo$} {:<wr$} {:<12} {:>10} {:>10} {:>15} {:>21} {}",
             c.protocol,
             o,
             r,
@@ -372,6 +408,7 @@ fn print_conntrack(v: &[inspect::CtRow]) {
             timeout,
             format!("{}/{}", c.orig_packets, c.reply_packets),
             format!("{}/{}", c.orig_bytes, c.reply_bytes),
+            c.nat.as_deref().unwrap_or("-"),
         );
     }
 }

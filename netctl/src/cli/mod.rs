@@ -1,4 +1,5 @@
 pub mod args;
 pub mod commands;
+mod conntrack;
 mod datapath;
 mod rules;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use netctl_common::{NeighEntry, PORT_F_HAIRPIN, PortInfo, RouteValue, route_kind};
+use netctl_common::{NeighEntry, PORT_F_HAIRPIN, PORT_F_UPLINK, PortInfo, RouteValue, route_kind};
 
 use crate::observe::NsView;
 use crate::state::{RT_TABLE_LOCAL, RT_TABLE_MAIN, RouteKind};
@@ -25,6 +25,8 @@ pub struct Desired {
     pub routes: BTreeMap<Ipv4Net, RouteValue>,
     pub neigh: BTreeMap<Ipv4Addr, NeighEntry>,
     pub forward: bool,
+    /// Every interface's first IPv4 address (MASQUERADE, REDIRECT).
+    pub ifaddrs: BTreeMap<u32, [u8; 4]>,
 }
 
 /// A bridge's ageing time (centiseconds in the kernel) in nanoseconds.
@@ -51,6 +53,12 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
         forward: host.ip_forward,
         ..Default::default()
     };
+    for l in &host.links {
+        let a = first_ipv4(host, l.index);
+        if a != [0; 4] {
+            d.ifaddrs.insert(l.index, a);
+        }
+    }
     let bridges: BTreeMap<u32, &crate::state::Link> = t
         .bridges
         .iter()
@@ -93,6 +101,23 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
             }
         }
     }
+    // The uplink is a port of its own kind: its own "bridge", MAC and
+    // address; nothing is learned or bridged there (see PORT_F_UPLINK).
+    if let Some(l) = t.uplink.as_ref().and_then(|u| host.link(&u.name)) {
+        d.ports.push(Port {
+            ifname: l.name.clone(),
+            ifindex: l.index,
+            info: PortInfo {
+                bridge: l.index,
+                flags: PORT_F_UPLINK,
+                bridge_mac: l.mac.map(|m| m.0).unwrap_or_default(),
+                slot: 0,
+                ageing_ns: 0,
+                bridge_ip: first_ipv4(host, l.index),
+                _pad: 0,
+            },
+        });
+    }
     for r in &host.routes {
         let IpNet::V4(dst) = r.dst else { continue };
         let value = match (r.table, r.kind) {
@@ -119,6 +144,11 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
                 None => RouteValue {
                     kind: route_kind::KERNEL,
                     bridge: r.oif.unwrap_or(0),
+                    // What NAT'd packets the datapath sends itself go to.
+                    gateway: match r.gateway {
+                        Some(IpAddr::V4(gw)) => gw.octets(),
+                        _ => [0; 4],
+                    },
                     ..Default::default()
                 },
             },

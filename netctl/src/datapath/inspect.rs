@@ -15,6 +15,9 @@ use netctl_common::{
     RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ct_timeout,
     ctbit, entry, field, hook, reason, reject, route_kind, tcp_state,
 };
+use netctl_common::{
+    MAP_CT_NAT, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, nat_bit, nat_kind, nat_range,
+};
 use serde::Serialize;
 
 use super::bpf_error;
@@ -163,6 +166,9 @@ pub enum Dump {
     RsWords(Vec<WordRow>),
     RsLog(Vec<LogRow>),
     RsCounters(Vec<CounterRow>),
+    CtNat(Vec<CtNatRow>),
+    RsNat(Vec<NatRow>),
+    IfAddr(Vec<IfAddrRow>),
 }
 
 impl Dump {
@@ -185,6 +191,9 @@ impl Dump {
             Dump::RsWords(v) => v.len(),
             Dump::RsLog(v) => v.len(),
             Dump::RsCounters(v) => v.len(),
+            Dump::CtNat(v) => v.len(),
+            Dump::RsNat(v) => v.len(),
+            Dump::IfAddr(v) => v.len(),
         }
     }
 
@@ -417,6 +426,9 @@ pub struct CtRow {
     pub orig_bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// The translation applied: `snat`, `dnat` or `snat+dnat`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
 }
 
 const PROTO_ICMP: u8 = 1;
@@ -451,14 +463,16 @@ fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
     // The key is in canonical order; the entry says who opened it.
     let orig_is_a = e.orig_addr == k.a_addr && e.orig_port == k.a_port;
     let (o, r) = if orig_is_a { (a, b) } else { (b, a) };
-    let tuple = |s: (Ipv4Addr, u16), d: (Ipv4Addr, u16)| {
+    // An ICMP query's identifier is its "port" on both ends; translated,
+    // the originator's end carries the new one.
+    let tuple = |s: (Ipv4Addr, u16), d: (Ipv4Addr, u16), id: u16| {
         let ports = matches!(k.proto, PROTO_TCP | PROTO_UDP);
         CtTuple {
             src: s.0,
             dst: d.0,
             sport: ports.then_some(s.1),
             dport: ports.then_some(d.1),
-            id: (k.proto == PROTO_ICMP).then_some(s.1),
+            id: (k.proto == PROTO_ICMP).then_some(id),
         }
     };
     let seen_reply = e.flags & ct_flag::SEEN_REPLY != 0;
@@ -474,10 +488,29 @@ fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
     let idle = now.saturating_sub(e.last_seen_ns);
     let timeout = ct_timeout_s(k.proto, e) * 1_000_000_000;
     let centis = |ns: u64| (ns / 10_000_000) as f64 / 100.0;
+    // The reply tuple is the original one turned around, translated.
+    let n = &e.nat;
+    let o2 = if n.flags & nat_bit::SRC != 0 {
+        (Ipv4Addr::from(n.snat_addr), n.snat_port)
+    } else {
+        o
+    };
+    let r2 = if n.flags & nat_bit::DST != 0 {
+        (Ipv4Addr::from(n.dnat_addr), n.dnat_port)
+    } else {
+        r
+    };
+    let nat = match (n.flags & nat_bit::SRC != 0, n.flags & nat_bit::DST != 0) {
+        (false, false) => None,
+        (true, false) => Some("snat".to_string()),
+        (false, true) => Some("dnat".to_string()),
+        (true, true) => Some("snat+dnat".to_string()),
+    };
     CtRow {
         protocol: proto_name(k.proto),
-        original: tuple(o, r),
-        reply: tuple(r, o),
+        original: tuple(o, r, o.1),
+        reply: tuple(r2, o2, o2.1),
+        nat,
         state,
         seen_reply,
         age_s: centis(now.saturating_sub(e.created_ns)),
@@ -519,6 +552,7 @@ fn entry_name(k: u8) -> String {
         entry::SKIP => "SKIP".into(),
         entry::DROP => "DROP".into(),
         entry::REJECT => "REJECT".into(),
+        entry::NAT => "NAT".into(),
         n => format!("?{n}"),
     }
 }
@@ -1033,10 +1067,150 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
         MAP_RS_WORDS => Dump::RsWords(rs_words(topology)?),
         MAP_RS_LOG => Dump::RsLog(rs_log_in(topology, live(topology, cache)?)?),
         MAP_RS_COUNTERS => Dump::RsCounters(rs_counters_in(topology, live(topology, cache)?)?),
+        MAP_CT_NAT => Dump::CtNat(ct_nat(topology)?),
+        MAP_RS_NAT => Dump::RsNat(rs_nat(topology)?),
+        MAP_IFADDR => Dump::IfAddr(ifaddrs(topology, names)?),
         _ => {
             return Err(Error::Invalid(format!(
                 "no map {name:?}; `netctl maps list` shows the maps"
             )));
         }
     })
+}
+
+// ---------------------------------------------------------------------------
+// NAT: translated connections' reply tuples, the rules' NAT actions and the
+// interface addresses MASQUERADE and REDIRECT use.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct CtNatRow {
+    pub protocol: String,
+    /// The reply tuple's two ends (canonical order).
+    pub reply_a: String,
+    pub reply_b: String,
+    /// The connection's key in NETCTL_CT.
+    pub conn_a: String,
+    pub conn_b: String,
+}
+
+fn end(addr: [u8; 4], port: u16, proto: u8) -> String {
+    if matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        format!("{}:{port}", Ipv4Addr::from(addr))
+    } else {
+        Ipv4Addr::from(addr).to_string()
+    }
+}
+
+pub fn ct_nat(topology: &str) -> Result<Vec<CtNatRow>> {
+    let m: HashMap<MapData, CtKey, CtKey> =
+        HashMap::try_from(open(topology, MAP_CT_NAT)?).map_err(me(MAP_CT_NAT))?;
+    let mut v: Vec<(CtKey, CtNatRow)> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, o)| {
+            let row = CtNatRow {
+                protocol: proto_name(k.proto),
+                reply_a: end(k.a_addr, k.a_port, k.proto),
+                reply_b: end(k.b_addr, k.b_port, k.proto),
+                conn_a: end(o.a_addr, o.a_port, o.proto),
+                conn_b: end(o.b_addr, o.b_port, o.proto),
+            };
+            (k, row)
+        })
+        .collect();
+    v.sort_by_key(|(k, _)| (k.proto, k.a_addr, k.a_port, k.b_addr, k.b_port));
+    Ok(v.into_iter().map(|x| x.1).collect())
+}
+
+#[derive(Debug, Serialize)]
+pub struct NatRow {
+    pub generation: u8,
+    pub index: u32,
+    pub live: bool,
+    pub kind: String,
+    /// `ADDR[-ADDR]`, empty for MASQUERADE and REDIRECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+}
+
+fn nat_kind_name(k: u8) -> String {
+    match k {
+        nat_kind::SNAT => "SNAT".into(),
+        nat_kind::MASQUERADE => "MASQUERADE".into(),
+        nat_kind::DNAT => "DNAT".into(),
+        nat_kind::REDIRECT => "REDIRECT".into(),
+        n => format!("?{n}"),
+    }
+}
+
+/// The NAT actions in use (a zeroed element is an unused one).
+pub fn rs_nat(topology: &str) -> Result<Vec<NatRow>> {
+    let m: Array<MapData, RsNat> =
+        Array::try_from(open(topology, MAP_RS_NAT)?).map_err(me(MAP_RS_NAT))?;
+    let live_gen = live_generation(topology)?;
+    let mut v = Vec::new();
+    for g in 0..2u32 {
+        for i in 0..RS_NAT_MAX {
+            let a = m.get(&(g * RS_NAT_MAX + i), 0).map_err(me(MAP_RS_NAT))?;
+            if a.kind == 0 {
+                continue;
+            }
+            let addresses = (a.addr_min != [0; 4]).then(|| {
+                if a.addr_min == a.addr_max {
+                    Ipv4Addr::from(a.addr_min).to_string()
+                } else {
+                    format!(
+                        "{}-{}",
+                        Ipv4Addr::from(a.addr_min),
+                        Ipv4Addr::from(a.addr_max)
+                    )
+                }
+            });
+            let ports = (a.flags & nat_range::PORTS != 0).then(|| {
+                if a.port_min == a.port_max {
+                    a.port_min.to_string()
+                } else {
+                    format!("{}-{}", a.port_min, a.port_max)
+                }
+            });
+            v.push(NatRow {
+                generation: g as u8,
+                index: i,
+                live: u32::from(live_gen) == g,
+                kind: nat_kind_name(a.kind),
+                addresses,
+                ports,
+            });
+        }
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Serialize)]
+pub struct IfAddrRow {
+    pub interface: String,
+    pub address: Ipv4Addr,
+}
+
+pub fn ifaddrs(topology: &str, names: &Names) -> Result<Vec<IfAddrRow>> {
+    let m: HashMap<MapData, u32, [u8; 4]> =
+        HashMap::try_from(open(topology, MAP_IFADDR)?).map_err(me(MAP_IFADDR))?;
+    let mut v: Vec<(u32, IfAddrRow)> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(i, a)| {
+            (
+                i,
+                IfAddrRow {
+                    interface: name_of(names, i),
+                    address: Ipv4Addr::from(a),
+                },
+            )
+        })
+        .collect();
+    v.sort_by_key(|(i, _)| *i);
+    Ok(v.into_iter().map(|x| x.1).collect())
 }

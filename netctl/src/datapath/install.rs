@@ -16,9 +16,9 @@ use aya::programs::tc::{
 };
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
-    FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS, MAP_PORTS_MAX,
-    MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_XDP, PortInfo, PortStats, RouteValue,
-    config,
+    FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_IFADDR, MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS,
+    MAP_PORTS_MAX, MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_XDP, PortInfo,
+    PortStats, RouteValue, config,
 };
 
 use super::desired::Desired;
@@ -128,6 +128,10 @@ pub fn load_program(topology: &str) -> Result<bool> {
     let prog_pin = progs.join(format!("ingress-{}", object_tag()));
     if prog_pin.exists() && egress_pin_of(&prog_pin).exists() && dir.join(MAP_PORTS).exists() {
         return Ok(false);
+    }
+    // A map an older build pinned in another shape is recreated.
+    for name in super::layout::drop_incompatible(&dir) {
+        tracing::info!("map {name} of topology {topology} changed shape: recreated empty");
     }
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&dir)
@@ -341,6 +345,20 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
         .collect();
     for k in &gone {
         let _ = fdb.remove(k);
+    }
+
+    let mut addrs: HashMap<MapData, u32, [u8; 4]> =
+        HashMap::try_from(map_at(dir, MAP_IFADDR)?).map_err(e(MAP_IFADDR))?;
+    let stale_addrs: Vec<u32> = addrs
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !d.ifaddrs.contains_key(k))
+        .collect();
+    for (i, a) in &d.ifaddrs {
+        addrs.insert(i, a, 0).map_err(e(MAP_IFADDR))?;
+    }
+    for k in &stale_addrs {
+        let _ = addrs.remove(k);
     }
 
     let mut cfg: Array<MapData, u32> =

@@ -12,10 +12,12 @@
 //! drops it.
 
 pub mod batch;
+pub mod conntrack;
 mod counter;
 pub mod desired;
 pub mod inspect;
 pub mod install;
+mod layout;
 pub mod pins;
 pub mod ruleset;
 pub mod trace;

@@ -1,17 +1,18 @@
 //! Making a compiled ruleset live in a topology's pinned classifier maps,
 //! atomically: the new generation is written beside the live one, one
 //! write of `config::RULES_SERIAL` switches every packet over, then the old
-//! generation is cleared. Also reads and clears the rule counters.
+//! generation is cleared, by the keys the swap that wrote it kept
+//! (`GenerationKeys`). Map elements are written and deleted in batches, on
+//! every CPU (see `batch`). Also reads and clears the rule counters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, IterableMap, MapData, PerCpuHashMap};
 use netctl_common::{
     IfCounters, MAP_CONFIG, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES, MAP_RS_HOOKS,
-    MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS, RS_LOG_LEN, RsHook, RsSummary, RsWordKey, config,
-    hook,
+    MAP_RS_LOG, MAP_RS_NAT, MAP_RS_SUMMARY, MAP_RS_WORDS, RS_LOG_LEN, RsClassKey, RsHook, RsNat,
+    RsSummary, RsWordKey, config, hook,
 };
 
 use super::install::map_at;
@@ -53,140 +54,351 @@ pub fn next_generation(topology: &str) -> Result<u8> {
     Ok(live(&cfg)?.0 ^ 1)
 }
 
+/// The hash and LPM trie keys one generation holds, as the swap that made it
+/// live wrote them: the next swap deletes exactly these after its switch
+/// instead of reading every key of the maps (which takes longer than
+/// writing them). Only believed for the maps and the serial it names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenerationKeys {
+    /// `config::RULES_SERIAL` while these keys are the live ones.
+    pub serial: u32,
+    /// Kernel ids of the class, summary and words maps: a datapath created
+    /// anew has other maps, whatever the serial.
+    pub maps: [u32; 3],
+    pub class: Vec<RsClassKey>,
+    pub summary: Vec<RsWordKey>,
+    pub words: Vec<RsWordKey>,
+}
+
+const KEYS_MAGIC: &[u8; 8] = b"NCRSKEY1";
+const KEY_LEN: usize = 12;
+
+impl GenerationKeys {
+    /// A compact binary form (12 bytes a key), for the record beside the
+    /// ruleset's.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        const HEAD: usize = KEYS_MAGIC.len() + 7 * 4;
+        let keys = self.class.len() + self.summary.len() + self.words.len();
+        let mut out = vec![0u8; HEAD + keys * KEY_LEN];
+        let (head, body) = out.split_at_mut(HEAD);
+        head[..KEYS_MAGIC.len()].copy_from_slice(KEYS_MAGIC);
+        let counts = [self.class.len(), self.summary.len(), self.words.len()].map(|n| n as u32);
+        for (o, n) in head[KEYS_MAGIC.len()..].chunks_exact_mut(4).zip(
+            [self.serial, self.maps[0], self.maps[1], self.maps[2]]
+                .into_iter()
+                .chain(counts),
+        ) {
+            o.copy_from_slice(&n.to_le_bytes());
+        }
+        let (class, words) = body.split_at_mut(self.class.len() * KEY_LEN);
+        for (o, k) in class.chunks_exact_mut(KEY_LEN).zip(&self.class) {
+            o[0..4].copy_from_slice(&k.prefixlen.to_le_bytes());
+            o[4..8].copy_from_slice(&[k.generation, k.hook, k.field, k._pad]);
+            o[8..12].copy_from_slice(&k.value);
+        }
+        for (o, k) in words
+            .chunks_exact_mut(KEY_LEN)
+            .zip(self.summary.iter().chain(&self.words))
+        {
+            o[0..4].copy_from_slice(&[k.generation, k.hook, k.field, k._pad]);
+            o[4..8].copy_from_slice(&k.class.to_le_bytes());
+            o[8..12].copy_from_slice(&k.block.to_le_bytes());
+        }
+        out
+    }
+
+    /// The keys `to_bytes` wrote, `None` if `b` is not such a record.
+    pub fn from_bytes(b: &[u8]) -> Option<GenerationKeys> {
+        let rest = b.strip_prefix(KEYS_MAGIC)?;
+        let (head, mut keys) = rest.split_at_checked(7 * 4)?;
+        let n: Vec<u32> = head
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let counts = [n[4] as usize, n[5] as usize, n[6] as usize];
+        if keys.len() != counts.iter().sum::<usize>().checked_mul(KEY_LEN)? {
+            return None;
+        }
+        let le = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let mut take = |count: usize| {
+            let (these, rest) = keys.split_at(count * KEY_LEN);
+            keys = rest;
+            these.chunks_exact(KEY_LEN)
+        };
+        let class = take(counts[0])
+            .map(|k| RsClassKey {
+                prefixlen: le(&k[0..4]),
+                generation: k[4],
+                hook: k[5],
+                field: k[6],
+                _pad: k[7],
+                value: [k[8], k[9], k[10], k[11]],
+            })
+            .collect();
+        let word = |k: &[u8]| RsWordKey {
+            generation: k[0],
+            hook: k[1],
+            field: k[2],
+            _pad: k[3],
+            class: le(&k[4..8]),
+            block: le(&k[8..12]),
+        };
+        let summary = take(counts[1]).map(word).collect();
+        let words = take(counts[2]).map(word).collect();
+        Some(GenerationKeys {
+            serial: n[0],
+            maps: [n[1], n[2], n[3]],
+            class,
+            summary,
+            words,
+        })
+    }
+
+    fn of(image: &MapImage, serial: u32, maps: [u32; 3]) -> GenerationKeys {
+        GenerationKeys {
+            serial,
+            maps,
+            class: image.class.iter().map(|(k, _)| *k).collect(),
+            summary: image.summary.iter().map(|(k, _)| *k).collect(),
+            words: image.words.iter().map(|(k, _)| *k).collect(),
+        }
+    }
+
+    /// Whether these are all keys of generation `g`.
+    fn all_of(&self, g: u8) -> bool {
+        self.class.iter().all(|k| k.generation == g)
+            && self.summary.iter().all(|k| k.generation == g)
+            && self.words.iter().all(|k| k.generation == g)
+    }
+}
+
+/// The classifier's maps of one topology, opened.
+struct Maps {
+    cfg: Array<MapData, u32>,
+    hooks: Array<MapData, RsHook>,
+    logs: Array<MapData, [u8; RS_LOG_LEN]>,
+    nat: Array<MapData, RsNat>,
+    counters: PerCpuHashMap<MapData, u32, IfCounters>,
+    /// Written and deleted in batches through the raw map (see `batch`).
+    entries: MapData,
+    class: MapData,
+    summary: MapData,
+    words: MapData,
+    /// Kernel ids of `class`, `summary`, `words`.
+    ids: [u32; 3],
+}
+
+impl Maps {
+    fn open(topology: &str) -> Result<Maps> {
+        let dir = topology_dir(topology);
+        let pin = |name: &str| {
+            let p = dir.join(name);
+            MapData::from_pin(&p).map_err(|err| bpf_error(&format!("open {}", p.display()), &err))
+        };
+        let id = |m: &MapData, name: &str| m.info().map(|i| i.id()).map_err(e(name));
+        let class = pin(MAP_RS_CLASS)?;
+        let summary = pin(MAP_RS_SUMMARY)?;
+        let words = pin(MAP_RS_WORDS)?;
+        let ids = [
+            id(&class, MAP_RS_CLASS)?,
+            id(&summary, MAP_RS_SUMMARY)?,
+            id(&words, MAP_RS_WORDS)?,
+        ];
+        Ok(Maps {
+            cfg: Array::try_from(map_at(&dir, MAP_CONFIG)?).map_err(e(MAP_CONFIG))?,
+            hooks: Array::try_from(map_at(&dir, MAP_RS_HOOKS)?).map_err(e(MAP_RS_HOOKS))?,
+            logs: Array::try_from(map_at(&dir, MAP_RS_LOG)?).map_err(e(MAP_RS_LOG))?,
+            nat: Array::try_from(map_at(&dir, MAP_RS_NAT)?).map_err(e(MAP_RS_NAT))?,
+            counters: PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?)
+                .map_err(e(MAP_RS_COUNTERS))?,
+            entries: pin(MAP_RS_ENTRIES)?,
+            class,
+            summary,
+            words,
+            ids,
+        })
+    }
+
+    fn set_dirty(&mut self, dirty: bool) -> Result<()> {
+        self.cfg
+            .set(config::RULES_DIRTY, u32::from(dirty), 0)
+            .map_err(e(MAP_CONFIG))
+    }
+
+    /// Writes generation `image.generation` and switches to it: after
+    /// the last map element, the hook headers, then `RULES_ON` if the new
+    /// ruleset has entries (it is switched off after the switch
+    /// otherwise), then the serial, which makes it live.
+    fn write_and_switch(&mut self, image: &MapImage, serial: u32, any: bool) -> Result<()> {
+        self.write(image)?;
+        for (i, v) in &image.hooks {
+            self.hooks.set(*i, v, 0).map_err(e(MAP_RS_HOOKS))?;
+        }
+        if any {
+            self.cfg
+                .set(config::RULES_ON, 1, 0)
+                .map_err(e(MAP_CONFIG))?;
+        }
+        // The switch: generation and serial change in one write.
+        self.cfg
+            .set(config::RULES_SERIAL, serial.wrapping_add(1), 0)
+            .map_err(e(MAP_CONFIG))
+    }
+
+    /// Writes generation `image.generation`, all but its hook headers.
+    fn write(&mut self, image: &MapImage) -> Result<()> {
+        for (i, v) in &image.logs {
+            self.logs.set(*i, v, 0).map_err(e(MAP_RS_LOG))?;
+        }
+        for (i, v) in &image.nat {
+            self.nat.set(*i, v, 0).map_err(e(MAP_RS_NAT))?;
+        }
+        // The LPM trie takes one lock for every change: one job, first,
+        // while the other threads share out the hash maps'.
+        let class = (&self.class, &image.class[..]);
+        let jobs: Vec<batch::Job<'_>> =
+            [
+                Box::new(move || batch::update(class.0, MAP_RS_CLASS, class.1).map(|()| 0usize))
+                    as batch::Job<'_>,
+            ]
+            .into_iter()
+            .chain(batch::update_jobs(
+                &self.entries,
+                MAP_RS_ENTRIES,
+                &image.entries,
+            ))
+            .chain(batch::update_jobs(&self.words, MAP_RS_WORDS, &image.words))
+            .chain(batch::update_jobs(
+                &self.summary,
+                MAP_RS_SUMMARY,
+                &image.summary,
+            ))
+            .collect();
+        batch::parallel(&jobs).map(|_| ())
+    }
+
+    /// Empties generation `g`'s hooks: its entries and LOG prefixes are
+    /// arrays, unreferenced then, and overwritten by the next ruleset of
+    /// that generation.
+    fn clear_hooks(&mut self, g: u8) -> Result<()> {
+        for h in 0..u32::from(hook::COUNT) {
+            let i = u32::from(g) * u32::from(hook::COUNT) + h;
+            self.hooks
+                .set(i, RsHook::default(), 0)
+                .map_err(e(MAP_RS_HOOKS))?;
+        }
+        Ok(())
+    }
+
+    /// Removes generation `g` given the keys it holds: true if it held
+    /// every one of them (else some other keys may be there too).
+    fn clear_known(&mut self, g: u8, keys: &GenerationKeys) -> Result<bool> {
+        self.clear_hooks(g)?;
+        let class = (&self.class, &keys.class[..]);
+        let jobs: Vec<batch::Job<'_>> =
+            [Box::new(move || batch::delete(class.0, MAP_RS_CLASS, class.1)) as batch::Job<'_>]
+                .into_iter()
+                .chain(batch::delete_jobs(&self.words, MAP_RS_WORDS, &keys.words))
+                .chain(batch::delete_jobs(
+                    &self.summary,
+                    MAP_RS_SUMMARY,
+                    &keys.summary,
+                ))
+                .collect();
+        let missing = batch::parallel(&jobs)?;
+        Ok(missing == 0)
+    }
+
+    /// Removes every classifier element of generation `g`, finding them by
+    /// reading every key of the maps: for when the keys are not known.
+    fn clear_scan(&mut self, g: u8) -> Result<()> {
+        self.clear_hooks(g)?;
+        let mut stale = GenerationKeys {
+            class: batch::keys::<RsClassKey>(&self.class, MAP_RS_CLASS)?,
+            summary: batch::hash_keys::<RsWordKey, RsSummary>(
+                &self.summary,
+                MAP_RS_SUMMARY,
+                false,
+            )?,
+            words: batch::hash_keys::<RsWordKey, u64>(&self.words, MAP_RS_WORDS, false)?,
+            ..GenerationKeys::default()
+        };
+        stale.class.retain(|k| k.generation == g);
+        stale.summary.retain(|k| k.generation == g);
+        stale.words.retain(|k| k.generation == g);
+        self.clear_known(g, &stale).map(|_| ())
+    }
+}
+
 /// Writes `image` (built for `next_generation`) and switches to it. The
 /// counters of `fresh_slots` (slots the old ruleset did not use) are zeroed
 /// first, so new rules start from zero while kept ones keep counting.
-pub fn swap(topology: &str, image: &MapImage, fresh_slots: &[u32]) -> Result<SwapReport> {
-    let dir = topology_dir(topology);
-    let mut cfg: Array<MapData, u32> =
-        Array::try_from(map_at(&dir, MAP_CONFIG)?).map_err(e(MAP_CONFIG))?;
-    let (old, serial) = live(&cfg)?;
+/// `known` is what the previous swap returned, if kept: with it, the old
+/// generation is cleared by its keys rather than by reading every key.
+/// Returns the keys the new generation holds, for the next swap.
+pub fn swap(
+    topology: &str,
+    image: &MapImage,
+    fresh_slots: &[u32],
+    known: Option<&GenerationKeys>,
+) -> Result<(SwapReport, GenerationKeys)> {
+    let mut m = Maps::open(topology)?;
+    let (old, serial) = live(&m.cfg)?;
     let new = image.generation;
     if new == old {
         return Err(Error::Invalid(format!(
             "ruleset image built for generation {new}, which is the live one"
         )));
     }
-    let mut hooks: Array<MapData, RsHook> =
-        Array::try_from(map_at(&dir, MAP_RS_HOOKS)?).map_err(e(MAP_RS_HOOKS))?;
-    let mut class: LpmTrie<MapData, [u8; 8], u32> =
-        LpmTrie::try_from(map_at(&dir, MAP_RS_CLASS)?).map_err(e(MAP_RS_CLASS))?;
-    let mut summary: HashMap<MapData, RsWordKey, RsSummary> =
-        HashMap::try_from(map_at(&dir, MAP_RS_SUMMARY)?).map_err(e(MAP_RS_SUMMARY))?;
-    let mut words: HashMap<MapData, RsWordKey, u64> =
-        HashMap::try_from(map_at(&dir, MAP_RS_WORDS)?).map_err(e(MAP_RS_WORDS))?;
-    // Written in batches through the raw map (see `batch`).
-    let pin = |name: &str| {
-        let p = dir.join(name);
-        MapData::from_pin(&p).map_err(|err| bpf_error(&format!("open {}", p.display()), &err))
-    };
-    let entries_data = pin(MAP_RS_ENTRIES)?;
-    let summary_data = pin(MAP_RS_SUMMARY)?;
-    let words_data = pin(MAP_RS_WORDS)?;
-    let mut logs: Array<MapData, [u8; RS_LOG_LEN]> =
-        Array::try_from(map_at(&dir, MAP_RS_LOG)?).map_err(e(MAP_RS_LOG))?;
-    let mut counters: PerCpuHashMap<MapData, u32, IfCounters> =
-        PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
 
     let t0 = Instant::now();
-    // Leftovers of this generation (an earlier swap interrupted before its
-    // cleanup) would otherwise mix into the new one. Finding them means
-    // reading every key, so only after a swap that did not finish.
-    if cfg.get(&config::RULES_DIRTY, 0).map_err(e(MAP_CONFIG))? != 0 {
-        clear_generation(new, &mut hooks, &mut class, &mut summary, &mut words)?;
+    forget_counters(&mut m.counters, fresh_slots)?;
+    // `RULES_DIRTY` says the generation that is not live may hold
+    // leftovers: set while it is written and until the old one is cleared
+    // after the switch, so a swap cut short anywhere leaves it set. Then
+    // the leftovers are found by reading every key, which is slow, so only
+    // after a swap that did not finish.
+    if m.cfg.get(&config::RULES_DIRTY, 0).map_err(e(MAP_CONFIG))? != 0 {
+        m.clear_scan(new)?;
+    } else {
+        m.set_dirty(true)?;
     }
-    forget_counters(&mut counters, fresh_slots)?;
-    batch::update(&entries_data, MAP_RS_ENTRIES, &image.entries)?;
-    for (i, v) in &image.logs {
-        logs.set(*i, v, 0).map_err(e(MAP_RS_LOG))?;
-    }
-    for (k, v) in &image.class {
-        let data = [
-            k.generation,
-            k.hook,
-            k.field,
-            0,
-            k.value[0],
-            k.value[1],
-            k.value[2],
-            k.value[3],
-        ];
-        class
-            .insert(&Key::new(k.prefixlen, data), v, 0)
-            .map_err(e(MAP_RS_CLASS))?;
-    }
-    batch::update(&summary_data, MAP_RS_SUMMARY, &image.summary)?;
-    batch::update(&words_data, MAP_RS_WORDS, &image.words)?;
-    for (i, v) in &image.hooks {
-        hooks.set(*i, v, 0).map_err(e(MAP_RS_HOOKS))?;
-    }
+    let written = GenerationKeys::of(image, serial.wrapping_add(1), m.ids);
     let any = image.hooks.iter().any(|(_, h)| h.entries > 0);
-    if any {
-        cfg.set(config::RULES_ON, 1, 0).map_err(e(MAP_CONFIG))?;
-    }
-    // The switch: generation and serial change in one write.
-    cfg.set(config::RULES_SERIAL, serial.wrapping_add(1), 0)
-        .map_err(e(MAP_CONFIG))?;
-    if !any {
-        cfg.set(config::RULES_ON, 0, 0).map_err(e(MAP_CONFIG))?;
+    if let Err(err) = m.write_and_switch(image, serial, any) {
+        // The live generation is untouched. Take back what was written, so
+        // that the next swap need not search for it.
+        if m.clear_known(new, &written).is_ok() {
+            let _ = m.set_dirty(false);
+        }
+        return Err(err);
     }
     let live_seconds = t0.elapsed().as_secs_f64();
 
+    // The new ruleset is live: nothing from here on fails the swap. If the
+    // old generation is not cleared, `RULES_DIRTY` stays set and the next
+    // swap clears it.
+    if !any {
+        let _ = m.cfg.set(config::RULES_ON, 0, 0);
+    }
     let t1 = Instant::now();
-    cfg.set(config::RULES_DIRTY, 1, 0).map_err(e(MAP_CONFIG))?;
-    clear_generation(old, &mut hooks, &mut class, &mut summary, &mut words)?;
-    cfg.set(config::RULES_DIRTY, 0, 0).map_err(e(MAP_CONFIG))?;
-    Ok(SwapReport {
-        elements: image.len(),
-        live_seconds,
-        cleanup_seconds: t1.elapsed().as_secs_f64(),
-    })
-}
-
-/// Removes every classifier element of generation `g` and empties its
-/// hooks. Entries and LOG prefixes are arrays: unreferenced once the hooks
-/// are empty, and overwritten by the next ruleset of that generation.
-fn clear_generation(
-    g: u8,
-    hooks: &mut Array<MapData, RsHook>,
-    class: &mut LpmTrie<MapData, [u8; 8], u32>,
-    summary: &mut HashMap<MapData, RsWordKey, RsSummary>,
-    words: &mut HashMap<MapData, RsWordKey, u64>,
-) -> Result<()> {
-    for h in 0..u32::from(hook::COUNT) {
-        hooks
-            .set(
-                u32::from(g) * u32::from(hook::COUNT) + h,
-                RsHook::default(),
-                0,
-            )
-            .map_err(e(MAP_RS_HOOKS))?;
+    let known = known.filter(|k| k.serial == serial && k.maps == m.ids && k.all_of(old));
+    let cleared = match known {
+        Some(k) => m.clear_known(old, k),
+        None => Ok(false),
     }
-    let stale: Vec<Key<[u8; 8]>> = class
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.data()[0] == g)
-        .collect();
-    for k in stale {
-        class.remove(&k).map_err(e(MAP_RS_CLASS))?;
+    .and_then(|all| if all { Ok(()) } else { m.clear_scan(old) });
+    if cleared.is_ok() {
+        let _ = m.set_dirty(false);
     }
-    let stale: Vec<RsWordKey> = summary
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.generation == g)
-        .collect();
-    for k in stale {
-        summary.remove(&k).map_err(e(MAP_RS_SUMMARY))?;
-    }
-    let stale: Vec<RsWordKey> = words
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.generation == g)
-        .collect();
-    for k in stale {
-        words.remove(&k).map_err(e(MAP_RS_WORDS))?;
-    }
-    Ok(())
+    Ok((
+        SwapReport {
+            elements: image.len(),
+            live_seconds,
+            cleanup_seconds: t1.elapsed().as_secs_f64(),
+        },
+        written,
+    ))
 }
 
 /// Removes the counters of `slots` that exist (a missing one reads as
@@ -196,15 +408,11 @@ fn forget_counters(m: &mut PerCpuHashMap<MapData, u32, IfCounters>, slots: &[u32
     if slots.is_empty() {
         return Ok(());
     }
-    let wanted: BTreeSet<u32> = slots.iter().copied().collect();
-    let present: Vec<u32> = m
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| wanted.contains(k))
-        .collect();
-    for k in present {
-        m.remove(&k).map_err(e("zero rule counters"))?;
-    }
+    let wanted: HashSet<u32> = slots.iter().copied().collect();
+    let map = m.map();
+    let mut present = batch::hash_keys::<u32, IfCounters>(map, MAP_RS_COUNTERS, true)?;
+    present.retain(|k| wanted.contains(k));
+    batch::delete(map, MAP_RS_COUNTERS, &present)?;
     Ok(())
 }
 
@@ -243,4 +451,58 @@ pub fn zero_counters(topology: &str, slots: &[u32]) -> Result<()> {
     let mut m: PerCpuHashMap<MapData, u32, IfCounters> =
         PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
     forget_counters(&mut m, slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_keys_read_back() {
+        let keys = GenerationKeys {
+            serial: 0x0102_0304,
+            maps: [7, 8, 0xffff_fffe],
+            class: vec![
+                RsClassKey {
+                    prefixlen: 56,
+                    generation: 1,
+                    hook: 2,
+                    field: 3,
+                    _pad: 0,
+                    value: [192, 168, 1, 0],
+                },
+                RsClassKey {
+                    prefixlen: 32,
+                    generation: 1,
+                    ..RsClassKey::default()
+                },
+            ],
+            summary: vec![RsWordKey {
+                generation: 1,
+                hook: 2,
+                field: 5,
+                _pad: 0,
+                class: 0x1234_5678,
+                block: u32::MAX,
+            }],
+            words: (0..3)
+                .map(|b| RsWordKey {
+                    generation: 1,
+                    hook: 2,
+                    field: 5,
+                    _pad: 0,
+                    class: 9,
+                    block: b * 1000,
+                })
+                .collect(),
+        };
+        let b = keys.to_bytes();
+        assert_eq!(b.len(), 8 + 7 * 4 + 6 * KEY_LEN);
+        assert_eq!(GenerationKeys::from_bytes(&b), Some(keys.clone()));
+        assert!(keys.all_of(1) && !keys.all_of(0));
+        assert_eq!(GenerationKeys::from_bytes(&b[..b.len() - 1]), None);
+        assert_eq!(GenerationKeys::from_bytes(&b[1..]), None);
+        let empty = GenerationKeys::default();
+        assert_eq!(GenerationKeys::from_bytes(&empty.to_bytes()), Some(empty));
+    }
 }

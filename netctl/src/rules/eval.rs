@@ -8,7 +8,7 @@
 //! the compiler refuses both.
 
 use super::model::{
-    Chain, Hook, IcmpType, Iface, Matches, Multiport, MultiportKind, Neg, PacketView, Policy,
+    Chain, Hook, IcmpType, Iface, Matches, Multiport, MultiportKind, Nat, Neg, PacketView, Policy,
     RejectWith, Rule, Ruleset, Table, TableRules, Target, proto,
 };
 
@@ -30,6 +30,10 @@ pub struct Outcome {
     pub counted: Vec<u32>,
     /// LOG prefixes, in the order the rules fired.
     pub logs: Vec<String>,
+    /// The NAT target the nat table's walk ended in, if it ended in one:
+    /// what the kernel would bind the connection to (the packet itself is
+    /// judged as it came; the translation is the datapath's business).
+    pub nat: Option<Nat>,
 }
 
 impl Outcome {
@@ -38,6 +42,7 @@ impl Outcome {
             verdict: Verdict::Accept,
             counted: Vec::new(),
             logs: Vec::new(),
+            nat: None,
         }
     }
 }
@@ -48,7 +53,11 @@ const MAX_DEPTH: usize = 1024;
 
 /// Runs `pkt` through the tables at `hook` in the kernel's order
 /// (`Hook::tables`; nat only for the first packet of a connection, as
-/// conntrack does).
+/// conntrack does). A NAT target ends the nat table's walk as ACCEPT does
+/// and is recorded in `Outcome::nat`. This interpreter does not translate:
+/// the tables after nat see the packet as it came, where the kernel's
+/// filter OUTPUT sees it after nat OUTPUT's DNAT or REDIRECT (the only hook
+/// with a table after nat).
 pub fn evaluate(rs: &Ruleset, hook: Hook, pkt: &PacketView, first_of_conn: bool) -> Outcome {
     let mut out = Outcome::accept();
     for &table in hook.tables() {
@@ -105,6 +114,11 @@ fn run_table(tr: &TableRules, builtin: &Chain, pkt: &PacketView, out: &mut Outco
             Target::None => {}
             Target::Log { prefix } => out.logs.push(prefix.clone()),
             Target::Accept => return Verdict::Accept,
+            // NF_ACCEPT for the nat table, with the binding chosen.
+            Target::Nat(nat) => {
+                out.nat = Some(*nat);
+                return Verdict::Accept;
+            }
             Target::Drop => return Verdict::Drop,
             Target::Reject(with) => return Verdict::Reject(*with),
             Target::Return => match stack.pop() {
@@ -254,8 +268,9 @@ pub(crate) fn packet(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Packet
 mod tests {
     use super::Verdict::{Accept, Drop, Reject};
     use super::*;
-    use crate::rules::compile::testkit::{Pkt, check, outcome, ruleset};
+    use crate::rules::compile::testkit::{Pkt, check, outcome, outcome_nat, ruleset};
     use crate::rules::model::ctstate::{ESTABLISHED, INVALID, NEW, RELATED, UNTRACKED};
+    use crate::rules::model::{NatRange, PortRange};
 
     fn web() -> Pkt {
         Pkt::tcp("10.0.0.1", 40000, "10.0.0.2", 80)
@@ -918,6 +933,130 @@ mod tests {
             &["raw", "mangle", "unreached"],
         );
         check(&rs, Hook::Prerouting, &udp, true, &first);
+    }
+
+    fn to(addr: &str, ports: Option<(u16, u16)>) -> NatRange {
+        NatRange {
+            addr_min: addr.parse().unwrap(),
+            addr_max: addr.parse().unwrap(),
+            ports: ports.map(|(lo, hi)| PortRange { lo, hi }),
+        }
+    }
+
+    #[test]
+    fn nat_targets_end_the_nat_table() {
+        let rs = ruleset(
+            "*nat
+             :PREROUTING ACCEPT
+             :POSTROUTING ACCEPT
+             :D -
+             -A PREROUTING -p udp -j LOG --log-prefix pre
+             -A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 172.17.0.2:8080
+             -A PREROUTING -p tcp -j D
+             -A PREROUTING -j LOG --log-prefix after
+             -A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE
+             -A D -p tcp --dport 22 -j REDIRECT --to-ports 2222
+             -A D -j LOG --log-prefix d",
+        );
+        let dnat = Nat::Dnat(to("172.17.0.2", Some((8080, 8080))));
+        // Neither the rest of the chain nor the policy sees it.
+        check(
+            &rs,
+            Hook::Prerouting,
+            &web(),
+            true,
+            &outcome_nat(Accept, &[6], &[], dnat),
+        );
+        // Later packets of the connection do not walk nat at all.
+        check(
+            &rs,
+            Hook::Prerouting,
+            &web(),
+            false,
+            &outcome(Accept, &[], &[]),
+        );
+        // In a user chain it ends the table too, not just the chain.
+        let ssh = Pkt::tcp("10.0.0.1", 1, "10.0.0.2", 22);
+        let redirect = Nat::Redirect(Some(PortRange { lo: 2222, hi: 2222 }));
+        check(
+            &rs,
+            Hook::Prerouting,
+            &ssh,
+            true,
+            &outcome_nat(Accept, &[7, 10], &[], redirect),
+        );
+        let https = Pkt::tcp("10.0.0.1", 1, "10.0.0.2", 443);
+        check(
+            &rs,
+            Hook::Prerouting,
+            &https,
+            true,
+            &outcome(Accept, &[7, 11, 8, 2], &["d", "after"]),
+        );
+        let udp = Pkt::udp("10.0.0.1", 1, "10.0.0.2", 53);
+        check(
+            &rs,
+            Hook::Prerouting,
+            &udp,
+            true,
+            &outcome(Accept, &[5, 8, 2], &["pre", "after"]),
+        );
+        check(
+            &rs,
+            Hook::Postrouting,
+            &web(),
+            true,
+            &outcome_nat(Accept, &[9], &[], Nat::Masquerade(None)),
+        );
+        let lan = Pkt::tcp("192.168.1.1", 1, "10.0.0.2", 80);
+        check(
+            &rs,
+            Hook::Postrouting,
+            &lan,
+            true,
+            &outcome(Accept, &[3], &[]),
+        );
+    }
+
+    #[test]
+    fn tables_after_nat_still_judge() {
+        // OUTPUT: nat, then filter (which, here as in the datapath, sees
+        // the packet as it came).
+        let rs = ruleset(
+            "*nat
+             :OUTPUT ACCEPT
+             -A OUTPUT -p tcp -j DNAT --to-destination 10.9.9.9
+             *filter
+             :OUTPUT ACCEPT
+             -A OUTPUT -d 10.0.0.2 -j DROP",
+        );
+        let dnat = Nat::Dnat(to("10.9.9.9", None));
+        check(
+            &rs,
+            Hook::Output,
+            &web(),
+            true,
+            &outcome_nat(Drop, &[3, 6], &[], dnat),
+        );
+        // INPUT: filter first, nat after; a dropped packet never gets there.
+        let rs = ruleset(
+            "*nat
+             :INPUT ACCEPT
+             -A INPUT -j SNAT --to-source 192.0.2.1
+             *filter
+             :INPUT DROP
+             -A INPUT -p tcp -j ACCEPT",
+        );
+        let snat = Nat::Snat(to("192.0.2.1", None));
+        check(
+            &rs,
+            Hook::Input,
+            &web(),
+            true,
+            &outcome_nat(Accept, &[6, 3], &[], snat),
+        );
+        let udp = Pkt::udp("10.0.0.1", 1, "10.0.0.2", 53);
+        check(&rs, Hook::Input, &udp, true, &outcome(Drop, &[5], &[]));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::model::{
-    Chain, Hook, IcmpType, Iface, Matches, Multiport, MultiportKind, Neg, PacketView, Policy,
-    PortRange, RejectWith, Rule, Ruleset, Table, TableRules, Target, ctstate, proto,
+    Chain, Hook, IcmpType, Iface, Matches, Multiport, MultiportKind, Nat, NatRange, Neg,
+    PacketView, Policy, PortRange, RejectWith, Rule, Ruleset, Table, TableRules, Target, ctstate,
+    proto,
 };
 
 /// xorshift64* — small, fast, and reproducible from a seed.
@@ -97,6 +98,10 @@ pub struct GenConfig {
     pub ctstate: bool,
     /// DROP policies (never in nat, which is not for filtering).
     pub drop_policy: bool,
+    /// NAT targets (SNAT, MASQUERADE, DNAT, REDIRECT) in the nat table,
+    /// each only where it works. Off by default: a harness that checks
+    /// packets against the kernel must then follow translated packets.
+    pub nat: bool,
     /// The first counter slot; every rule and policy gets the next one.
     pub first_slot: u32,
 }
@@ -128,6 +133,7 @@ impl Default for GenConfig {
             goto: true,
             ctstate: true,
             drop_policy: true,
+            nat: false,
             first_slot: 1,
         }
     }
@@ -199,6 +205,7 @@ pub fn ruleset(rng: &mut Rng, cfg: &GenConfig) -> Ruleset {
         }
         let mut tr = TableRules { table, chains };
         restrict_ifaces(&mut tr);
+        restrict_nat(&mut tr);
         tables.push(tr);
     }
     Ruleset { tables }
@@ -250,6 +257,35 @@ fn restrict_ifaces(tr: &mut TableRules) {
     }
 }
 
+/// NAT targets work at some hooks only: one in a chain reached from
+/// elsewhere becomes its mirror (SNAT and DNAT, MASQUERADE and REDIRECT)
+/// if that works there, or ACCEPT. Draws nothing from the generator.
+pub fn restrict_nat(tr: &mut TableRules) {
+    let masks = super::validate::chain_hooks(tr);
+    for (c, used) in tr.chains.iter_mut().zip(masks) {
+        for r in &mut c.rules {
+            let Target::Nat(nat) = r.target else {
+                continue;
+            };
+            let fits = |n: &Nat| used & !super::validate::nat_hooks(n) == 0;
+            if fits(&nat) {
+                continue;
+            }
+            let mirror = match nat {
+                Nat::Snat(x) => Nat::Dnat(x),
+                Nat::Dnat(x) => Nat::Snat(x),
+                Nat::Masquerade(p) => Nat::Redirect(p),
+                Nat::Redirect(p) => Nat::Masquerade(p),
+            };
+            r.target = if fits(&mirror) {
+                Target::Nat(mirror)
+            } else {
+                Target::Accept
+            };
+        }
+    }
+}
+
 fn neg<T>(rng: &mut Rng, make: impl FnOnce(&mut Rng) -> T) -> Neg<T> {
     let value = make(rng);
     Neg {
@@ -275,8 +311,15 @@ fn rule(
     let callees: Vec<usize> = (first_callee..chains.len())
         .filter(|&c| calls[c] < cfg.max_calls)
         .collect();
+    // NAT targets only when asked for: without them the generator draws
+    // exactly what it always did.
+    let kinds = if cfg.nat && table == Table::Nat {
+        13
+    } else {
+        11
+    };
     let target = loop {
-        let t = match rng.below(11) {
+        let t = match rng.below(kinds) {
             0 => Target::None,
             1 | 2 => Target::Accept,
             3 | 4 if table != Table::Nat => Target::Drop,
@@ -310,6 +353,7 @@ fn rule(
                 calls[c] += 1;
                 Target::Goto(chains[c].clone())
             }
+            11 | 12 => Target::Nat(nat_target(rng, cfg, &matches)),
             _ => continue,
         };
         break t;
@@ -361,6 +405,44 @@ fn matches(rng: &mut Rng, cfg: &GenConfig, table: Table) -> Matches {
         m.ctstate = Some(neg(rng, |_| mask));
     }
     m
+}
+
+/// A NAT target of any kind (`restrict_nat` fits it to its chain's hooks),
+/// with ports only for a plain `-p tcp` or `-p udp`.
+fn nat_target(rng: &mut Rng, cfg: &GenConfig, m: &Matches) -> Nat {
+    let ports_ok = m
+        .proto
+        .as_ref()
+        .is_some_and(|p| !p.negated && (p.value == proto::TCP || p.value == proto::UDP));
+    let ports = if ports_ok && rng.chance(50) {
+        Some(port_range(rng, cfg))
+    } else {
+        None
+    };
+    let kind = rng.below(4);
+    if kind >= 2 {
+        return if kind == 2 {
+            Nat::Masquerade(ports)
+        } else {
+            Nat::Redirect(ports)
+        };
+    }
+    let addr_min = addr(rng, cfg);
+    let addr_max = if rng.chance(30) {
+        Ipv4Addr::from(u32::from(addr_min).saturating_add(rng.range(1, 3) as u32))
+    } else {
+        addr_min
+    };
+    let range = NatRange {
+        addr_min,
+        addr_max,
+        ports,
+    };
+    if kind == 0 {
+        Nat::Snat(range)
+    } else {
+        Nat::Dnat(range)
+    }
 }
 
 /// `-s`/`-d`, possibly negated; never `! -s 0.0.0.0/0`, which iptables-nft
@@ -697,6 +779,16 @@ mod tests {
             Target::Log { prefix } => assert!(cfg.log && prefix.len() <= 29),
             Target::Jump(_) => assert!(cfg.jump),
             Target::Goto(_) => assert!(cfg.goto),
+            Target::Nat(nat) => {
+                assert!(cfg.nat && table == Table::Nat, "{r:?}");
+                assert!(hooks.iter().all(|h| nat.hooks().contains(h)), "{r:?}");
+                if nat.ports().is_some() {
+                    assert!(tcp_udp, "NAT ports without -p tcp/udp: {r:?}");
+                }
+                if let Nat::Snat(x) | Nat::Dnat(x) = nat {
+                    assert!(x.addr_min <= x.addr_max);
+                }
+            }
             _ => {}
         }
     }
@@ -718,18 +810,70 @@ mod tests {
                 first_slot: 500,
                 ..GenConfig::default()
             },
+            GenConfig {
+                nat: true,
+                ..GenConfig::default()
+            },
         ];
         for (i, cfg) in configs.iter().enumerate() {
             let mut rng = Rng::new(i as u64);
             for _ in 0..500 {
                 let rs = ruleset(&mut rng, cfg);
                 assert_loadable(&rs, cfg);
+                // The whole-ruleset checks too, NAT hooks included. The
+                // generator's `! --sport 0:65535` (no match, which
+                // iptables-save cannot write) is older than this check.
+                match crate::rules::validate::validate(&rs) {
+                    Err(e) if !e.to_string().contains(":65535 never matches") => {
+                        panic!("{e}\n{rs:#?}")
+                    }
+                    _ => {}
+                }
                 // No loops, no unknown chains: the compiler takes it.
                 if let Err(e) = crate::rules::compile::compile(&rs, &[]) {
                     assert!(e.to_string().contains("datapath follows at most"), "{e}");
                 }
             }
         }
+    }
+
+    /// NAT targets come only when asked for, and then in every kind, in
+    /// user chains too.
+    #[test]
+    fn nat_targets_only_when_asked() {
+        let off = GenConfig::default();
+        let on = GenConfig {
+            nat: true,
+            ..GenConfig::default()
+        };
+        let nats = |rs: &Ruleset| -> Vec<(Nat, bool)> {
+            rs.tables
+                .iter()
+                .flat_map(|t| &t.chains)
+                .flat_map(|c| c.rules.iter().map(move |r| (c, r)))
+                .filter_map(|(c, r)| match r.target {
+                    Target::Nat(n) => Some((n, c.is_builtin())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut seen = HashSet::new();
+        let mut in_user_chains = 0;
+        let mut with_ports = 0;
+        let mut rng = Rng::new(11);
+        for _ in 0..300 {
+            assert!(nats(&ruleset(&mut rng, &off)).is_empty());
+        }
+        let mut rng = Rng::new(12);
+        for _ in 0..300 {
+            for (n, builtin) in nats(&ruleset(&mut rng, &on)) {
+                seen.insert(n.name());
+                in_user_chains += usize::from(!builtin);
+                with_ports += usize::from(n.ports().is_some());
+            }
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(in_user_chains > 10 && with_ports > 10);
     }
 
     #[test]

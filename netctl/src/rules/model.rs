@@ -221,18 +221,30 @@ pub mod proto {
 /// must hold (iptables' conjunction).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Matches {
+    // Records leave out absent matches: a 10,000-rule ruleset is written
+    // at every change. (Versions that wrote them all read these too.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_iface: Option<Neg<Iface>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_iface: Option<Neg<Iface>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<Neg<Ipv4Net>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst: Option<Neg<Ipv4Net>>,
     /// `-p`: a protocol number (`all` is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<Neg<u8>>,
     /// `--sport`/`--dport` of the implicit tcp/udp match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sport: Option<Neg<PortRange>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dport: Option<Neg<PortRange>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiport: Option<Neg<Multiport>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<Neg<IcmpType>>,
     /// `ctstate` bits (`ctstate::*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctstate: Option<Neg<u8>>,
 }
 
@@ -273,6 +285,64 @@ pub enum Target {
     },
     Jump(String),
     Goto(String),
+    /// SNAT, MASQUERADE, DNAT, REDIRECT: nat table only.
+    Nat(Nat),
+}
+
+/// `ADDR[-ADDR][:PORT[-PORT]]` of `--to-source`/`--to-destination`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatRange {
+    /// The addresses, inclusive (`addr_min == addr_max` for one).
+    pub addr_min: Ipv4Addr,
+    pub addr_max: Ipv4Addr,
+    /// `:PORT[-PORT]` (tcp and udp only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+}
+
+/// The nat table's targets. The kernel's NAT targets end the nat table's
+/// traversal (like ACCEPT) and bind the connection to the translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Nat {
+    /// `SNAT --to-source RANGE` (POSTROUTING, INPUT).
+    Snat(NatRange),
+    /// `MASQUERADE [--to-ports PORT[-PORT]]` (POSTROUTING): the source
+    /// becomes the outgoing interface's address.
+    Masquerade(Option<PortRange>),
+    /// `DNAT --to-destination RANGE` (PREROUTING, OUTPUT).
+    Dnat(NatRange),
+    /// `REDIRECT [--to-ports PORT[-PORT]]` (PREROUTING, OUTPUT): the
+    /// destination becomes the incoming interface's address.
+    Redirect(Option<PortRange>),
+}
+
+impl Nat {
+    /// The target's name, as `-j` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Nat::Snat(_) => "SNAT",
+            Nat::Masquerade(_) => "MASQUERADE",
+            Nat::Dnat(_) => "DNAT",
+            Nat::Redirect(_) => "REDIRECT",
+        }
+    }
+
+    /// The hooks the kernel lets the target be used from (`xt_target.hooks`).
+    pub fn hooks(&self) -> &'static [Hook] {
+        match self {
+            Nat::Snat(_) => &[Hook::Input, Hook::Postrouting],
+            Nat::Masquerade(_) => &[Hook::Postrouting],
+            Nat::Dnat(_) | Nat::Redirect(_) => &[Hook::Prerouting, Hook::Output],
+        }
+    }
+
+    /// The port range, if one was given.
+    pub fn ports(&self) -> Option<PortRange> {
+        match self {
+            Nat::Snat(r) | Nat::Dnat(r) => r.ports,
+            Nat::Masquerade(p) | Nat::Redirect(p) => *p,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -486,7 +556,7 @@ impl Ruleset {
     /// second user gets a new one), so the result is always a valid
     /// numbering. User chains have no policy and keep `policy_slot` 0.
     pub fn assign_slots(&mut self) -> Result<Vec<u32>, super::parse::RuleError> {
-        self.assign_slots_avoiding(&Ruleset { tables: Vec::new() })
+        self.assign_slots_avoiding_slots(&[])
     }
 
     /// `assign_slots`, but numbers `before` uses are given out only when no
@@ -496,6 +566,14 @@ impl Ruleset {
     pub fn assign_slots_avoiding(
         &mut self,
         before: &Ruleset,
+    ) -> Result<Vec<u32>, super::parse::RuleError> {
+        self.assign_slots_avoiding_slots(&before.slots())
+    }
+
+    /// `assign_slots_avoiding`, given the slots of `before` (`slots`).
+    pub fn assign_slots_avoiding_slots(
+        &mut self,
+        before: &[u32],
     ) -> Result<Vec<u32>, super::parse::RuleError> {
         const MAX: u32 = netctl_common::RS_SLOTS_MAX / 2;
         let mut used = vec![false; MAX as usize + 1];
@@ -529,7 +607,7 @@ impl Ruleset {
             )));
         }
         let mut recent = vec![false; MAX as usize + 1];
-        for s in before.slots() {
+        for &s in before {
             if s <= MAX && !used[s as usize] {
                 recent[s as usize] = true;
             }

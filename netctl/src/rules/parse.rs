@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::model::{
-    Counters, IcmpType, Iface, Matches, Multiport, MultiportKind, Neg, Policy, PortRange,
-    RejectWith, Rule, Ruleset, Table, TableRules, Target, ctstate, proto,
+    Counters, IcmpType, Iface, Matches, Multiport, MultiportKind, Nat, NatRange, Neg, Policy,
+    PortRange, RejectWith, Rule, Ruleset, Table, TableRules, Target, ctstate, proto,
 };
 use super::netdb;
 
@@ -107,7 +107,8 @@ pub struct Parsed {
     pub tables: Vec<Table>,
     /// The non-zero counters the text gives, for `iptables-restore -c`.
     pub counters: Vec<(CounterRef, Counters)>,
-    rule_lines: HashMap<(Table, String, usize), usize>,
+    /// The line of each rule, by chain and index.
+    rule_lines: HashMap<(Table, String), Vec<usize>>,
     chain_lines: HashMap<(Table, String), usize>,
 }
 
@@ -123,7 +124,8 @@ impl Parsed {
                 table, chain, rule, ..
             } => self
                 .rule_lines
-                .get(&(*table, chain.clone(), rule.saturating_sub(1)))
+                .get(&(*table, chain.clone()))
+                .and_then(|lines| lines.get(rule.saturating_sub(1)))
                 .copied(),
             RuleError::Chain { table, chain, .. } => {
                 self.chain_lines.get(&(*table, chain.clone())).copied()
@@ -181,7 +183,7 @@ struct Section {
     rules: TableRules,
     counters: Vec<(CounterRef, Counters)>,
     /// Line of each rule, by chain name and index.
-    rule_lines: HashMap<(String, usize), usize>,
+    rule_lines: HashMap<String, Vec<usize>>,
     chain_lines: HashMap<String, usize>,
 }
 
@@ -200,7 +202,7 @@ impl Section {
         p.rule_lines.extend(
             self.rule_lines
                 .into_iter()
-                .map(|((chain, i), line)| ((t, chain, i), line)),
+                .map(|(chain, lines)| ((t, chain), lines)),
         );
         p.chain_lines.extend(
             self.chain_lines
@@ -210,6 +212,28 @@ impl Section {
         p.counters.extend(self.counters);
         *p.ruleset.table_mut(t) = self.rules;
     }
+}
+
+/// `[p:b] -A CHAIN spec` (the line without trailing blanks).
+fn parse_rule_line(line: &str) -> Result<(Option<Counters>, Command)> {
+    let (ctrs, rest) = match line.strip_prefix('[') {
+        Some(_) => {
+            let end = line
+                .find(']')
+                .ok_or_else(|| RuleError::msg("bad counters: `]' expected"))?;
+            let c = parse_counters(&line[..=end])
+                .ok_or_else(|| RuleError::msg(format!("bad counters `{}'", &line[..=end])))?;
+            (Some(c), &line[end + 1..])
+        }
+        None => (None, line),
+    };
+    let cmd = if rest.contains('"') {
+        parse_command(&split_line(rest)?, Mode::Restore)?
+    } else {
+        // `split_line` without quotes, without a copy of every word.
+        parse_command(&words(rest), Mode::Restore)?
+    };
+    Ok((ctrs, cmd))
 }
 
 fn parse_line(p: &mut Parsed, current: &mut Option<Section>, raw: &str, n: usize) -> Result<()> {
@@ -257,20 +281,8 @@ fn parse_line(p: &mut Parsed, current: &mut Option<Section>, raw: &str, n: usize
         return parse_chain_line(sec, rest, n);
     }
     // A rule: `[p:b] -A CHAIN spec`.
-    let (ctrs, rest) = match line.strip_prefix('[') {
-        Some(_) => {
-            let end = line
-                .find(']')
-                .ok_or_else(|| RuleError::msg("bad counters: `]' expected"))?;
-            let c = parse_counters(&line[..=end])
-                .ok_or_else(|| RuleError::msg(format!("bad counters `{}'", &line[..=end])))?;
-            (Some(c), &line[end + 1..])
-        }
-        None => (None, line),
-    };
-    let args = split_line(rest)?;
-    let cmd = parse_command(&args, Mode::Restore)?;
-    let chain_name = cmd.chain.clone().unwrap_or_default();
+    let (ctrs, cmd) = parse_rule_line(line)?;
+    let chain_name = cmd.chain.unwrap_or_default();
     let rule = cmd
         .rule
         .unwrap_or_else(|| Rule::new(Matches::default(), Target::None));
@@ -282,7 +294,13 @@ fn parse_line(p: &mut Parsed, current: &mut Option<Section>, raw: &str, n: usize
     })?;
     let idx = chain.rules.len();
     chain.rules.push(rule);
-    sec.rule_lines.insert((chain_name.clone(), idx), n);
+    // Rules are only appended, so the index in `lines` is `idx`.
+    match sec.rule_lines.get_mut(chain_name.as_str()) {
+        Some(lines) => lines.push(n),
+        None => {
+            sec.rule_lines.insert(chain_name.clone(), vec![n]);
+        }
+    }
     if let Some(c) = ctrs.filter(|c| *c != Counters::default()) {
         sec.counters.push((
             CounterRef::Rule {
@@ -395,11 +413,39 @@ pub fn table_by_name(name: &str) -> Result<Table> {
     }
 }
 
+/// The blanks that separate arguments.
+const SPACES: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// The words of a line without quotes: `split_line` without copies.
+fn words(line: &str) -> Vec<&str> {
+    let blank = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let b = line.as_bytes();
+    let mut out = Vec::with_capacity(32);
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && !blank(b[i]) {
+            i += 1;
+        }
+        if i > start {
+            // Cut at ASCII blanks, so at character boundaries.
+            out.push(&line[start..i]);
+        }
+    }
+    out
+}
+
 /// Splits a line into arguments the way iptables-restore does: blanks
 /// separate, double quotes group (and may start or end mid-word), a
 /// backslash inside quotes takes the next character literally. Single quotes
 /// are ordinary characters, as in iptables-restore.
 pub fn split_line(line: &str) -> Result<Vec<String>> {
+    if !line.contains('"') {
+        return Ok(words(line).into_iter().map(str::to_string).collect());
+    }
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -427,7 +473,7 @@ pub fn split_line(line: &str) -> Result<Vec<String>> {
                 quote = true;
                 in_word = true;
             }
-            ' ' | '\t' | '\n' | '\r' => {
+            c if SPACES.contains(&c) => {
                 if in_word && !cur.is_empty() {
                     out.push(std::mem::take(&mut cur));
                 }
@@ -533,11 +579,21 @@ enum Opt {
     CtState,
     RejectWith,
     LogPrefix,
+    ToSource,
+    ToDest,
+    ToPorts,
+    /// `--random`, `--random-fully`, `--persistent` of the NAT targets.
+    NatRandom,
+    NatRandomFully,
+    NatPersistent,
 }
 
 impl Opt {
     fn takes_value(self) -> bool {
-        !matches!(self, Opt::Ipv4 | Opt::Cmd(_))
+        !matches!(
+            self,
+            Opt::Ipv4 | Opt::Cmd(_) | Opt::NatRandom | Opt::NatRandomFully | Opt::NatPersistent
+        )
     }
 
     fn is_rule_option(self) -> bool {
@@ -600,6 +656,12 @@ fn long_opt(name: &str) -> Option<Opt> {
         "ctstate" => Opt::CtState,
         "reject-with" => Opt::RejectWith,
         "log-prefix" => Opt::LogPrefix,
+        "to-source" => Opt::ToSource,
+        "to-destination" => Opt::ToDest,
+        "to-ports" => Opt::ToPorts,
+        "random" => Opt::NatRandom,
+        "random-fully" => Opt::NatRandomFully,
+        "persistent" => Opt::NatPersistent,
         _ => return None,
     })
 }
@@ -691,24 +753,26 @@ pub(crate) fn parse_command<S: AsRef<str>>(args: &[S], mode: Mode) -> Result<Com
             invert = true;
             continue;
         }
+        // `written` is the option as written (without an attached value).
         let (opt, written, inline) = if let Some(long) = tok.strip_prefix("--") {
             let (name, val) = match long.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
+                Some((n, v)) => (n, Some(v)),
                 None => (long, None),
             };
             match long_opt(name) {
-                Some(o) => (o, format!("--{name}"), val),
+                Some(o) => (o, &tok[..2 + name.len()], val),
                 None => return Err(unknown_option(&format!("--{name}"))),
             }
         } else if let Some(short) = tok.strip_prefix('-').filter(|s| !s.is_empty()) {
             let mut chars = short.chars();
             let c = chars.next().unwrap_or('-');
-            let rest: String = chars.collect();
+            let rest = chars.as_str();
+            let written = &tok[..1 + c.len_utf8()];
             match short_opt(c) {
                 Some(o) if o.takes_value() || matches!(o, Opt::Cmd(_)) => {
-                    (o, format!("-{c}"), (!rest.is_empty()).then_some(rest))
+                    (o, written, (!rest.is_empty()).then_some(rest))
                 }
-                Some(o) if rest.is_empty() => (o, format!("-{c}"), None),
+                Some(o) if rest.is_empty() => (o, written, None),
                 _ => return Err(unknown_option(tok)),
             }
         } else {
@@ -734,7 +798,7 @@ pub(crate) fn parse_command<S: AsRef<str>>(args: &[S], mode: Mode) -> Result<Com
                     .is_some_and(|a| !a.starts_with('-') && !a.starts_with('!'))
             };
             chain = match inline {
-                Some(v) => Some(v),
+                Some(v) => Some(v.to_string()),
                 None if !optional => match args.get(i) {
                     Some(a) => {
                         i += 1;
@@ -784,7 +848,7 @@ pub(crate) fn parse_command<S: AsRef<str>>(args: &[S], mode: Mode) -> Result<Com
                 None => match args.get(i) {
                     Some(a) => {
                         i += 1;
-                        a.to_string()
+                        *a
                     }
                     None => {
                         return Err(RuleError::msg(format!(
@@ -794,7 +858,7 @@ pub(crate) fn parse_command<S: AsRef<str>>(args: &[S], mode: Mode) -> Result<Com
                 },
             }
         } else {
-            String::new()
+            ""
         };
 
         match opt {
@@ -807,7 +871,7 @@ pub(crate) fn parse_command<S: AsRef<str>>(args: &[S], mode: Mode) -> Result<Com
                         "-t cannot be used in a ruleset file: the *table line names the table",
                     ));
                 }
-                table = Some(table_by_name(&value)?);
+                table = Some(table_by_name(value)?);
             }
             Opt::Ipv4 => {
                 if invert {
@@ -816,9 +880,9 @@ pub(crate) fn parse_command<S: AsRef<str>>(args: &[S], mode: Mode) -> Result<Com
             }
             _ => {
                 if b.first_rule_option.is_none() && opt.is_rule_option() {
-                    b.first_rule_option = Some(written.clone());
+                    b.first_rule_option = Some(written.to_string());
                 }
-                rule_option(&mut b, opt, &written, &value, invert)?;
+                rule_option(&mut b, opt, written, value, invert)?;
             }
         }
         invert = false;
@@ -1123,9 +1187,190 @@ fn rule_option(b: &mut Builder, opt: Opt, written: &str, value: &str, invert: bo
             check_log_prefix(value)?;
             *prefix = value.to_string();
         }
+        Opt::ToSource | Opt::ToDest | Opt::ToPorts => nat_option(b, opt, written, value, invert)?,
+        Opt::NatRandom | Opt::NatRandomFully | Opt::NatPersistent => {
+            // Which NAT target has which flag (libxt_NAT's option tables).
+            let known = matches!(
+                (&b.target, opt),
+                (Some(Target::Nat(_)), Opt::NatRandom)
+                    | (
+                        Some(Target::Nat(Nat::Snat(_) | Nat::Masquerade(_))),
+                        Opt::NatRandomFully
+                    )
+                    | (
+                        Some(Target::Nat(Nat::Snat(_) | Nat::Dnat(_))),
+                        Opt::NatPersistent
+                    )
+            );
+            if !known {
+                return Err(RuleError::msg(format!("unknown option \"{written}\"")));
+            }
+            return Err(RuleError::unsupported(written));
+        }
         Opt::Cmd(_) | Opt::Table | Opt::Ipv4 => {}
     }
     Ok(())
+}
+
+/// `--to-source`, `--to-destination`, `--to-ports`, each of its own target.
+fn nat_option(b: &mut Builder, opt: Opt, written: &str, value: &str, invert: bool) -> Result<()> {
+    let (name, long) = match (&b.target, opt) {
+        (Some(Target::Nat(n @ Nat::Snat(_))), Opt::ToSource) => (n.name(), "--to-source"),
+        (Some(Target::Nat(n @ Nat::Dnat(_))), Opt::ToDest) => (n.name(), "--to-destination"),
+        (Some(Target::Nat(n @ (Nat::Masquerade(_) | Nat::Redirect(_)))), Opt::ToPorts) => {
+            (n.name(), "--to-ports")
+        }
+        _ => return Err(RuleError::msg(format!("unknown option \"{written}\""))),
+    };
+    // xtables_option_parse's order: "once" before "inverted".
+    if b.seen.contains(&opt) {
+        return Err(RuleError::msg(format!(
+            "{name}: option \"{long}\" can only be used once."
+        )));
+    }
+    if invert {
+        return Err(RuleError::msg(format!(
+            "{name}: option \"{long}\" cannot be inverted."
+        )));
+    }
+    b.seen.push(opt);
+    // iptables looks at the protocol number only (`! -p tcp` will do), as
+    // far as the line has given it.
+    let portok = b.m.proto.as_ref().is_some_and(|p| nat_ports_proto(p.value));
+    match &mut b.target {
+        Some(Target::Nat(Nat::Snat(r) | Nat::Dnat(r))) => *r = parse_nat_to(value, portok)?,
+        Some(Target::Nat(Nat::Masquerade(p) | Nat::Redirect(p))) => {
+            *p = Some(parse_nat_ports(value, portok)?);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The protocols iptables lets NAT targets give ports for: tcp, udp,
+/// sctp, dccp and icmp (whose "port" is the query identifier).
+pub fn nat_ports_proto(p: u8) -> bool {
+    matches!(p, proto::TCP | proto::UDP | 132 | 33 | proto::ICMP)
+}
+
+/// libxt_NAT's `parse_ports`: `PORT` or `PORT-PORT` (the port a number,
+/// or for a single port a service name, which netctl refuses).
+pub fn parse_nat_ports(arg: &str, portok: bool) -> Result<PortRange> {
+    if !portok {
+        return Err(RuleError::msg(
+            "Need TCP, UDP, SCTP or DCCP with port specification",
+        ));
+    }
+    let Some((lo, rest)) = nat_port_number(arg)? else {
+        if netdb::TCP_SERVICES
+            .iter()
+            .chain(netdb::UDP_SERVICES)
+            .any(|(_, n)| *n == arg)
+        {
+            return Err(RuleError::unsupported(format!(
+                "service name `{arg}' (give the port number)"
+            )));
+        }
+        return Err(RuleError::msg(format!("Port `{arg}' not valid")));
+    };
+    let max = match rest.as_bytes().first() {
+        None => return Ok(PortRange { lo, hi: lo }),
+        Some(b'-') => &rest[1..],
+        Some(b':') => return Err(RuleError::msg("Invalid port:port syntax - use dash")),
+        Some(_) => {
+            return Err(RuleError::msg(format!(
+                "Garbage after port value: `{rest}'"
+            )));
+        }
+    };
+    // A range takes no service names.
+    let Some((hi, rest)) = nat_port_number(max)? else {
+        return Err(RuleError::msg(format!("Port `{max}' not valid")));
+    };
+    if hi < lo {
+        return Err(RuleError::msg(format!("Port range `{max}' funky")));
+    }
+    match rest.as_bytes().first() {
+        None => Ok(PortRange { lo, hi }),
+        Some(b'/') => Err(RuleError::unsupported(format!(
+            "a shifted port map (`{arg}')"
+        ))),
+        Some(_) => Err(RuleError::msg(format!(
+            "Garbage after port range: `{rest}'"
+        ))),
+    }
+}
+
+/// The port number `arg` starts with and what follows it; `None` when it
+/// starts with no number of at most 65535 (iptables then tries a service
+/// name). iptables reads the number as C does (`010` is 8, `0x10` 16):
+/// netctl refuses those spellings rather than guess.
+fn nat_port_number(arg: &str) -> Result<Option<(u16, &str)>> {
+    let digits = arg.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Ok(None);
+    }
+    let (num, rest) = arg.split_at(digits);
+    if (num.len() > 1 && num.starts_with('0')) || (num == "0" && rest.starts_with(['x', 'X'])) {
+        return Err(RuleError::unsupported(format!(
+            "port `{arg}' with a leading zero"
+        )));
+    }
+    Ok(num.parse::<u16>().ok().map(|p| (p, rest)))
+}
+
+/// libxt_NAT's `parse_to`: `ADDR[-ADDR][:PORT[-PORT]]`, ports first.
+pub fn parse_nat_to(arg: &str, portok: bool) -> Result<NatRange> {
+    if arg.contains('[') {
+        return Err(RuleError::msg("Invalid address format"));
+    }
+    // More than one colon would be an IPv6 address.
+    let colon = arg.find(':').filter(|&c| !arg[c + 1..].contains(':'));
+    let (addrs, ports) = match colon {
+        Some(c) => {
+            let ports = parse_nat_ports(&arg[c + 1..], portok)?;
+            // iptables takes a colon at the start (or, by a slip meant for
+            // `[]:`, third) for "no address": the address is kept.
+            if c == 0 {
+                return Err(RuleError::unsupported(format!(
+                    "a NAT range without an address (`{arg}')"
+                )));
+            }
+            if c == 2 {
+                return Err(RuleError::unsupported(format!(
+                    "a NAT range without an address (`{arg}', which iptables reads as `:{}')",
+                    &arg[c + 1..]
+                )));
+            }
+            (&arg[..c], Some(ports))
+        }
+        None => (arg, None),
+    };
+    let (min, max) = match addrs.split_once('-') {
+        Some((a, b)) => (a, Some(b)),
+        None => (addrs, None),
+    };
+    let addr = |s: &str| {
+        parse_inet_pton(s).ok_or_else(|| RuleError::msg(format!("Bad IP address \"{s}\"")))
+    };
+    let addr_min = addr(min)?;
+    let addr_max = match max {
+        Some(m) => addr(m)?,
+        None => addr_min,
+    };
+    Ok(NatRange {
+        addr_min,
+        addr_max,
+        ports,
+    })
+}
+
+/// `inet_pton(AF_INET)`: four decimal parts of 0-255 without leading zeros.
+fn parse_inet_pton(s: &str) -> Option<Ipv4Addr> {
+    let a = parse_dotted(s)?;
+    s.split('.')
+        .all(|p| p.len() == 1 || !p.starts_with('0'))
+        .then_some(a)
 }
 
 fn intrapositioned(opt: &str) -> RuleError {
@@ -1191,6 +1436,16 @@ impl Builder {
         if self.conntrack && self.m.ctstate.is_none() {
             return Err(RuleError::msg("conntrack: At least one option is required"));
         }
+        let required = match &self.target {
+            Some(Target::Nat(Nat::Snat(_))) => Some(("SNAT", Opt::ToSource, "--to-source")),
+            Some(Target::Nat(Nat::Dnat(_))) => Some(("DNAT", Opt::ToDest, "--to-destination")),
+            _ => None,
+        };
+        if let Some((name, _, long)) = required.filter(|(_, o, _)| !self.seen.contains(o)) {
+            return Err(RuleError::msg(format!(
+                "{name}: option \"{long}\" must be specified"
+            )));
+        }
         let mut m = self.m;
         for ports in [&mut m.sport, &mut m.dport] {
             *ports = ports.take().and_then(canonical_ports);
@@ -1238,11 +1493,12 @@ fn multiport_proto(m: &Matches) -> Result<()> {
 /// `a.b.c.d`, `a.b.c.d/len` or `a.b.c.d/m.m.m.m` (contiguous), host bits
 /// cleared as iptables does.
 pub fn parse_net(s: &str) -> Result<Ipv4Net> {
-    if s.contains(',') {
+    if s.as_bytes().contains(&b',') {
         return Err(RuleError::unsupported(format!("an address list (`{s}')")));
     }
-    let (addr, mask) = match s.split_once('/') {
-        Some((a, m)) => (a, Some(m)),
+    let (addr, mask) = match s.as_bytes().iter().position(|&c| c == b'/') {
+        // At an ASCII byte, so at a character boundary.
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     };
     let addr = parse_dotted(addr).ok_or_else(|| {
@@ -1262,16 +1518,25 @@ pub fn parse_net(s: &str) -> Result<Ipv4Net> {
 }
 
 fn parse_dotted(s: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() != 4 {
-        return None;
-    }
+    // Four parts of one to three digits each, every one at most 255.
     let mut b = [0u8; 4];
-    for (o, p) in b.iter_mut().zip(&parts) {
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
+    let mut parts = s.as_bytes().split(|&c| c == b'.');
+    for o in &mut b {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 {
             return None;
         }
-        *o = p.parse().ok()?;
+        let mut v = 0u32;
+        for &c in p {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u32::from(c - b'0');
+        }
+        *o = u8::try_from(v).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
     }
     Some(Ipv4Addr::from(b))
 }
@@ -1506,10 +1771,11 @@ pub const ICMP_NAMES: &[(&str, u8, u8, u8)] = &[
 /// `--icmp-type`: a name or an unambiguous prefix of one (any case), `T` or
 /// `T/C`.
 pub fn parse_icmp_type(s: &str) -> Result<IcmpType> {
-    let lower = s.to_ascii_lowercase();
     let mut found: Option<&(&str, u8, u8, u8)> = None;
     for entry in ICMP_NAMES {
-        if !entry.0.to_ascii_lowercase().starts_with(&lower) {
+        // A prefix of the name, in any case.
+        let name = entry.0.as_bytes();
+        if name.len() < s.len() || !name[..s.len()].eq_ignore_ascii_case(s.as_bytes()) {
             continue;
         }
         if let Some(prev) = found {
@@ -1709,6 +1975,22 @@ fn parse_target(name: &str, goto: bool) -> Result<Target> {
         "LOG" => Some(Target::Log {
             prefix: String::new(),
         }),
+        // The range is filled in by `--to-source`/`--to-destination`,
+        // which `Builder::finish` insists on.
+        "SNAT" | "DNAT" => {
+            let none = NatRange {
+                addr_min: Ipv4Addr::UNSPECIFIED,
+                addr_max: Ipv4Addr::UNSPECIFIED,
+                ports: None,
+            };
+            Some(Target::Nat(if name == "SNAT" {
+                Nat::Snat(none)
+            } else {
+                Nat::Dnat(none)
+            }))
+        }
+        "MASQUERADE" => Some(Target::Nat(Nat::Masquerade(None))),
+        "REDIRECT" => Some(Target::Nat(Nat::Redirect(None))),
         _ => None,
     };
     if let Some(t) = verdict {
@@ -1741,6 +2023,21 @@ mod tests {
         match spec(s) {
             Ok(r) => panic!("{s:?} parsed as {r:?}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn lines_without_quotes_split_alike() {
+        for line in [
+            "",
+            " \t ",
+            "-A INPUT -j ACCEPT",
+            "  -A\tINPUT  -s 10.0.0.1/32\r -j DROP\t",
+            r"-A X -j LOG --log-prefix a\b 'c",
+            "-A X -i \u{e9}th0 -j DROP",
+        ] {
+            let words: Vec<String> = words(line).into_iter().map(str::to_string).collect();
+            assert_eq!(words, split_line(line).unwrap(), "{line:?}");
         }
     }
 
@@ -2162,7 +2459,7 @@ mod tests {
     #[test]
     fn unsupported_things_say_so() {
         assert_eq!(err("-m comment --comment x"), "-m comment is not supported");
-        assert_eq!(err("-j MASQUERADE"), "-j MASQUERADE is not supported");
+        assert_eq!(err("-j NETMAP"), "-j NETMAP is not supported");
         assert_eq!(err("-f"), "-f is not supported");
         assert_eq!(err("-p tcp --syn"), "--syn is not supported");
         assert_eq!(err("-c 1 2"), "-c is not supported");
@@ -2194,6 +2491,320 @@ mod tests {
             Target::Reject(RejectWith::IcmpPortUnreachable)
         );
         assert!(err("-g ACCEPT").contains("not supported"));
+    }
+
+    fn nat(s: &str) -> Nat {
+        match spec(s).unwrap_or_else(|e| panic!("{s}: {e}")).target {
+            Target::Nat(n) => n,
+            t => panic!("{s}: {t:?}"),
+        }
+    }
+
+    fn range(min: &str, max: &str, ports: Option<(u16, u16)>) -> NatRange {
+        NatRange {
+            addr_min: min.parse().unwrap(),
+            addr_max: max.parse().unwrap(),
+            ports: ports.map(|(lo, hi)| PortRange { lo, hi }),
+        }
+    }
+
+    #[test]
+    fn nat_targets() {
+        assert_eq!(
+            nat("-j SNAT --to-source 192.0.2.1"),
+            Nat::Snat(range("192.0.2.1", "192.0.2.1", None))
+        );
+        assert_eq!(
+            nat("-p tcp -j SNAT --to-source 1.2.3.4:1000-2000"),
+            Nat::Snat(range("1.2.3.4", "1.2.3.4", Some((1000, 2000))))
+        );
+        assert_eq!(
+            nat("-p udp -j SNAT --to-source 192.0.2.1-192.0.2.9:1000"),
+            Nat::Snat(range("192.0.2.1", "192.0.2.9", Some((1000, 1000))))
+        );
+        assert_eq!(
+            nat("-p tcp -j DNAT --to-destination=172.17.0.2:80"),
+            Nat::Dnat(range("172.17.0.2", "172.17.0.2", Some((80, 80))))
+        );
+        assert_eq!(
+            nat("-j DNAT --to-destination 10.0.0.1-10.0.0.1"),
+            Nat::Dnat(range("10.0.0.1", "10.0.0.1", None))
+        );
+        assert_eq!(nat("-j MASQUERADE"), Nat::Masquerade(None));
+        assert_eq!(
+            nat("-p tcp -j MASQUERADE --to-ports 1024-65535"),
+            Nat::Masquerade(Some(PortRange {
+                lo: 1024,
+                hi: 65535
+            }))
+        );
+        assert_eq!(nat("-j REDIRECT"), Nat::Redirect(None));
+        assert_eq!(
+            nat("-p udp -j REDIRECT --to-ports 8080"),
+            Nat::Redirect(Some(PortRange { lo: 8080, hi: 8080 }))
+        );
+        // iptables looks at the protocol number, negated or not, and lets
+        // icmp, sctp and dccp have ports too (validate refuses those).
+        for p in ["! -p tcp", "-p icmp", "-p sctp", "-p dccp"] {
+            assert!(
+                nat(&format!("{p} -j MASQUERADE --to-ports 5"))
+                    .ports()
+                    .is_some()
+            );
+        }
+        // The same through the edit commands, which share the parser.
+        let e = crate::rules::edit::parse_edit(&[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "172.17.0.2:80",
+        ])
+        .unwrap();
+        assert!(matches!(
+            e.op,
+            crate::rules::edit::EditOp::Append { rule: Rule { target: Target::Nat(Nat::Dnat(r)), .. }, .. }
+                if r == range("172.17.0.2", "172.17.0.2", Some((80, 80)))
+        ));
+    }
+
+    /// Each answer as iptables 1.8.9 gives it (legacy and nf_tables alike),
+    /// tried in a throwaway namespace.
+    #[test]
+    fn nat_refusals_in_iptables_words() {
+        let need = "Need TCP, UDP, SCTP or DCCP with port specification";
+        assert_eq!(
+            err("-j SNAT"),
+            "SNAT: option \"--to-source\" must be specified"
+        );
+        assert_eq!(
+            err("-j DNAT"),
+            "DNAT: option \"--to-destination\" must be specified"
+        );
+        assert_eq!(err("-j SNAT --to-source 1.2.3.4:1000"), need);
+        assert_eq!(err("-j SNAT --to-source :1000"), need);
+        assert_eq!(err("-j DNAT --to-destination 1.2.3.4:80 -p tcp"), need);
+        assert_eq!(err("-p 47 -j DNAT --to-destination 1.2.3.4:5"), need);
+        assert_eq!(err("-j MASQUERADE --to-ports 1000"), need);
+        assert_eq!(err("-j REDIRECT --to-ports 80"), need);
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:1000:2000"),
+            "Bad IP address \"1.2.3.4:1000:2000\""
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:2000-1000"),
+            "Port range `1000' funky"
+        );
+        assert_eq!(
+            err("-p tcp -j MASQUERADE --to-ports 2000-1000x"),
+            "Port range `1000x' funky"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:65536"),
+            "Port `65536' not valid"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:1000-"),
+            "Port `' not valid"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:"),
+            "Port `' not valid"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:-5"),
+            "Port `-5' not valid"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:nosuch"),
+            "Port `nosuch' not valid"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:5-ssh"),
+            "Port `ssh' not valid"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:1000x"),
+            "Garbage after port value: `x'"
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 1.2.3.4:5-6-7"),
+            "Garbage after port range: `-7'"
+        );
+        assert_eq!(
+            err("-p tcp -j MASQUERADE --to-ports 1000:2000"),
+            "Invalid port:port syntax - use dash"
+        );
+        assert_eq!(err("-j SNAT --to-source 1.2.3"), "Bad IP address \"1.2.3\"");
+        assert_eq!(err("-j SNAT --to-source foo"), "Bad IP address \"foo\"");
+        assert_eq!(
+            err("-j SNAT --to-source 01.2.3.4"),
+            "Bad IP address \"01.2.3.4\""
+        );
+        assert_eq!(
+            err("-j SNAT --to-source 1.2.3.256"),
+            "Bad IP address \"1.2.3.256\""
+        );
+        assert_eq!(
+            err("-j SNAT --to-source 1.2.3.4/24"),
+            "Bad IP address \"1.2.3.4/24\""
+        );
+        assert_eq!(
+            err("-j SNAT --to-source 1.2.3.4,1.2.3.5"),
+            "Bad IP address \"1.2.3.4,1.2.3.5\""
+        );
+        assert_eq!(err("-j SNAT --to-source 1.2.3.4-"), "Bad IP address \"\"");
+        assert_eq!(err("-j SNAT --to-source -1.2.3.4"), "Bad IP address \"\"");
+        assert_eq!(err(r#"-j SNAT --to-source """#), "Bad IP address \"\"");
+        assert_eq!(
+            err("-j SNAT --to-source 1.2.3.4-1.2.3.5-1.2.3.6"),
+            "Bad IP address \"1.2.3.5-1.2.3.6\""
+        );
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source [1.2.3.4]:80"),
+            "Invalid address format"
+        );
+        assert_eq!(
+            err("-j SNAT --to-source 1.2.3.4 --to-source 1.2.3.5"),
+            "SNAT: option \"--to-source\" can only be used once."
+        );
+        assert_eq!(
+            err("-j SNAT ! --to-source 1.2.3.4"),
+            "SNAT: option \"--to-source\" cannot be inverted."
+        );
+        assert_eq!(
+            err("-p tcp -j MASQUERADE ! --to-ports 80"),
+            "MASQUERADE: option \"--to-ports\" cannot be inverted."
+        );
+        assert_eq!(
+            err("-p tcp -j MASQUERADE --to-ports 5 --to-ports 6"),
+            "MASQUERADE: option \"--to-ports\" can only be used once."
+        );
+        assert_eq!(
+            err("-j SNAT --to-destination 1.2.3.4"),
+            "unknown option \"--to-destination\""
+        );
+        assert_eq!(
+            err("-j SNAT --to-source 1.2.3.4 --to-ports 1000"),
+            "unknown option \"--to-ports\""
+        );
+        assert_eq!(
+            err("-j DNAT --to-destination 1.2.3.4 --to-ports 5"),
+            "unknown option \"--to-ports\""
+        );
+        assert_eq!(
+            err("-j REDIRECT --to-source 1.2.3.4"),
+            "unknown option \"--to-source\""
+        );
+        assert_eq!(err("-p tcp --to-ports 80"), "unknown option \"--to-ports\"");
+        assert_eq!(err("-p tcp --random"), "unknown option \"--random\"");
+        assert_eq!(
+            err("-j ACCEPT --to-source 1.2.3.4"),
+            "unknown option \"--to-source\""
+        );
+        assert_eq!(
+            err("--to-source 1.2.3.4 -j SNAT"),
+            "unknown option \"--to-source\""
+        );
+        assert_eq!(
+            err("-p tcp -j REDIRECT --to-ports 5 --random-fully"),
+            "unknown option \"--random-fully\""
+        );
+        assert_eq!(
+            err("-j DNAT --to-destination 1.2.3.4 --random-fully"),
+            "unknown option \"--random-fully\""
+        );
+        assert_eq!(
+            err("-j MASQUERADE --persistent"),
+            "unknown option \"--persistent\""
+        );
+    }
+
+    /// What iptables takes and netctl does not implement says so.
+    #[test]
+    fn unsupported_nat_options_say_so() {
+        for (s, what) in [
+            ("-j SNAT --to-source 1.2.3.4 --random", "--random"),
+            (
+                "-j SNAT --to-source 1.2.3.4 --random-fully",
+                "--random-fully",
+            ),
+            ("-j SNAT --to-source 1.2.3.4 --persistent", "--persistent"),
+            (
+                "-j DNAT --to-destination 1.2.3.4 --persistent",
+                "--persistent",
+            ),
+            ("-j DNAT --to-destination 1.2.3.4 --random", "--random"),
+            ("-p tcp -j MASQUERADE --random", "--random"),
+            ("-j MASQUERADE --random-fully", "--random-fully"),
+            ("-p tcp -j REDIRECT --to-ports 80 --random", "--random"),
+        ] {
+            assert_eq!(err(s), format!("{what} is not supported"), "{s}");
+        }
+        assert_eq!(
+            err("-p tcp -j SNAT --to-source 12:80"),
+            "a NAT range without an address (`12:80', which iptables reads as `:80') \
+             is not supported"
+        );
+        for s in [
+            // Port-only: iptables keeps the address (and reads `12:80` so).
+            "-p tcp -j SNAT --to-source :1000",
+            "-p tcp -j SNAT --to-source 12:80",
+            "-p udp -j DNAT --to-destination :80",
+            // Shifted port maps.
+            "-p tcp -j DNAT --to-destination 1.2.3.4:80-90/85",
+            "-p tcp -j MASQUERADE --to-ports 5-6/7",
+            // Service names, and numbers C reads in octal or hex.
+            "-p tcp -j SNAT --to-source 1.2.3.4:ssh",
+            "-p tcp -j MASQUERADE --to-ports ssh",
+            "-p tcp -j SNAT --to-source 1.2.3.4:010",
+            "-p tcp -j SNAT --to-source 1.2.3.4:0x10",
+            "-p tcp -j MASQUERADE --to-ports 5-06",
+        ] {
+            assert!(err(s).ends_with("is not supported"), "{s}: {}", err(s));
+        }
+        // In a ruleset text, with the line.
+        let e = parse(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\n\
+             -A POSTROUTING -o eth0 -j SNAT --to-source 192.0.2.1 --persistent\nCOMMIT\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "line 4: --persistent is not supported");
+        let e = parse("*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 80 --random\nCOMMIT\n")
+            .unwrap_err();
+        assert_eq!(e.to_string(), "line 2: --random is not supported");
+    }
+
+    #[test]
+    fn nat_ports_and_addresses() {
+        let p = |s: &str| parse_nat_ports(s, true);
+        assert_eq!(p("0").unwrap(), PortRange { lo: 0, hi: 0 });
+        assert_eq!(p("5-5").unwrap(), PortRange { lo: 5, hi: 5 });
+        assert_eq!(p("0-65535").unwrap(), PortRange { lo: 0, hi: 65535 });
+        assert!(p("65536").is_err());
+        assert!(p("99999999999999999999").is_err());
+        assert_eq!(
+            parse_nat_ports("5", false).unwrap_err().to_string(),
+            "Need TCP, UDP, SCTP or DCCP with port specification"
+        );
+        let to = |s: &str| parse_nat_to(s, true).unwrap();
+        assert_eq!(to("0.0.0.0"), range("0.0.0.0", "0.0.0.0", None));
+        // iptables takes a descending range as it is (validate refuses it).
+        assert_eq!(to("1.2.3.9-1.2.3.4"), range("1.2.3.9", "1.2.3.4", None));
+        assert_eq!(
+            to("10.0.0.1-10.0.0.3:1-2"),
+            range("10.0.0.1", "10.0.0.3", Some((1, 2)))
+        );
+        // Ports are read first, as iptables does.
+        assert_eq!(
+            parse_nat_to("foo:80x", true).unwrap_err().to_string(),
+            "Garbage after port value: `x'"
+        );
     }
 
     const TEXT: &str = "# Generated by iptables-save v1.8.9 (nf_tables) on Thu Nov 26 15:01:04 2026

@@ -13,6 +13,14 @@
 //!   hook); a user chain called from INPUT may use `-o` (it never matches).
 //! * REJECT is refused outside the filter table (the kernel's REJECT is
 //!   filter-only), wherever the chain is called from.
+//! * The NAT targets are refused outside the nat table, and in chains
+//!   reached from a hook the target does not work at (SNAT: POSTROUTING and
+//!   INPUT; MASQUERADE: POSTROUTING; DNAT, REDIRECT: PREROUTING and OUTPUT),
+//!   with the kernel's reason (the words of `xt_check_target`, which
+//!   iptables-legacy leaves in dmesg). A user chain no built-in chain
+//!   reaches may hold any of them, as in the kernel.
+//! * NAT ports (`:PORT`, `--to-ports`) need `-p tcp`, `-p udp`, `-p sctp`,
+//!   `-p dccp` or `-p icmp` (a protocol number, negated or not).
 //! * A loop of jumps (a chain jumping to itself included), or jumps nested
 //!   more than 15 deep, is refused only when a built-in chain reaches it
 //!   ("Too many links").
@@ -22,17 +30,20 @@
 //! Two things iptables-nft accepts are refused: `! -p tcp` with `--dport`
 //! (iptables-legacy refuses it; nft reads "ports" of any protocol), and a
 //! DROP policy in the nat table (the command refuses it, iptables-restore
-//! does not). So are model states iptables cannot express: host bits in an
+//! does not). NAT ports are taken with a plain `-p tcp` or `-p udp` only
+//! (not sctp, dccp, icmp identifiers or `! -p tcp`), and an address range
+//! whose first address is above its last is refused: iptables takes them,
+//! the datapath has no meaning for them. So are model states iptables cannot express: host bits in an
 //! address, `! --dport 0:65535` and ICMP code ranges, which iptables-save
 //! would write differently from what they mean.
 
 use std::collections::HashMap;
 
 use super::model::{
-    Chain, Iface, Matches, Neg, Policy, RejectWith, Rule, Ruleset, Table, TableRules, Target,
-    ctstate, proto,
+    Chain, Hook, Iface, Matches, Nat, Neg, Policy, RejectWith, Rule, Ruleset, Table, TableRules,
+    Target, ctstate, proto,
 };
-use super::parse::{RuleError, check_log_prefix, is_target_name};
+use super::parse::{RuleError, check_log_prefix, is_target_name, nat_ports_proto};
 
 type Result<T, E = RuleError> = std::result::Result<T, E>;
 
@@ -139,7 +150,90 @@ pub fn validate_table(tr: &TableRules) -> Result<()> {
             }
         }
     }
-    check_jump_depth(tr, &names)
+    check_jump_depth(tr, &names)?;
+    check_nat_hooks(tr)
+}
+
+/// A set of hooks: bit `Hook::index()`.
+pub type HookMask = u8;
+
+fn hook_bit(h: Hook) -> HookMask {
+    1 << h.index()
+}
+
+/// The hooks each chain of a table is reached from (by position in
+/// `tr.chains`): a built-in chain its own, a user chain those of every chain
+/// that jumps or goes to it (`mark_source_chains`' `comefrom`). Chains no
+/// built-in chain reaches have none.
+pub fn chain_hooks(tr: &TableRules) -> Vec<HookMask> {
+    let index: HashMap<&str, usize> = tr
+        .chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut masks: Vec<HookMask> = tr
+        .chains
+        .iter()
+        .map(|c| c.hook().map_or(0, hook_bit))
+        .collect();
+    let mut work: Vec<usize> = (0..tr.chains.len()).filter(|&i| masks[i] != 0).collect();
+    while let Some(i) = work.pop() {
+        for r in &tr.chains[i].rules {
+            if let Target::Jump(to) | Target::Goto(to) = &r.target
+                && let Some(&j) = index.get(to.as_str())
+                && masks[j] | masks[i] != masks[j]
+            {
+                masks[j] |= masks[i];
+                work.push(j);
+            }
+        }
+    }
+    masks
+}
+
+/// The kernel's `textify_hooks`: hook names in hook order, `/` between.
+fn hook_names(mask: HookMask) -> String {
+    Hook::ALL
+        .iter()
+        .filter(|&&h| mask & hook_bit(h) != 0)
+        .map(|h| h.chain_name())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The hooks `nat` may be used from.
+pub fn nat_hooks(nat: &Nat) -> HookMask {
+    nat.hooks().iter().fold(0, |m, &h| m | hook_bit(h))
+}
+
+/// NAT targets only where the kernel lets them work (`xt_check_target`'s
+/// hook check), judged by the hooks their chain is reached from.
+fn check_nat_hooks(tr: &TableRules) -> Result<()> {
+    let masks = chain_hooks(tr);
+    for (c, &used) in tr.chains.iter().zip(&masks) {
+        for (i, r) in c.rules.iter().enumerate() {
+            let Target::Nat(nat) = &r.target else {
+                continue;
+            };
+            let allowed = nat_hooks(nat);
+            if used & !allowed != 0 {
+                return Err(rule_err(
+                    tr.table,
+                    &c.name,
+                    i,
+                    RuleError::msg(format!(
+                        "RULE_APPEND failed (Invalid argument): {} target: used from hooks {}, \
+                         but only usable from {}",
+                        nat.name(),
+                        hook_names(used),
+                        hook_names(allowed)
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Depth-first walk from each built-in chain: a chain met again on the
@@ -377,12 +471,53 @@ pub fn check_rule(table: Table, chain: &Chain, rule: &Rule) -> Result<()> {
             }
         }
         Target::Log { prefix } if !prefix.is_empty() => check_log_prefix(prefix)?,
+        Target::Nat(nat) => check_nat(table, m, nat)?,
         Target::Jump(to) | Target::Goto(to) if to.is_empty() => {
             return Err(RuleError::msg("Invalid target name (too short)"));
         }
         _ => {}
     }
     Ok(())
+}
+
+/// A NAT target in its table, with the protocol its ports need.
+fn check_nat(table: Table, m: &Matches, nat: &Nat) -> Result<()> {
+    if table != Table::Nat {
+        return Err(RuleError::msg(format!(
+            "RULE_APPEND failed (Invalid argument): {} target: only valid in nat table, not {table}",
+            nat.name()
+        )));
+    }
+    if let Nat::Snat(r) | Nat::Dnat(r) = nat
+        && u32::from(r.addr_min) > u32::from(r.addr_max)
+    {
+        return Err(RuleError::unsupported(format!(
+            "an address range whose first address is above its last ({}-{})",
+            r.addr_min, r.addr_max
+        )));
+    }
+    let Some(ports) = nat.ports() else {
+        return Ok(());
+    };
+    if ports.lo > ports.hi {
+        return Err(RuleError::msg(format!("Port range `{}' funky", ports.hi)));
+    }
+    match &m.proto {
+        Some(p) if nat_ports_proto(p.value) => {
+            if p.negated || !matches!(p.value, proto::TCP | proto::UDP) {
+                return Err(RuleError::unsupported(format!(
+                    "{} ports with `{}-p {}' (NAT ports need a plain -p tcp or -p udp)",
+                    nat.name(),
+                    if p.negated { "! " } else { "" },
+                    super::parse::protocol_name(p.value).unwrap_or("?")
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(RuleError::msg(
+            "Need TCP, UDP, SCTP or DCCP with port specification",
+        )),
+    }
 }
 
 /// iptables' check, by chain name: no `-o` where packets come in, no `-i`
@@ -539,6 +674,165 @@ mod tests {
                 &["! -p tcp -j REJECT --reject-with tcp-reset"]
             )
             .contains("needs -p tcp")
+        );
+    }
+
+    /// The kernel's words (dmesg after iptables-legacy, tried in a
+    /// throwaway namespace), after iptables-nft's.
+    #[test]
+    fn nat_targets_in_their_table_and_hooks() {
+        let ok_at = [
+            (
+                "-j SNAT --to-source 192.0.2.1",
+                &["POSTROUTING", "INPUT"][..],
+            ),
+            ("-j MASQUERADE", &["POSTROUTING"]),
+            (
+                "-p tcp -j DNAT --to-destination 172.17.0.2:80",
+                &["PREROUTING", "OUTPUT"],
+            ),
+            (
+                "-p udp -j REDIRECT --to-ports 53",
+                &["PREROUTING", "OUTPUT"],
+            ),
+        ];
+        for (spec, hooks) in ok_at {
+            for chain in ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] {
+                if hooks.contains(&chain) {
+                    ok(Table::Nat, chain, &[spec]);
+                } else {
+                    assert!(
+                        err(Table::Nat, chain, &[spec])
+                            .contains(&format!("used from hooks {chain}, but only usable from")),
+                        "{spec} in {chain}"
+                    );
+                }
+            }
+            // A user chain nothing calls may hold any of them.
+            ok(Table::Nat, "uc", &[spec]);
+            for t in [Table::Filter, Table::Mangle, Table::Raw] {
+                let name = spec.split("-j ").nth(1).unwrap().split(' ').next().unwrap();
+                assert_eq!(
+                    err(t, "uc", &[spec]),
+                    format!(
+                        "RULE_APPEND failed (Invalid argument): {name} target: only valid in nat table, not {t}"
+                    )
+                );
+            }
+        }
+        assert_eq!(
+            err(Table::Nat, "PREROUTING", &["-j SNAT --to-source 1.2.3.4"]),
+            "RULE_APPEND failed (Invalid argument): SNAT target: used from hooks PREROUTING, \
+             but only usable from INPUT/POSTROUTING"
+        );
+        assert_eq!(
+            err(
+                Table::Nat,
+                "POSTROUTING",
+                &["-j DNAT --to-destination 1.2.3.4"]
+            ),
+            "RULE_APPEND failed (Invalid argument): DNAT target: used from hooks POSTROUTING, \
+             but only usable from PREROUTING/OUTPUT"
+        );
+        assert_eq!(
+            err(Table::Nat, "INPUT", &["-j MASQUERADE"]),
+            "RULE_APPEND failed (Invalid argument): MASQUERADE target: used from hooks INPUT, \
+             but only usable from POSTROUTING"
+        );
+    }
+
+    /// A user chain takes the hooks of every chain that reaches it, through
+    /// jumps and gotos, however deep.
+    #[test]
+    fn nat_targets_in_user_chains_follow_their_callers() {
+        let text = |calls: &str| {
+            format!(
+                "*nat\n:a - [0:0]\n:b - [0:0]\n:c - [0:0]\n-A a -j b\n-A b -g c\n\
+                 -A c -j MASQUERADE\n{calls}COMMIT\n"
+            )
+        };
+        parse(&text("")).unwrap();
+        parse(&text("-A POSTROUTING -j a\n")).unwrap();
+        assert_eq!(
+            parse(&text("-A POSTROUTING -j a\n-A OUTPUT -j b\n"))
+                .unwrap_err()
+                .to_string(),
+            "line 7: RULE_APPEND failed (Invalid argument): MASQUERADE target: used from hooks \
+             OUTPUT/POSTROUTING, but only usable from POSTROUTING"
+        );
+        let mut rs = Ruleset::new();
+        let nat = rs.table_mut(Table::Nat);
+        nat.chains.push(Chain::user("x"));
+        nat.chains.push(Chain::user("y"));
+        let jump = |to: &str| Rule::new(Matches::default(), Target::Jump(to.into()));
+        nat.chain_mut("INPUT").unwrap().rules.push(jump("x"));
+        nat.chain_mut("x").unwrap().rules.push(jump("y"));
+        nat.chain_mut("y")
+            .unwrap()
+            .rules
+            .push(parse_rule_spec(&split_line("-j SNAT --to-source 10.0.0.1").unwrap()).unwrap());
+        validate(&rs).unwrap();
+        assert_eq!(
+            chain_hooks(rs.table(Table::Nat).unwrap()),
+            [1, 2, 8, 16, 2, 2]
+        );
+        rs.chain_mut(Table::Nat, "PREROUTING")
+            .unwrap()
+            .rules
+            .push(jump("y"));
+        assert_eq!(
+            validate(&rs).unwrap_err().to_string(),
+            "table nat, chain y, rule 1: RULE_APPEND failed (Invalid argument): SNAT target: \
+             used from hooks PREROUTING/INPUT, but only usable from INPUT/POSTROUTING"
+        );
+    }
+
+    #[test]
+    fn nat_ports_need_tcp_or_udp() {
+        ok(
+            Table::Nat,
+            "POSTROUTING",
+            &[
+                "-p tcp -j SNAT --to-source 1.2.3.4:1000-2000",
+                "-p udp -j MASQUERADE --to-ports 1024-65535",
+                "-j SNAT --to-source 1.2.3.4-1.2.3.9",
+            ],
+        );
+        for spec in [
+            "! -p tcp -j MASQUERADE --to-ports 5",
+            "-p icmp -j MASQUERADE --to-ports 5",
+            "-p sctp -j MASQUERADE --to-ports 5",
+            "-p dccp -j MASQUERADE --to-ports 5",
+            "-j SNAT --to-source 1.2.3.9-1.2.3.4",
+        ] {
+            assert!(
+                err(Table::Nat, "POSTROUTING", &[spec]).ends_with("is not supported"),
+                "{spec}"
+            );
+        }
+        // Model states the parser cannot make.
+        let mut r = Rule::new(
+            Matches::default(),
+            Target::Nat(Nat::Redirect(Some(crate::rules::model::PortRange {
+                lo: 80,
+                hi: 80,
+            }))),
+        );
+        let mut rs = Ruleset::new();
+        rs.chain_mut(Table::Nat, "PREROUTING").unwrap().rules = vec![r.clone()];
+        assert_eq!(
+            validate(&rs).unwrap_err().innermost().to_string(),
+            "Need TCP, UDP, SCTP or DCCP with port specification"
+        );
+        r.matches.proto = Some(Neg::new(proto::TCP));
+        r.target = Target::Nat(Nat::Redirect(Some(crate::rules::model::PortRange {
+            lo: 81,
+            hi: 80,
+        })));
+        rs.chain_mut(Table::Nat, "PREROUTING").unwrap().rules = vec![r];
+        assert_eq!(
+            validate(&rs).unwrap_err().innermost().to_string(),
+            "Port range `80' funky"
         );
     }
 

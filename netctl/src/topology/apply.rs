@@ -206,13 +206,16 @@ impl Executor {
                 alias,
                 group,
             } => {
-                let master = self.index(ns, bridge).await?;
+                let master = match bridge {
+                    Some(b) => Some(self.index(ns, b).await?),
+                    None => None,
+                };
                 // The namespace file stays open until the request is done:
                 // the kernel resolves the fd while handling it.
                 let peer_file = Netns::named(peer_netns).open()?;
                 let spec = VethSpec {
                     host_name: name,
-                    master: Some(master),
+                    master,
                     peer_name,
                     peer_netns: Some(&peer_file),
                     peer_mac: *mac,
@@ -473,13 +476,14 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
     })
 }
 
-/// Syncs the eBPF datapath, then the rules: the file's, or else the live
-/// ones compiled again (interfaces they name may have come or gone).
+/// Syncs the eBPF datapath, then the rules: the file's (with Docker's
+/// before them when it asks for `docker_rules`), or else the live ones
+/// compiled again (interfaces they name may have come or gone).
 async fn sync_datapath(t: &Topology) -> Result<crate::datapath::install::SyncReport> {
     let report = crate::datapath::sync(t).await?;
-    match &t.rules {
+    match super::docker::effective_rules(t) {
         Some(text) => {
-            let rs = crate::rules::parse::parse(text)?;
+            let rs = crate::rules::parse::parse(&text)?;
             crate::rules::live::replace(t, rs).await?;
         }
         None => {

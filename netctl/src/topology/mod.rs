@@ -1,6 +1,7 @@
 //! Declarative topologies: file → validated model → plan → kernel.
 
 pub mod apply;
+pub mod docker;
 pub mod model;
 pub mod parse;
 pub mod plan;
@@ -18,5 +19,7 @@ pub fn load_file(path: &std::path::Path) -> crate::Result<Topology> {
     parse(&text, &path.display().to_string()).map_err(|e| crate::Error::Invalid(e.to_string()))
 }
 
+#[cfg(test)]
+mod docker_tests;
 #[cfg(test)]
 mod tests;

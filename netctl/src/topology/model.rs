@@ -2,9 +2,10 @@
 //! default resolved. Produced only by `parse::parse`, consumed by the
 //! planner; also stored (as JSON) as the record of what an apply owns.
 
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
@@ -35,6 +36,68 @@ pub struct Topology {
     /// when the file is read); `None` leaves the live rules alone.
     #[serde(default)]
     pub rules: Option<String>,
+    /// A veth from the host namespace to an "outside" namespace the
+    /// topology owns, and the host namespace's default route through it.
+    #[serde(default)]
+    pub uplink: Option<UplinkSpec>,
+    /// Docker's bridge-driver rules (`docker::rules`), installed with the
+    /// file's own `rules` merged after them.
+    #[serde(default)]
+    pub docker_rules: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkSpec {
+    /// The host-side end, in the topology's host namespace.
+    pub name: String,
+    pub address: Ipv4Net,
+    /// The namespace holding the peer end: "the outside world".
+    pub outside_netns: String,
+    pub outside_ifname: String,
+    pub outside_address: Ipv4Net,
+    /// The host namespace's default gateway (on the uplink's subnet).
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A published port, as `docker run -p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// `None`: every address of the host namespace (Docker's 0.0.0.0).
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.proto.name()
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +128,19 @@ pub struct ContainerSpec {
     pub mac: Mac,
     pub mtu: Option<u32>,
     pub hairpin: bool,
+    /// Ports published on the host namespace's addresses (`docker_rules`).
+    #[serde(default)]
+    pub publish: Vec<Publish>,
+}
+
+impl ContainerSpec {
+    /// The address published ports lead to: the first IPv4 one.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.addresses.iter().find_map(|a| match a {
+            IpNet::V4(v4) => Some(v4.addr()),
+            IpNet::V6(_) => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +163,7 @@ impl Topology {
     pub fn owned_namespaces(&self) -> Vec<String> {
         let mut v: Vec<String> = self.host_netns.iter().cloned().collect();
         v.extend(self.namespaces.iter().map(|n| n.name.clone()));
+        v.extend(self.uplink.iter().map(|u| u.outside_netns.clone()));
         v.extend(self.containers.iter().map(|c| c.netns.clone()));
         v
     }

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -60,6 +60,19 @@ struct RawTopology {
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
     rules: Option<Spanned<String>>,
+    docker_rules: Option<Spanned<bool>>,
+    uplink: Option<Spanned<RawUplink>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    outside_netns: Option<Spanned<String>>,
+    outside_ifname: Option<Spanned<String>>,
+    outside_address: Spanned<String>,
+    gateway: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +113,8 @@ struct RawContainer {
     mac: Option<Spanned<String>>,
     mtu: Option<Spanned<u32>>,
     hairpin: Option<bool>,
+    #[serde(default)]
+    publish: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -235,8 +250,109 @@ fn is_v4(n: &IpNet) -> bool {
     matches!(n, IpNet::V4(_))
 }
 
+/// An IPv4 address with prefix length that is a host's: neither the
+/// network nor the broadcast address of its subnet.
+fn parse_host_v4(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<Ipv4Net> {
+    match parse_net(ctx, s, what)? {
+        IpNet::V4(v4) => {
+            if v4.prefix_len() < 31 && (v4.addr() == v4.network() || v4.addr() == v4.broadcast()) {
+                ctx.at(
+                    s.span(),
+                    format!("{what} {v4} is the network or broadcast address of its subnet"),
+                );
+                return None;
+            }
+            Some(v4)
+        }
+        IpNet::V6(n) => {
+            ctx.at(
+                s.span(),
+                format!("{what} {n} is not IPv4 (the uplink is IPv4 only)"),
+            );
+            None
+        }
+    }
+}
+
+/// Host ports taken: (protocol, port) → (host address, `None` for all of
+/// them; the container that publishes it).
+type PortClaims = BTreeMap<(Proto, u16), Vec<(Option<Ipv4Addr>, String)>>;
+
+/// `[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]`, as `docker run -p` takes
+/// it (tcp when no protocol is given; HOSTIP 0.0.0.0 = every address).
+pub fn parse_publish(s: &str) -> Result<Publish, String> {
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((spec, "tcp")) => (spec, Proto::Tcp),
+        Some((spec, "udp")) => (spec, Proto::Udp),
+        Some((_, p)) => {
+            return Err(format!(
+                "publish {s:?}: protocol {p:?} is not \"tcp\" or \"udp\""
+            ));
+        }
+        None => (s, Proto::Tcp),
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [h, c] => (None, *h, *c),
+        [ip, h, c] => (Some(*ip), *h, *c),
+        [_] => {
+            return Err(format!(
+                "publish {s:?} needs HOSTPORT:CONTAINERPORT (netctl does not choose host ports)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "publish {s:?} is not [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp] \
+                 (host addresses are IPv4)"
+            ));
+        }
+    };
+    let port = |p: &str, what: &str| -> Result<u16, String> {
+        if p.contains('-') {
+            return Err(format!(
+                "publish {s:?}: {what} {p:?} is a range; port ranges are not supported"
+            ));
+        }
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+            _ => Err(format!(
+                "publish {s:?}: {what} {p:?} is not a port number 1–65535"
+            )),
+        }
+    };
+    let host_ip = match ip {
+        None => None,
+        Some(ip) => match ip.parse::<Ipv4Addr>() {
+            Ok(a) if a.is_unspecified() => None,
+            Ok(a) => Some(a),
+            Err(_) => {
+                return Err(format!(
+                    "publish {s:?}: host address {ip:?} is not an IPv4 address"
+                ));
+            }
+        },
+    };
+    Ok(Publish {
+        host_ip,
+        host_port: port(host, "host port")?,
+        container_port: port(container, "container port")?,
+        proto,
+    })
+}
+
 /// Parses and validates a topology file's text. `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
+    parse_with(text, file, true)
+}
+
+/// `parse` without checking the rules `docker_rules` generates (tests of
+/// the generator that must not depend on the rules parser).
+#[cfg(test)]
+pub(crate) fn parse_unchecked(text: &str, file: &str) -> Result<Topology, TopologyError> {
+    parse_with(text, file, false)
+}
+
+fn parse_with(text: &str, file: &str, check_generated: bool) -> Result<Topology, TopologyError> {
     let raw: RawTopology = toml::from_str(text).map_err(|e| {
         let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         TopologyError {
@@ -252,7 +368,7 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
         text,
         problems: Vec::new(),
     };
-    let topo = build(&mut ctx, raw);
+    let topo = build(&mut ctx, raw, check_generated);
     if ctx.problems.is_empty() {
         Ok(topo)
     } else {
@@ -264,7 +380,7 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
     }
 }
 
-fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
+fn build(ctx: &mut Ctx, raw: RawTopology, check_generated: bool) -> Topology {
     let name = raw.name.get_ref().clone();
     if let Err(e) = check_topology_name(&name) {
         ctx.at(raw.name.span(), e);
@@ -373,6 +489,41 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
             mtu,
         });
     }
+
+    let uplink = raw.uplink.as_ref().and_then(|u| {
+        build_uplink(
+            ctx,
+            &raw,
+            u,
+            &name,
+            &mut claim_ns,
+            &mut claim_host_if,
+            &mut subnets,
+            &mut used_ips,
+        )
+    });
+
+    let docker_rules = raw.docker_rules.as_ref().is_some_and(|d| *d.get_ref());
+    if let Some(d) = &raw.docker_rules
+        && *d.get_ref()
+        && datapath == Datapath::Kernel
+    {
+        ctx.at(d.span(), "docker_rules need datapath = \"ebpf\"");
+    }
+    // What `HOSTIP` of a published port may be: an address the host
+    // namespace has.
+    let mut host_ips: Vec<Ipv4Addr> = uplink
+        .iter()
+        .map(|u: &UplinkSpec| u.address.addr())
+        .collect();
+    for b in &bridges {
+        for a in &b.addresses {
+            if let IpNet::V4(a) = a {
+                host_ips.push(a.addr());
+            }
+        }
+    }
+    let mut claimed = PortClaims::new();
 
     let mut containers = Vec::new();
     let mut cnames = BTreeSet::new();
@@ -524,6 +675,78 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
         // every container's MAC without asking its namespace.
         let mac = mac.unwrap_or_else(|| default_mac(&name, &cname, &addrs));
         let mtu = check_mtu(ctx, &c.mtu);
+        let mut publish = Vec::new();
+        if let Some(first) = c.publish.first() {
+            if !docker_rules {
+                ctx.at(
+                    first.span(),
+                    format!(
+                        "container {cname} publishes ports, which needs docker_rules = true \
+                         (published ports are Docker's DNAT rules)"
+                    ),
+                );
+            }
+            // (When an address did not parse, that is the problem to report.)
+            if !addrs.iter().any(is_v4) && c.addresses.len() == addrs.len() {
+                ctx.at(
+                    first.span(),
+                    format!(
+                        "container {cname} publishes ports but has no IPv4 address to forward them to"
+                    ),
+                );
+            }
+        }
+        for p in &c.publish {
+            let span = p.span();
+            let pm = match parse_publish(p.get_ref()) {
+                Ok(pm) => pm,
+                Err(e) => {
+                    ctx.at(span, e);
+                    continue;
+                }
+            };
+            if let Some(ip) = pm.host_ip
+                && !host_ips.contains(&ip)
+            {
+                let have: Vec<String> = host_ips.iter().map(|a| a.to_string()).collect();
+                ctx.at(
+                    span.clone(),
+                    format!(
+                        "publish {:?}: host address {ip} is not an address of the host namespace \
+                         (it has {})",
+                        p.get_ref(),
+                        if have.is_empty() {
+                            "none".to_string()
+                        } else {
+                            have.join(", ")
+                        }
+                    ),
+                );
+                continue;
+            }
+            let taken = claimed.entry((pm.proto, pm.host_port)).or_default();
+            if let Some((_, by)) = taken
+                .iter()
+                .find(|(ip, _)| ip.is_none() || pm.host_ip.is_none() || *ip == pm.host_ip)
+            {
+                let by = if *by == cname {
+                    "this container".to_string()
+                } else {
+                    format!("container {by}")
+                };
+                ctx.at(
+                    span,
+                    format!(
+                        "host port {}/{} is already published by {by}",
+                        pm.host_port,
+                        pm.proto.name()
+                    ),
+                );
+                continue;
+            }
+            taken.push((pm.host_ip, cname.clone()));
+            publish.push(pm);
+        }
         containers.push(ContainerSpec {
             name: cname,
             netns,
@@ -534,7 +757,10 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
             gateways,
             mac,
             mtu,
-            hairpin: c.hairpin.unwrap_or(false),
+            // Docker without the userland proxy sets hairpin mode on every
+            // port, so a container reaches its own published ports.
+            hairpin: c.hairpin.unwrap_or(docker_rules),
+            publish,
         });
     }
 
@@ -551,6 +777,8 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
             Some(n) => {
                 if let Some(c) = containers.iter().find(|c| c.netns == *n) {
                     Some(vec![c.ifname.clone(), "lo".into()])
+                } else if let Some(u) = uplink.as_ref().filter(|u| u.outside_netns == *n) {
+                    Some(vec![u.outside_ifname.clone(), "lo".into()])
                 } else if namespaces.iter().any(|x| x.name == *n) {
                     // Devices there come from outside the topology.
                     None
@@ -640,29 +868,207 @@ fn build(ctx: &mut Ctx, raw: RawTopology) -> Topology {
     }
     let mut seen_routes = BTreeSet::new();
     for (i, r) in routes.iter().enumerate() {
+        let span = raw.routes[i].get_ref().to.span();
         if !seen_routes.insert((r.netns.clone(), r.to, r.table, r.metric)) {
-            let span = raw.routes[i].get_ref().to.span();
-            ctx.at(span, format!("route to {} is defined twice", r.to));
+            ctx.at(span.clone(), format!("route to {} is defined twice", r.to));
+        }
+        let in_host =
+            r.netns.is_none() || r.netns == raw.host_netns.as_ref().map(|h| h.get_ref().clone());
+        if uplink.is_some()
+            && in_host
+            && r.to == "0.0.0.0/0".parse::<IpNet>().unwrap()
+            && r.table == RT_TABLE_MAIN
+            && r.metric.is_none()
+        {
+            ctx.at(
+                span,
+                "the host namespace's default route is the uplink's (set its `gateway` instead)",
+            );
         }
     }
 
     if let Some(r) = &raw.rules {
         if datapath == Datapath::Kernel {
             ctx.at(r.span(), "rules need datapath = \"ebpf\"".to_string());
-        } else if let Err(e) = crate::rules::parse::parse(r.get_ref()) {
+        } else if !docker_rules && let Err(e) = crate::rules::parse::parse(r.get_ref()) {
             ctx.at(r.span(), format!("rules: {e}"));
         }
     }
 
-    Topology {
+    let topo = Topology {
         name,
-        host_netns: raw.host_netns.map(|h| h.into_inner()),
+        host_netns: raw.host_netns.as_ref().map(|h| h.get_ref().clone()),
         ip_forward: raw.ip_forward.unwrap_or(true),
         datapath,
         namespaces,
         bridges,
         containers,
         routes,
-        rules: raw.rules.map(|r| r.into_inner()),
+        rules: raw.rules.as_ref().map(|r| r.get_ref().clone()),
+        uplink,
+        docker_rules,
+    };
+    if let Some(d) = raw.docker_rules.as_ref().filter(|_| docker_rules)
+        && datapath == Datapath::Ebpf
+        && check_generated
+    {
+        check_docker_rules(ctx, &topo, d.span(), raw.rules.as_ref().map(|r| r.span()));
     }
+    topo
+}
+
+/// Docker's rules with the file's merged in must make a valid ruleset. A
+/// problem in the file's `rules` is reported at its line there; one in a
+/// generated line only when nothing else is wrong (otherwise it is likely a
+/// consequence, e.g. of a bad interface name).
+fn check_docker_rules(
+    ctx: &mut Ctx,
+    t: &Topology,
+    docker_span: Range<usize>,
+    rules_span: Option<Range<usize>>,
+) {
+    let clean = ctx.problems.is_empty();
+    let merged = super::docker::merge(&super::docker::rules(t), t.rules.as_deref().unwrap_or(""));
+    let Err(e) = crate::rules::parse::parse(&merged.text) else {
+        return;
+    };
+    match merged.locate(&e) {
+        super::docker::Located::User(line, msg) => ctx.at(
+            rules_span.unwrap_or(docker_span),
+            format!("rules: line {line}: {msg}"),
+        ),
+        super::docker::Located::Generated(line, msg) if clean => ctx.at(
+            docker_span,
+            format!("docker_rules: the generated rule `{line}` is refused: {msg}"),
+        ),
+        super::docker::Located::Nowhere(msg) if clean => ctx.at(
+            rules_span.unwrap_or(docker_span),
+            format!("rules (merged after docker_rules): {msg}"),
+        ),
+        _ => {}
+    }
+}
+
+/// The `[uplink]` table: a veth from the host namespace to an outside
+/// namespace the topology owns.
+#[allow(clippy::too_many_arguments)]
+fn build_uplink(
+    ctx: &mut Ctx,
+    raw: &RawTopology,
+    u: &Spanned<RawUplink>,
+    topology: &str,
+    claim_ns: &mut impl FnMut(&mut Ctx, &str, Range<usize>, &'static str),
+    claim_host_if: &mut impl FnMut(&mut Ctx, &str, Range<usize>, String),
+    subnets: &mut Vec<(IpNet, String, Range<usize>)>,
+    used_ips: &mut BTreeMap<IpAddr, String>,
+) -> Option<UplinkSpec> {
+    let u = u.get_ref();
+    if raw.host_netns.is_none() {
+        ctx.at(
+            u.name.span(),
+            "an uplink needs host_netns: the host namespace gets a default route through it, \
+             which must not replace the default route of the namespace netctl runs in",
+        );
+    }
+    let name = u.name.get_ref().clone();
+    claim_host_if(ctx, &name, u.name.span(), "the uplink".to_string());
+    let address = parse_host_v4(ctx, &u.address, "uplink address");
+    if let Some(a) = address {
+        let n = IpNet::V4(a);
+        for (other, oname, _) in subnets.iter() {
+            if other.trunc().contains(&n.trunc().network())
+                || n.trunc().contains(&other.trunc().network())
+            {
+                ctx.at(
+                    u.address.span(),
+                    format!(
+                        "subnet {} of the uplink overlaps subnet {} of {oname}",
+                        n.trunc(),
+                        other.trunc()
+                    ),
+                );
+            }
+        }
+        subnets.push((n, "the uplink".into(), u.address.span()));
+        if let Some(prev) = used_ips.insert(n.addr(), "the uplink".into()) {
+            ctx.at(
+                u.address.span(),
+                format!("address {} is already used by {prev}", n.addr()),
+            );
+        }
+    }
+    let mut outside = parse_host_v4(ctx, &u.outside_address, "outside_address");
+    if let (Some(a), Some(o)) = (address, outside) {
+        if o.trunc() != a.trunc() {
+            ctx.at(
+                u.outside_address.span(),
+                format!(
+                    "outside_address {o} is not on the uplink's subnet {} (same prefix length too)",
+                    a.trunc()
+                ),
+            );
+            outside = None;
+        } else if o.addr() == a.addr() {
+            ctx.at(
+                u.outside_address.span(),
+                format!("outside_address {} is the uplink's own address", o.addr()),
+            );
+            outside = None;
+        }
+    }
+    let gateway = match &u.gateway {
+        None => outside.map(|o| o.addr()),
+        Some(g) => match parse_ip(ctx, g.get_ref(), g.span(), "uplink gateway") {
+            Some(IpAddr::V4(gw)) => match address {
+                Some(a) if !a.trunc().contains(&gw) || gw == a.network() || gw == a.broadcast() => {
+                    ctx.at(
+                        g.span(),
+                        format!(
+                            "uplink gateway {gw} is not a host on the uplink's subnet {}",
+                            a.trunc()
+                        ),
+                    );
+                    None
+                }
+                Some(a) if gw == a.addr() => {
+                    ctx.at(
+                        g.span(),
+                        format!("uplink gateway {gw} is the uplink's own address"),
+                    );
+                    None
+                }
+                _ => Some(gw),
+            },
+            Some(IpAddr::V6(gw)) => {
+                ctx.at(
+                    g.span(),
+                    format!("uplink gateway {gw} is not IPv4 (the uplink is IPv4 only)"),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+    let (outside_netns, ns_span) = match &u.outside_netns {
+        Some(n) => (n.get_ref().clone(), n.span()),
+        None => (format!("{topology}-outside"), u.name.span()),
+    };
+    claim_ns(ctx, &outside_netns, ns_span, "the uplink's outside_netns");
+    let outside_ifname = match &u.outside_ifname {
+        Some(i) => {
+            if let Err(e) = check_ifname(i.get_ref()) {
+                ctx.at(i.span(), e);
+            }
+            i.get_ref().clone()
+        }
+        None => "eth0".to_string(),
+    };
+    Some(UplinkSpec {
+        name,
+        address: address?,
+        outside_netns,
+        outside_ifname,
+        outside_address: outside?,
+        gateway: gateway?,
+    })
 }

@@ -50,7 +50,8 @@ pub enum Step {
     CreateVeth {
         ns: Netns,
         name: String,
-        bridge: String,
+        /// `None`: not a bridge port (the uplink).
+        bridge: Option<String>,
         peer_netns: String,
         peer_name: String,
         mac: Option<Mac>,
@@ -167,11 +168,13 @@ impl fmt::Display for Step {
                 peer_netns,
                 peer_name,
                 ..
-            } => write!(
-                f,
-                "+ veth {name} master {bridge}{} <-> {peer_name} (netns {peer_netns})",
-                in_ns(ns)
-            ),
+            } => {
+                write!(f, "+ veth {name}")?;
+                if let Some(b) = bridge {
+                    write!(f, " master {b}")?;
+                }
+                write!(f, "{} <-> {peer_name} (netns {peer_netns})", in_ns(ns))
+            }
             Step::SetHairpin { ns, name, on } => write!(
                 f,
                 "~ bridge port {name} hairpin {}{}",
@@ -254,6 +257,7 @@ pub fn plan(
     p.namespaces();
     p.bridges();
     p.containers();
+    p.uplink();
     p.routes();
     let mut steps = p.removals;
     // Namespaces first, all together: creating one is the most expensive
@@ -310,6 +314,16 @@ pub fn plan_destroy(owned: &Topology, observed: &Observed) -> Vec<Step> {
                     name: c.host_ifname.clone(),
                 });
             }
+        }
+        // Before its outside namespace goes: that would free the pair
+        // asynchronously.
+        if let Some(u) = &owned.uplink
+            && has(&u.name)
+        {
+            steps.push(Step::DeleteLink {
+                ns: host.clone(),
+                name: u.name.clone(),
+            });
         }
         if owned.host_netns.is_none() {
             for r in &owned.routes {
@@ -372,6 +386,7 @@ impl Planner<'_> {
         }
         p.bridges.iter().any(|b| b.name == name)
             || p.containers.iter().any(|c| c.host_ifname == name)
+            || p.uplink.as_ref().is_some_and(|u| u.name == name)
     }
 
     fn check_ownership(&self) -> Result<(), PlanError> {
@@ -387,7 +402,8 @@ impl Planner<'_> {
                 .bridges
                 .iter()
                 .map(|b| &b.name)
-                .chain(self.d.containers.iter().map(|c| &c.host_ifname));
+                .chain(self.d.containers.iter().map(|c| &c.host_ifname))
+                .chain(self.d.uplink.iter().map(|u| &u.name));
             for n in names {
                 if v.link(n).is_some() && !self.prev_owns_host_link(n) {
                     return Err(PlanError::ForeignLink {
@@ -457,11 +473,37 @@ impl Planner<'_> {
                 }
             }
         }
+        // The uplink pair goes explicitly, before any namespace: deleting
+        // the namespace of either end (a new outside namespace, a host
+        // namespace that moved) would free the pair asynchronously, under
+        // the feet of the steps that make it again.
+        if let Some(u) = &prev.uplink
+            && !self.keeps_uplink(u)
+            && self
+                .o
+                .view(&prev_host)
+                .is_some_and(|v| v.link(&u.name).is_some())
+        {
+            self.removals.push(Step::DeleteLink {
+                ns: prev_host.clone(),
+                name: u.name.clone(),
+            });
+        }
         for n in prev.owned_namespaces().into_iter().rev() {
             if !desired_ns.contains(&n) && self.o.namespaces.contains(&n) {
                 self.removals.push(Step::DeleteNetns { name: n });
             }
         }
+    }
+
+    /// Whether the desired topology keeps the pair `prev_uplink` made:
+    /// same host namespace, same name, same outside namespace.
+    fn keeps_uplink(&self, prev_uplink: &UplinkSpec) -> bool {
+        let d = self.d;
+        self.prev.is_some_and(|p| p.host() == d.host())
+            && d.uplink.as_ref().is_some_and(|u| {
+                u.name == prev_uplink.name && u.outside_netns == prev_uplink.outside_netns
+            })
     }
 
     fn ensure_ns(&mut self, name: &str, forward: Option<bool>) -> bool {
@@ -615,7 +657,7 @@ impl Planner<'_> {
                 self.creates.push(Step::CreateVeth {
                     ns: host.clone(),
                     name: c.host_ifname.clone(),
-                    bridge: c.bridge.clone(),
+                    bridge: Some(c.bridge.clone()),
                     peer_netns: c.netns.clone(),
                     peer_name: c.ifname.clone(),
                     mac: Some(c.mac),
@@ -696,6 +738,129 @@ impl Planner<'_> {
                     });
                 }
             }
+        }
+    }
+
+    /// The uplink: a veth from the host namespace to the outside one, an
+    /// address on each end, the host namespace's default route through it.
+    fn uplink(&mut self) {
+        let d = self.d;
+        let Some(u) = &d.uplink else { return };
+        let host = d.host();
+        let out = Netns::named(&u.outside_netns);
+        let out_exists = self.ensure_ns(&u.outside_netns, None);
+        // A pair the removals delete is not there for this planner.
+        let removed = self
+            .prev
+            .and_then(|p| p.uplink.as_ref())
+            .is_some_and(|pu| pu.name == u.name && !self.keeps_uplink(pu));
+        let host_link = if removed {
+            None
+        } else {
+            self.o.view(&host).and_then(|v| v.link(&u.name).cloned())
+        };
+        let oview = if out_exists { self.o.view(&out) } else { None };
+        let intact = match (&host_link, oview) {
+            (Some(h), Some(v)) => {
+                h.kind.as_deref() == Some("veth")
+                    && h.master.is_none()
+                    && h.up
+                    && v.link(&u.outside_ifname).is_some_and(|p| {
+                        p.kind.as_deref() == Some("veth") && p.link == Some(h.index) && p.up
+                    })
+            }
+            _ => false,
+        };
+        if !intact {
+            if host_link.is_some() {
+                self.creates.push(Step::DeleteLink {
+                    ns: host.clone(),
+                    name: u.name.clone(),
+                });
+            }
+            self.creates.push(Step::CreateVeth {
+                ns: host.clone(),
+                name: u.name.clone(),
+                bridge: None,
+                peer_netns: u.outside_netns.clone(),
+                peer_name: u.outside_ifname.clone(),
+                mac: None,
+                mtu: None,
+                alias: alias_for(&d.name),
+                group: 0,
+            });
+        }
+        let ends = [
+            (
+                host.clone(),
+                &u.name,
+                IpNet::V4(u.address),
+                self.o.view(&host),
+            ),
+            (
+                out.clone(),
+                &u.outside_ifname,
+                IpNet::V4(u.outside_address),
+                oview,
+            ),
+        ];
+        for (ns, dev, want, view) in ends {
+            let have = match (intact, view) {
+                (true, Some(v)) => v.addrs_of(dev),
+                _ => Vec::new(),
+            };
+            for a in &have {
+                if *a != want {
+                    self.removals.push(Step::DelAddr {
+                        ns: ns.clone(),
+                        dev: dev.clone(),
+                        net: *a,
+                    });
+                }
+            }
+            if !have.contains(&want) {
+                self.creates.push(Step::AddAddr {
+                    ns,
+                    dev: dev.clone(),
+                    net: want,
+                });
+            }
+        }
+        let default: IpNet = "0.0.0.0/0".parse().unwrap();
+        let have_gw: Vec<IpAddr> = match (intact, self.o.view(&host)) {
+            (true, Some(v)) => v
+                .routes_in(RT_TABLE_MAIN)
+                .filter(|r| r.dst == default && r.metric.is_none_or(|m| m == 0))
+                .filter_map(|r| r.gateway)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let gw = IpAddr::V4(u.gateway);
+        for g in &have_gw {
+            if *g != gw {
+                self.removals.push(Step::DelRoute {
+                    ns: host.clone(),
+                    route: PlannedRoute {
+                        to: default,
+                        via: Some(*g),
+                        dev: None,
+                        table: RT_TABLE_MAIN,
+                        metric: None,
+                    },
+                });
+            }
+        }
+        if !have_gw.contains(&gw) {
+            self.creates.push(Step::AddRoute {
+                ns: host,
+                route: PlannedRoute {
+                    to: default,
+                    via: Some(gw),
+                    dev: Some(u.name.clone()),
+                    table: RT_TABLE_MAIN,
+                    metric: None,
+                },
+            });
         }
     }
 

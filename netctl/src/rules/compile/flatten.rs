@@ -8,13 +8,16 @@
 //! which makes conjunction concatenation and lets the class builder treat
 //! every field alike.
 
-use netctl_common::{RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_SLOTS_MAX, field};
+use netctl_common::{
+    RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NAT_MAX, RS_SLOTS_MAX, RsNat, field, nat_kind,
+    nat_range,
+};
 
 use super::FastMap;
 use crate::rules::eval::builtin_chain;
 use crate::rules::model::{
-    Chain, Hook, Iface, Matches, MultiportKind, Neg, Policy, PortRange, RejectWith, Ruleset, Table,
-    TableRules, Target,
+    Chain, Hook, Iface, Matches, MultiportKind, Nat, NatRange, Neg, Policy, PortRange, RejectWith,
+    Ruleset, Table, TableRules, Target,
 };
 use crate::{Error, Result};
 
@@ -179,6 +182,71 @@ impl LogTable {
     }
 }
 
+/// NAT actions (`MAP_RS_NAT`), deduplicated across the hooks of a
+/// generation.
+#[derive(Default)]
+pub(super) struct NatTable {
+    pub actions: Vec<RsNat>,
+    index: FastMap<NatKey, u32>,
+}
+
+/// `RsNat`'s fields, which is not `Hash`.
+type NatKey = (u8, u8, [u8; 4], [u8; 4], u16, u16);
+
+impl NatTable {
+    fn intern(&mut self, nat: &Nat, at: &dyn Fn() -> String) -> Result<u32> {
+        let a = rs_nat(nat);
+        let key = (
+            a.kind, a.flags, a.addr_min, a.addr_max, a.port_min, a.port_max,
+        );
+        if let Some(&i) = self.index.get(&key) {
+            return Ok(i);
+        }
+        if self.actions.len() as u32 >= RS_NAT_MAX {
+            return Err(Error::Invalid(format!(
+                "{}: more than {RS_NAT_MAX} distinct NAT targets (SNAT, MASQUERADE, DNAT, \
+                 REDIRECT with their ranges), which the datapath holds",
+                at()
+            )));
+        }
+        let i = self.actions.len() as u32;
+        self.actions.push(a);
+        self.index.insert(key, i);
+        Ok(i)
+    }
+}
+
+/// A NAT target as `MAP_RS_NAT` holds it.
+pub(super) fn rs_nat(nat: &Nat) -> RsNat {
+    let ports = |p: Option<PortRange>| match p {
+        Some(p) => RsNat {
+            flags: nat_range::PORTS,
+            port_min: p.lo,
+            port_max: p.hi,
+            ..RsNat::default()
+        },
+        None => RsNat::default(),
+    };
+    let range = |kind, r: &NatRange| RsNat {
+        kind,
+        addr_min: r.addr_min.octets(),
+        addr_max: r.addr_max.octets(),
+        ..ports(r.ports)
+    };
+    match nat {
+        Nat::Snat(r) => range(nat_kind::SNAT, r),
+        Nat::Dnat(r) => range(nat_kind::DNAT, r),
+        Nat::Masquerade(p) => RsNat {
+            kind: nat_kind::MASQUERADE,
+            ..ports(*p)
+        },
+        Nat::Redirect(p) => RsNat {
+            kind: nat_kind::REDIRECT,
+            ..ports(*p)
+        },
+    }
+}
+
 /// Where a SKIP goes, before the program is laid out.
 pub(super) type Label = u32;
 
@@ -189,6 +257,8 @@ pub(super) enum FlatKind {
     Skip(Label),
     Drop,
     Reject(RejectWith),
+    /// Record NAT action `.0`, go on at the end of the nat table's block.
+    Nat(u32, Label),
 }
 
 pub(super) struct FlatEntry {
@@ -214,12 +284,14 @@ pub(super) fn flatten_hook(
     hook: Hook,
     atoms: &mut AtomTable,
     logs: &mut LogTable,
+    nats: &mut NatTable,
 ) -> Result<FlatHook> {
     let mut f = Flattener {
         hook,
         table: None,
         atoms,
         logs,
+        nats,
         entries: Vec::new(),
         labels: Vec::new(),
         calls: Vec::new(),
@@ -256,6 +328,7 @@ struct Flattener<'a> {
     table: Option<&'a TableRules>,
     atoms: &'a mut AtomTable,
     logs: &'a mut LogTable,
+    nats: &'a mut NatTable,
     entries: Vec<FlatEntry>,
     labels: Vec<u32>,
     /// Chains being inlined, outermost first, to refuse loops.
@@ -338,6 +411,8 @@ impl<'a> Flattener<'a> {
                     Target::Drop => FlatKind::Drop,
                     Target::Reject(with) => FlatKind::Reject(*with),
                     Target::Return => FlatKind::Skip(ret),
+                    // Like ACCEPT, it ends the (nat) table's walk.
+                    Target::Nat(nat) => FlatKind::Nat(self.nat(tr, nat, &at)?, accept),
                     Target::Jump(name) | Target::Goto(name) => {
                         let callee = self.callee(tr, name, &at)?;
                         self.push(pred.clone(), FlatKind::Continue, slot)?;
@@ -362,6 +437,27 @@ impl<'a> Flattener<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The NAT action's index, for a target where the datapath can apply
+    /// it: which translation it is follows from the hook.
+    fn nat(&mut self, tr: &TableRules, nat: &Nat, at: &dyn Fn() -> String) -> Result<u32> {
+        if tr.table != Table::Nat {
+            return Err(Error::Invalid(format!(
+                "{}: {} outside the nat table",
+                at(),
+                nat.name()
+            )));
+        }
+        if !nat.hooks().contains(&self.hook) {
+            return Err(Error::Invalid(format!(
+                "{}: {} reached from {}, where it does not work",
+                at(),
+                nat.name(),
+                self.hook.chain_name()
+            )));
+        }
+        self.nats.intern(nat, at)
     }
 
     fn callee(&self, tr: &'a TableRules, name: &str, at: &dyn Fn() -> String) -> Result<&'a Chain> {

@@ -3,8 +3,8 @@
 //! the simulator reads exactly what the kernel will.
 
 use netctl_common::{
-    RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_SUMMARY_WORDS, RsClassKey, RsHook,
-    RsSummary, RsWordKey, RuleEntry, field, hook,
+    RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NAT_MAX, RS_SUMMARY_WORDS,
+    RsClassKey, RsHook, RsNat, RsSummary, RsWordKey, RuleEntry, field, hook,
 };
 
 use super::Compiled;
@@ -27,6 +27,8 @@ pub struct MapImage {
     pub entries: Vec<(u32, RuleEntry)>,
     /// `MAP_RS_LOG`: index `gen * RS_LOG_MAX + prefix`, NUL-padded.
     pub logs: Vec<(u32, [u8; RS_LOG_LEN])>,
+    /// `MAP_RS_NAT`: index `gen * RS_NAT_MAX + action`.
+    pub nat: Vec<(u32, RsNat)>,
 }
 
 impl MapImage {
@@ -38,6 +40,7 @@ impl MapImage {
             + self.words.len()
             + self.entries.len()
             + self.logs.len()
+            + self.nat.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,6 +56,7 @@ impl MapImage {
             + self.words.len() * (size_of::<RsWordKey>() + 8)
             + self.entries.len() * (4 + size_of::<RuleEntry>())
             + self.logs.len() * (4 + RS_LOG_LEN)
+            + self.nat.len() * (4 + size_of::<RsNat>())
     }
 }
 
@@ -82,6 +86,7 @@ pub(super) fn build(c: &Compiled, generation: u8) -> MapImage {
         words: Vec::with_capacity(words),
         entries: Vec::with_capacity(c.hooks.iter().map(|h| h.entries.len()).sum()),
         logs: Vec::with_capacity(c.logs.len()),
+        nat: Vec::with_capacity(c.nat.len()),
     };
     for (h, prog) in c.hooks.iter().enumerate() {
         let index = g * u32::from(hook::COUNT) + h as u32;
@@ -120,6 +125,12 @@ pub(super) fn build(c: &Compiled, generation: u8) -> MapImage {
         buf[..p.len()].copy_from_slice(p.as_bytes());
         (g * RS_LOG_MAX + i as u32, buf)
     }));
+    img.nat.extend(
+        c.nat
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (g * RS_NAT_MAX + i as u32, *a)),
+    );
     img
 }
 

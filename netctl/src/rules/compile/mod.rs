@@ -26,7 +26,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use netctl_common::{
     MAP_RS_CLASS, MAP_RS_CLASS_MAX, MAP_RS_SUMMARY, MAP_RS_SUMMARY_MAX, MAP_RS_WORDS,
-    MAP_RS_WORDS_MAX, RuleEntry, entry, field, reject,
+    MAP_RS_WORDS_MAX, RsNat, RuleEntry, entry, field, reject,
 };
 
 use crate::rules::model::{Hook, RejectWith, Ruleset};
@@ -34,9 +34,9 @@ use crate::{Error, Result};
 
 pub use classes::{FieldClasses, LpmEntry, Words};
 pub use image::MapImage;
-pub use simulate::{Simulator, packet_keys, simulate};
+pub use simulate::{Simulator, nat_of, packet_keys, simulate};
 
-use flatten::{AtomTable, FlatKind, LogTable};
+use flatten::{AtomTable, FlatKind, LogTable, NatTable};
 
 /// Most entries one packet may go through at a hook before a verdict. The
 /// datapath's walk loop is bounded by this; the compiler refuses rulesets
@@ -48,8 +48,10 @@ pub const WALK_MAX: u32 = netctl_common::RS_WALK_MAX;
 pub struct Compiled {
     /// Indexed by `Hook::index()`.
     pub hooks: Vec<HookProgram>,
-    /// LOG prefixes; `RuleEntry::log` indexes this.
+    /// LOG prefixes; `RuleEntry::log` of a LOG entry indexes this.
     pub logs: Vec<String>,
+    /// NAT actions; `RuleEntry::log` of a NAT entry indexes this.
+    pub nat: Vec<RsNat>,
 }
 
 /// One hook's flattened program.
@@ -83,9 +85,10 @@ pub fn compile(rs: &Ruleset, ifaces: &[(String, u32)]) -> Result<Compiled> {
     check_ifaces(ifaces)?;
     let mut atoms = AtomTable::default();
     let mut logs = LogTable::default();
+    let mut nats = NatTable::default();
     let mut hooks = Vec::with_capacity(Hook::ALL.len());
     for hook in Hook::ALL {
-        let flat = flatten::flatten_hook(rs, hook, &mut atoms, &mut logs)?;
+        let flat = flatten::flatten_hook(rs, hook, &mut atoms, &mut logs, &mut nats)?;
         let entries: Vec<RuleEntry> = flat
             .entries
             .iter()
@@ -121,6 +124,7 @@ pub fn compile(rs: &Ruleset, ifaces: &[(String, u32)]) -> Result<Compiled> {
     let c = Compiled {
         hooks,
         logs: logs.prefixes,
+        nat: nats.actions,
     };
     check_capacity(&c)?;
     Ok(c)
@@ -188,6 +192,11 @@ fn rule_entry(kind: FlatKind, slot: u32, labels: &[u32]) -> RuleEntry {
             e.kind = entry::REJECT;
             e.reject = reject_code(w);
         }
+        FlatKind::Nat(i, l) => {
+            e.kind = entry::NAT;
+            e.log = i;
+            e.target = labels[l as usize];
+        }
     }
     e
 }
@@ -223,7 +232,7 @@ fn longest_walk(entries: &[RuleEntry]) -> u32 {
     for (i, e) in entries.iter().enumerate().rev() {
         let here = match e.kind {
             entry::DROP | entry::REJECT => 1,
-            entry::SKIP => 1 + best_from[(e.target as usize).min(entries.len())],
+            entry::SKIP | entry::NAT => 1 + best_from[(e.target as usize).min(entries.len())],
             _ => 1 + best_from[i + 1],
         };
         best_from[i] = best_from[i + 1].max(here);

@@ -5,13 +5,14 @@
 //! efficiently.
 
 use netctl_common::{
-    RS_BLOCKS_MAX, RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_MAX, RS_NO_SLOT, RS_SUMMARY_WORDS, RsHook,
-    RsSummary, RsWordKey, RuleEntry, entry, field, hook,
+    RS_BLOCKS_MAX, RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_MAX, RS_NAT_MAX, RS_NO_SLOT,
+    RS_SUMMARY_WORDS, RsHook, RsNat, RsSummary, RsWordKey, RuleEntry, entry, field, hook, nat_kind,
+    nat_range,
 };
 
 use super::{MapImage, WALK_MAX, reject_with};
 use crate::rules::eval::{Outcome, PacketKeys, Verdict};
-use crate::rules::model::{Hook, PacketView};
+use crate::rules::model::{Hook, Nat, NatRange, PacketView, PortRange};
 
 /// The classifier's key for each field (`field::*`), as the eBPF side must
 /// compute it: ports only for tcp and udp, ICMP `type << 8 | code` only for
@@ -49,6 +50,7 @@ pub struct Simulator {
     words: Map<RsWordKey, u64>,
     entries: Map<u32, RuleEntry>,
     logs: Map<u32, String>,
+    nat: Map<u32, RsNat>,
 }
 
 /// Runs one packet through `image` (see `Simulator::run`).
@@ -100,6 +102,7 @@ impl Simulator {
                     (*i, String::from_utf8_lossy(&buf[..len]).into_owned())
                 })
                 .collect(),
+            nat: image.nat.iter().copied().collect(),
         }
     }
 
@@ -144,6 +147,31 @@ impl Simulator {
         pkt: &PacketView,
         first_of_conn: bool,
         ifindex_of: impl Fn(&str) -> u32,
+    ) -> Outcome {
+        self.run_indexed(hook, pkt, first_of_conn, ifindex_of).0
+    }
+
+    /// `run`, and the index in the generation's `MAP_RS_NAT` (the NAT
+    /// entry's `RuleEntry::log`) of the NAT action in `Outcome::nat`.
+    pub fn run_indexed(
+        &self,
+        hook: Hook,
+        pkt: &PacketView,
+        first_of_conn: bool,
+        ifindex_of: impl Fn(&str) -> u32,
+    ) -> (Outcome, Option<u32>) {
+        let mut nat_index = None;
+        let out = self.walk(hook, pkt, first_of_conn, ifindex_of, &mut nat_index);
+        (out, nat_index)
+    }
+
+    fn walk(
+        &self,
+        hook: Hook,
+        pkt: &PacketView,
+        first_of_conn: bool,
+        ifindex_of: impl Fn(&str) -> u32,
+        nat_index: &mut Option<u32>,
     ) -> Outcome {
         let mut out = Outcome::accept();
         let hk = hook.index() as u8;
@@ -207,6 +235,18 @@ impl Simulator {
                     cursor = i + 1;
                 }
                 entry::SKIP => cursor = e.target,
+                entry::NAT => {
+                    let a = self
+                        .nat
+                        .get(&(u32::from(self.generation) * RS_NAT_MAX + e.log))
+                        .unwrap_or_else(|| panic!("hook {hook:?}: entry {i}: NAT action missing"));
+                    out.nat = Some(
+                        nat_of(a)
+                            .unwrap_or_else(|| panic!("hook {hook:?}: entry {i}: bad NAT action")),
+                    );
+                    *nat_index = Some(e.log);
+                    cursor = e.target;
+                }
                 entry::DROP => {
                     out.verdict = Verdict::Drop;
                     return out;
@@ -262,4 +302,33 @@ impl Simulator {
         }
         None
     }
+}
+
+/// The NAT target a `MAP_RS_NAT` element stands for; `None` for an
+/// element the datapath could not make sense of.
+pub fn nat_of(a: &RsNat) -> Option<Nat> {
+    if a.flags & !nat_range::PORTS != 0 {
+        return None;
+    }
+    if matches!(a.kind, nat_kind::MASQUERADE | nat_kind::REDIRECT)
+        && (a.addr_min, a.addr_max) != ([0; 4], [0; 4])
+    {
+        return None;
+    }
+    let ports = (a.flags & nat_range::PORTS != 0).then_some(PortRange {
+        lo: a.port_min,
+        hi: a.port_max,
+    });
+    let range = NatRange {
+        addr_min: a.addr_min.into(),
+        addr_max: a.addr_max.into(),
+        ports,
+    };
+    Some(match a.kind {
+        nat_kind::SNAT => Nat::Snat(range),
+        nat_kind::DNAT => Nat::Dnat(range),
+        nat_kind::MASQUERADE => Nat::Masquerade(ports),
+        nat_kind::REDIRECT => Nat::Redirect(ports),
+        _ => return None,
+    })
 }

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use crate::rules::compile::{Simulator, compile};
 use crate::rules::eval::{Outcome, Verdict, evaluate};
 use crate::rules::model::{
-    Chain, Hook, IcmpType, Iface, Matches, Multiport, MultiportKind, Neg, PacketView, Policy,
+    Chain, Hook, IcmpType, Iface, Matches, Multiport, MultiportKind, Nat, Neg, PacketView, Policy,
     PortRange, RejectWith, Rule, Ruleset, Table, TableRules, Target, ctstate, proto,
 };
 
@@ -173,8 +173,26 @@ fn rule(toks: &[String]) -> (Matches, Target) {
                     (_, "LOG") => Target::Log {
                         prefix: String::new(),
                     },
+                    (_, "MASQUERADE") => Target::Nat(Nat::Masquerade(None)),
+                    (_, "REDIRECT") => Target::Nat(Nat::Redirect(None)),
                     _ => Target::Jump(name),
                 };
+            }
+            // Through the real parser: the tests write what iptables takes.
+            "--to-source" | "--to-destination" => {
+                let r = crate::rules::parse::parse_nat_to(&next(&mut i), true).unwrap();
+                target = Target::Nat(if t == "--to-source" {
+                    Nat::Snat(r)
+                } else {
+                    Nat::Dnat(r)
+                });
+            }
+            "--to-ports" => {
+                let p = Some(crate::rules::parse::parse_nat_ports(&next(&mut i), true).unwrap());
+                target = Target::Nat(match target {
+                    Target::Nat(Nat::Masquerade(_)) => Nat::Masquerade(p),
+                    _ => Nat::Redirect(p),
+                });
             }
             "--log-prefix" => {
                 target = Target::Log {
@@ -344,6 +362,15 @@ pub fn outcome(verdict: Verdict, counted: &[u32], logs: &[&str]) -> Outcome {
         verdict,
         counted: counted.to_vec(),
         logs: logs.iter().map(|s| s.to_string()).collect(),
+        nat: None,
+    }
+}
+
+/// `outcome`, with the NAT target the nat table's walk ended in.
+pub fn outcome_nat(verdict: Verdict, counted: &[u32], logs: &[&str], nat: Nat) -> Outcome {
+    Outcome {
+        nat: Some(nat),
+        ..outcome(verdict, counted, logs)
     }
 }
 

@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use netctl_common::{
-    RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_MAX, RS_NO_SLOT, RS_SLOTS_MAX, entry, field, hook,
+    RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_MAX, RS_NAT_MAX, RS_NO_SLOT, RS_SLOTS_MAX, entry, field,
+    hook, nat_kind, nat_range,
 };
 
 use super::testkit::{self, Pkt, ifaces, ifindex_of, ruleset};
@@ -14,7 +15,8 @@ use super::*;
 use crate::rules::eval::{Verdict, evaluate};
 use crate::rules::r#gen::{self, GenConfig, Rng};
 use crate::rules::model::{
-    Chain, Matches, Neg, Policy, PortRange, Rule, Ruleset, Table, TableRules, Target, proto,
+    Chain, Matches, Nat, NatRange, Neg, Policy, PortRange, Rule, Ruleset, Table, TableRules,
+    Target, proto,
 };
 
 /// Checks what the loader and the eBPF side rely on, beyond agreement on
@@ -97,6 +99,18 @@ fn check_image(c: &Compiled, img: &MapImage) {
         if e.kind == entry::LOG {
             assert!((e.log as usize) < c.logs.len());
         }
+        if e.kind == entry::NAT {
+            assert!((e.log as usize) < c.nat.len());
+            let prog = &c.hooks[h as usize];
+            assert!(prog.nat_start <= at && at < prog.nat_end, "NAT outside nat");
+            assert_eq!(e.target, prog.nat_end, "NAT must end the nat block");
+        }
+    }
+    assert_eq!(img.nat.len(), c.nat.len());
+    for (k, (i, a)) in img.nat.iter().enumerate() {
+        assert_eq!(*i, g * RS_NAT_MAX + k as u32);
+        assert_eq!(*a, c.nat[k]);
+        assert!(super::nat_of(a).is_some(), "{a:?}");
     }
     for (i, buf) in &img.logs {
         assert_eq!(i / RS_LOG_MAX, g);
@@ -131,6 +145,8 @@ struct Coverage {
     logged: usize,
     max_counted: usize,
     max_entries: usize,
+    /// Outcomes with a NAT target, by target.
+    nat: HashMap<&'static str, usize>,
 }
 
 /// Random rulesets and packets: the compiled maps must give exactly the
@@ -171,11 +187,19 @@ fn differential(cfg: &GenConfig, seed: u64, rulesets: usize, packets: usize) -> 
                 r#gen::packet_at(&mut rng, cfg, hook)
             };
             let want = evaluate(&rs, hook, &pkt, first);
-            let got = sim.run(hook, &pkt, first, ifindex);
+            let (got, nat_index) = sim.run_indexed(hook, &pkt, first, ifindex);
             assert_eq!(
                 got, want,
                 "case {case} (seed {seed}), {hook:?}, first {first}\npacket {pkt:?}\n{rs:#?}"
             );
+            // The index is the compiled action the outcome names.
+            assert_eq!(
+                nat_index.map(|i| nat_of(&c.nat[i as usize])),
+                want.nat.map(Some)
+            );
+            if let Some(n) = &want.nat {
+                *cov.nat.entry(n.name()).or_default() += 1;
+            }
             cov.packets += 1;
             *cov.verdicts
                 .entry(format!("{:?}", want.verdict))
@@ -219,6 +243,40 @@ fn random_large_rulesets_agree_with_the_reference() {
     println!("{cov:#?}");
     assert!(cov.max_entries > 64, "programs should span blocks: {cov:?}");
     assert!(cov.refused * 10 < cov.rulesets, "{cov:?}");
+}
+
+/// NAT targets in the nat table (the generator leaves them out unless asked):
+/// the simulator must name the reference's NAT target, through the index it
+/// would record for the connection.
+#[test]
+fn random_nat_rulesets_agree_with_the_reference() {
+    let cfg = GenConfig {
+        nat: true,
+        ..GenConfig::default()
+    };
+    let cov = differential(&cfg, 5, 1500, 40);
+    println!("{cov:#?}");
+    assert!(cov.refused * 50 < cov.rulesets, "too many refused: {cov:?}");
+    for k in ["SNAT", "MASQUERADE", "DNAT", "REDIRECT"] {
+        assert!(
+            cov.nat.get(k).is_some_and(|&n| n > 50),
+            "too few {k}: {cov:?}"
+        );
+    }
+    let cfg = GenConfig {
+        nat: true,
+        tables: vec![Table::Nat, Table::Filter],
+        max_rules: 25,
+        max_user_chains: 8,
+        max_calls: 3,
+        ..GenConfig::default()
+    };
+    let cov = differential(&cfg, 6, 300, 60);
+    println!("{cov:#?}");
+    assert!(
+        cov.nat.values().sum::<usize>() * 20 > cov.packets,
+        "{cov:?}"
+    );
 }
 
 /// What a harness against the kernel can use: two hooks, filter only, its
@@ -484,6 +542,171 @@ fn header_and_entries_layout() {
         .1;
     assert_eq!(input.entries, 0);
     check_image(&c, &img);
+}
+
+fn nat_range(addr: &str, ports: Option<(u16, u16)>) -> NatRange {
+    NatRange {
+        addr_min: addr.parse().unwrap(),
+        addr_max: addr.parse().unwrap(),
+        ports: ports.map(|(lo, hi)| PortRange { lo, hi }),
+    }
+}
+
+#[test]
+fn nat_entries_and_actions_layout() {
+    let rs = ruleset(
+        "*nat
+         :PREROUTING ACCEPT
+         :OUTPUT ACCEPT
+         :POSTROUTING ACCEPT
+         :D -
+         -A PREROUTING -p tcp -j D
+         -A PREROUTING -j LOG --log-prefix x
+         -A OUTPUT -p tcp -j D
+         -A POSTROUTING -j SNAT --to-source 192.0.2.1-192.0.2.9
+         -A POSTROUTING -p udp -j MASQUERADE --to-ports 1024-65535
+         -A D -p tcp --dport 80 -j DNAT --to-destination 172.17.0.2:8080
+         -A D -j REDIRECT
+         *filter
+         :OUTPUT ACCEPT
+         -A OUTPUT -j DROP",
+    );
+    let c = compile(&rs, &ifaces()).unwrap();
+    let pre = &c.hooks[Hook::Prerouting.index() as usize];
+    let shape: Vec<(u8, u32)> = pre.entries.iter().map(|e| (e.kind, e.slot)).collect();
+    assert_eq!(
+        shape,
+        [
+            (entry::CONTINUE, 6),
+            (entry::NAT, 11),
+            (entry::NAT, 12),
+            (entry::LOG, 7),
+            (entry::SKIP, 2),
+        ]
+    );
+    assert_eq!((pre.nat_start, pre.nat_end), (0, 5));
+    assert!(pre.entries[1..3].iter().all(|e| e.target == 5));
+    // Actions are shared: OUTPUT's copy of D uses PREROUTING's.
+    let out = &c.hooks[Hook::Output.index() as usize];
+    assert_eq!((out.nat_start, out.nat_end), (0, 4));
+    let nat_logs = |p: &HookProgram| -> Vec<u32> {
+        p.entries
+            .iter()
+            .filter(|e| e.kind == entry::NAT)
+            .map(|e| e.log)
+            .collect()
+    };
+    assert_eq!(nat_logs(pre), [0, 1]);
+    assert_eq!(nat_logs(out), [0, 1]);
+    let post = &c.hooks[Hook::Postrouting.index() as usize];
+    assert_eq!(nat_logs(post), [2, 3]);
+    assert_eq!(c.nat.len(), 4);
+    let dnat = c.nat[0];
+    assert_eq!(
+        (
+            dnat.kind,
+            dnat.flags,
+            dnat.addr_min,
+            dnat.addr_max,
+            dnat.port_min,
+            dnat.port_max
+        ),
+        (
+            nat_kind::DNAT,
+            nat_range::PORTS,
+            [172, 17, 0, 2],
+            [172, 17, 0, 2],
+            8080,
+            8080
+        )
+    );
+    assert_eq!((c.nat[1].kind, c.nat[1].flags), (nat_kind::REDIRECT, 0));
+    assert_eq!(
+        (c.nat[2].kind, c.nat[2].addr_min, c.nat[2].addr_max),
+        (nat_kind::SNAT, [192, 0, 2, 1], [192, 0, 2, 9])
+    );
+    assert_eq!(
+        (
+            c.nat[3].kind,
+            c.nat[3].flags,
+            c.nat[3].port_min,
+            c.nat[3].port_max
+        ),
+        (nat_kind::MASQUERADE, nat_range::PORTS, 1024, 65535)
+    );
+    // A NAT entry goes on like SKIP: the walk bound counts it so.
+    assert_eq!(pre.longest_walk, 3);
+
+    for generation in [0, 1] {
+        let img = c.image(generation);
+        check_image(&c, &img);
+        assert_eq!(img.nat[0].0, u32::from(generation) * RS_NAT_MAX);
+        assert_eq!(img.len(), {
+            let mut without = img.clone();
+            without.nat.clear();
+            without.len() + 4
+        });
+        let sim = Simulator::new(&img);
+        let p = Pkt::tcp("10.0.0.1", 1, "10.0.0.2", 80).i("eth0");
+        let (o, i) = sim.run_indexed(Hook::Prerouting, &p.0, true, ifindex_of);
+        assert_eq!(i, Some(0));
+        assert_eq!(
+            o.nat,
+            Some(Nat::Dnat(nat_range("172.17.0.2", Some((8080, 8080)))))
+        );
+        assert_eq!(o.counted, [6, 11]);
+        // The nat block is not walked for later packets: no action.
+        let (o, i) = sim.run_indexed(Hook::Prerouting, &p.0, false, ifindex_of);
+        assert_eq!((o.nat, i), (None, None));
+        let p = Pkt::tcp("10.0.0.1", 1, "10.0.0.2", 22);
+        let (o, i) = sim.run_indexed(Hook::Output, &p.0, true, ifindex_of);
+        assert_eq!((o.nat, i), (Some(Nat::Redirect(None)), Some(1)));
+        assert_eq!(o.verdict, Verdict::Drop);
+        testkit::check(
+            &rs,
+            Hook::Output,
+            &p,
+            true,
+            &evaluate(&rs, Hook::Output, &p.0, true),
+        );
+    }
+}
+
+#[test]
+fn refuses_nat_where_the_datapath_cannot_apply_it() {
+    let snat = |a: u32| Target::Nat(Nat::Snat(nat_range(&Ipv4Addr::from(a).to_string(), None)));
+    let nat_table = |chain: &str, rules: Vec<Rule>| {
+        let mut tr = TableRules::new(Table::Nat);
+        tr.chain_mut(chain).unwrap().rules = rules;
+        Ruleset { tables: vec![tr] }
+    };
+    // Distinct actions: one more than a generation holds.
+    let rules: Vec<Rule> = (0..=RS_NAT_MAX)
+        .map(|i| plain(snat(0x0a00_0000 + i), i + 10))
+        .collect();
+    refused(
+        &nat_table("POSTROUTING", rules),
+        &ifaces(),
+        "more than 4096 distinct NAT targets",
+    );
+    // As many as it holds, some twice: fine.
+    let rules: Vec<Rule> = (0..RS_NAT_MAX + 100)
+        .map(|i| plain(snat(0x0a00_0000 + i % RS_NAT_MAX), i + 10))
+        .collect();
+    let c = compile(&nat_table("POSTROUTING", rules), &ifaces()).unwrap();
+    assert_eq!(c.nat.len(), RS_NAT_MAX as usize);
+    // What validate refuses, the compiler refuses too.
+    refused(
+        &nat_table("PREROUTING", vec![plain(snat(1), 5)]),
+        &ifaces(),
+        "SNAT reached from PREROUTING",
+    );
+    let rs = filter(vec![chain(
+        "INPUT",
+        Some(Policy::Accept),
+        vec![plain(Target::Nat(Nat::Masquerade(None)), 5)],
+    )]);
+    refused(&rs, &ifaces(), "MASQUERADE outside the nat table");
 }
 
 #[test]

@@ -1,0 +1,601 @@
+//! NAT over conntrack, as the kernel's nf_nat does it: the nat table is
+//! walked for a connection's first packet only; the binding it chooses is
+//! kept in the connection's entry, and every later packet is rewritten from
+//! that binding — the original direction forwards, the reply direction
+//! back. The destination half is applied before the route decision (the
+//! kernel's PREROUTING), the source half after the rules (POSTROUTING).
+//!
+//! A translated connection's reply tuple is not its original one, so
+//! `NETCTL_CT_NAT` maps the reply tuple to the entry's key. Source ports
+//! are reallocated when the translated tuple would collide with another
+//! connection's reply tuple.
+//!
+//! Every rewrite fixes the IPv4 header checksum and the TCP, UDP (a zero
+//! UDP checksum stays zero) or ICMP checksum incrementally, which also
+//! works for packets whose transport checksum the kernel has yet to finish
+//! (CHECKSUM_PARTIAL, as from a container's own socket).
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_get_prandom_u32,
+    programs::TcContext,
+};
+use netctl_common::{CtKey, RS_NAT_MAX, config, nat_bit, nat_kind, nat_range};
+
+use crate::{
+    classify,
+    conntrack::{self, key},
+    maps::{self, NETCTL_CT, NETCTL_CT_NAT, NETCTL_IFADDR, NETCTL_RS_NAT},
+    packet::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
+    parse::ETH_HLEN,
+};
+
+/// Tries at a free source port before the connection is dropped.
+const PORT_TRIES: u32 = 16;
+
+/// The binding's destination half, for a packet of a translated
+/// connection: the original direction's DNAT, or the reply direction's
+/// undoing of SNAT. Returns 1 if the packet was rewritten (its route must
+/// be decided on the new header), 0 if not, -1 if a rewrite failed.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_dst(skb: *mut __sk_buff) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    let t = s.track;
+    if (t >> 24) & 1 == 0 {
+        return 0;
+    }
+    let Some(e) = NETCTL_CT.get_ptr(s.ct_key) else {
+        return 0;
+    };
+    // SAFETY: a live conntrack element; the binding never changes once
+    // the entry exists.
+    let (nat, orig_addr, orig_port) = unsafe { ((*e).nat, (*e).orig_addr, (*e).orig_port) };
+    let reply = (t >> 8) & 1 != 0;
+    let (addr, port) = if !reply && nat.flags & nat_bit::DST != 0 {
+        (nat.dnat_addr, nat.dnat_port)
+    } else if reply && nat.flags & nat_bit::SRC != 0 {
+        (orig_addr, orig_port)
+    } else {
+        return 0;
+    };
+    let ctx = TcContext::new(skb);
+    if rewrite(&ctx, &mut s.pkt, false, addr, port) {
+        1
+    } else {
+        -1
+    }
+}
+
+/// The binding's source half, after the rules accepted the packet: the
+/// original direction's SNAT, or the reply direction's undoing of DNAT.
+/// For a connection's first packet, the nat table's choices (in the
+/// scratch map) become its binding first, and its entry is created.
+/// `out_if` is the outgoing interface (MASQUERADE takes its address).
+/// Returns 1 if the source was rewritten, 0 if not, or -1 if the packet
+/// must be dropped (no address to masquerade to, no free port, a failed
+/// rewrite).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    // The scratch map still holds the last packet this CPU judged when
+    // this one was not parsed (not IPv4): nothing of it may be used.
+    if s.parsed == 0 {
+        return 0;
+    }
+    let t = s.track;
+    let ctx = TcContext::new(skb);
+    if (t >> 24) & 1 != 0 {
+        let Some(e) = NETCTL_CT.get_ptr(s.ct_key) else {
+            return 0;
+        };
+        // SAFETY: a live conntrack element (see `netctl_nat_dst`).
+        let (nat, orig_addr, orig_port) = unsafe { ((*e).nat, (*e).orig_addr, (*e).orig_port) };
+        let reply = (t >> 8) & 1 != 0;
+        let (addr, port) = if !reply && nat.flags & nat_bit::SRC != 0 {
+            (nat.snat_addr, nat.snat_port)
+        } else if reply && nat.flags & nat_bit::DST != 0 {
+            other_end(&s.ct_key, orig_addr, orig_port)
+        } else {
+            return 0;
+        };
+        return if rewrite(&ctx, &mut s.pkt, true, addr, port) {
+            1
+        } else {
+            -1
+        };
+    }
+    // A connection's first packet: only it gets a binding.
+    if (t >> 16) & 1 == 0 || s.nat[0] | s.nat[1] == 0 {
+        return 0;
+    }
+    if s.nat[1] != 0 {
+        let Some(a) = action(s.nat[1]) else {
+            return -1;
+        };
+        let addr = if a.kind == nat_kind::MASQUERADE {
+            match NETCTL_IFADDR.get_ptr(out_if) {
+                // SAFETY: a live element, four bytes.
+                Some(p) => unsafe { *p },
+                None => return -1,
+            }
+        } else {
+            a.addr_min
+        };
+        let Some(port) = free_port(&s.pkt, addr, &a) else {
+            return -1;
+        };
+        if !rewrite(&ctx, &mut s.pkt, true, addr, port) {
+            return -1;
+        }
+        s.binding.flags |= nat_bit::SRC;
+        s.binding.snat_addr = addr;
+        s.binding.snat_port = port;
+    }
+    // The entry holds the original tuple; the reply tuple (the packet as it
+    // now is, turned around) finds it through NETCTL_CT_NAT.
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let orig = s.ct_key;
+    conntrack::confirm(&orig, s.ct_state, &s.orig_pkt, now, &s.cache, &mut s.entry);
+    if let Some(e) = NETCTL_CT.get_ptr_mut(orig) {
+        // SAFETY: the element just created; nothing else knows it yet
+        // but this connection's packets on other CPUs, which read the
+        // binding only once it is complete.
+        unsafe { (*e).nat = s.binding };
+    }
+    let p = &s.pkt;
+    let rk = key(p.proto, p.saddr, ports(p).0, p.daddr, ports(p).1);
+    if rk != orig {
+        // A full table evicts its least recently used element (LRU).
+        let _ = NETCTL_CT_NAT.insert(rk, orig, 0);
+    }
+    i32::from(s.binding.flags & nat_bit::SRC != 0)
+}
+
+/// Applies the destination NAT the nat table chose at PREROUTING for a
+/// connection's first packet (`scratch.nat[0]`): DNAT to its address and
+/// port, REDIRECT to the incoming interface's address. Returns 0, or -1 if
+/// the packet must be dropped.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return -1;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    let Some(a) = action(s.nat[0]) else {
+        return -1;
+    };
+    let addr = if a.kind == nat_kind::REDIRECT {
+        match NETCTL_IFADDR.get_ptr(in_if) {
+            // SAFETY: a live element, four bytes.
+            Some(p) => unsafe { *p },
+            None => return -1,
+        }
+    } else {
+        a.addr_min
+    };
+    let old = ports(&s.pkt).1;
+    let port = if a.flags & nat_range::PORTS != 0 && has_ports(s.pkt.proto) {
+        a.port_min
+    } else {
+        old
+    };
+    let ctx = TcContext::new(skb);
+    if !rewrite(&ctx, &mut s.pkt, false, addr, port) {
+        return -1;
+    }
+    s.binding.flags |= nat_bit::DST;
+    s.binding.dnat_addr = addr;
+    s.binding.dnat_port = port;
+    0
+}
+
+/// The live generation's NAT action `idx1 - 1`.
+#[inline(always)]
+fn action(idx1: u32) -> Option<netctl_common::RsNat> {
+    let generation = maps::config(config::RULES_SERIAL) & 1;
+    let i = idx1.checked_sub(1)?;
+    if i >= RS_NAT_MAX {
+        return None;
+    }
+    NETCTL_RS_NAT.get(generation * RS_NAT_MAX + i).copied()
+}
+
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP)
+}
+
+/// The (source, destination) "ports" conntrack keys by: TCP/UDP ports,
+/// the ICMP query identifier on both sides, 0 otherwise.
+#[inline(always)]
+fn ports(p: &Pkt) -> (u16, u16) {
+    match p.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP => (p.sport, p.dport),
+        _ => (0, 0),
+    }
+}
+
+/// The endpoint of `k` that is not the originator.
+#[inline(always)]
+fn other_end(k: &CtKey, orig_addr: [u8; 4], orig_port: u16) -> ([u8; 4], u16) {
+    if k.a_addr == orig_addr && k.a_port == orig_port {
+        (k.b_addr, k.b_port)
+    } else {
+        (k.a_addr, k.a_port)
+    }
+}
+
+/// A source port (ICMP: identifier) for the packet translated to source
+/// `addr` whose reply tuple no other connection uses: the packet's own if
+/// it is free and allowed, else one of the range (`--to-ports`, or the
+/// kernel's default class of the original port: 1–511, 600–1023,
+/// 1024–65535).
+#[inline(always)]
+fn free_port(p: &Pkt, addr: [u8; 4], a: &netctl_common::RsNat) -> Option<u16> {
+    let (sport, dport) = ports(p);
+    let (lo, hi) = if a.flags & nat_range::PORTS != 0 && has_ports(p.proto) {
+        (a.port_min, a.port_max.max(a.port_min))
+    } else if p.proto == PROTO_ICMP {
+        (0, u16::MAX)
+    } else if !has_ports(p.proto) {
+        return Some(0);
+    } else if sport < 512 {
+        (1, 511)
+    } else if sport < 1024 {
+        (600, 1023)
+    } else {
+        (1024, u16::MAX)
+    };
+    let span = u32::from(hi - lo) + 1;
+    let mut port = if sport >= lo && sport <= hi {
+        sport
+    } else {
+        lo
+    };
+    let mut i = 0;
+    while i < PORT_TRIES {
+        let rk = key(p.proto, addr, port, p.daddr, dport_for(p, port, dport));
+        if !taken(&rk) {
+            return Some(port);
+        }
+        // SAFETY: the helper takes no arguments.
+        let r = unsafe { bpf_get_prandom_u32() };
+        port = lo.wrapping_add((r % span) as u16);
+        i += 1;
+    }
+    None
+}
+
+/// ICMP queries carry one identifier for both "ports".
+#[inline(always)]
+fn dport_for(p: &Pkt, sport: u16, dport: u16) -> u16 {
+    if p.proto == PROTO_ICMP { sport } else { dport }
+}
+
+/// Whether a live connection already uses tuple `k`, as its original
+/// tuple or as a translated reply tuple.
+#[inline(always)]
+fn taken(k: &CtKey) -> bool {
+    NETCTL_CT.get_ptr(k).is_some() || NETCTL_CT_NAT.get_ptr(k).is_some()
+}
+
+/// Rewrites the packet's source (`src`) or destination address and port
+/// to `addr`/`port`, with incremental checksum updates, and keeps `p` in
+/// step. False if the packet could not be written.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &mut Pkt, src: bool, addr: [u8; 4], port: u16) -> bool {
+    let Ok(ver_ihl) = ctx.load::<u8>(ETH_HLEN) else {
+        return false;
+    };
+    let l4 = ETH_HLEN + usize::from(ver_ihl & 0x0f) * 4;
+    let (old_addr, addr_off) = if src {
+        (p.saddr, ETH_HLEN + 12)
+    } else {
+        (p.daddr, ETH_HLEN + 16)
+    };
+    let (csum_off, udp) = match p.proto {
+        PROTO_TCP => (l4 + 16, false),
+        PROTO_UDP => (l4 + 6, true),
+        PROTO_ICMP => (l4 + 2, false),
+        _ => (0, false),
+    };
+    let l4_ok = p.l4 && !p.later_fragment && csum_off != 0;
+    if old_addr != addr {
+        let (from, to) = (
+            u64::from(u32::from_ne_bytes(old_addr)),
+            u64::from(u32::from_ne_bytes(addr)),
+        );
+        // ICMP's checksum covers no pseudo-header; TCP's and UDP's do.
+        if l4_ok && p.proto != PROTO_ICMP {
+            let mangled = if udp {
+                u64::from(BPF_F_MARK_MANGLED_0)
+            } else {
+                0
+            };
+            let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
+            if ctx.l4_csum_replace(csum_off, from, to, flags).is_err() {
+                return false;
+            }
+        }
+        if ctx.l3_csum_replace(ETH_HLEN + 10, from, to, 4).is_err() {
+            return false;
+        }
+        if ctx.store(addr_off, &addr, 0).is_err() {
+            return false;
+        }
+        if src {
+            p.saddr = addr;
+        } else {
+            p.daddr = addr;
+        }
+    }
+    let (old_port, port_off) = match p.proto {
+        PROTO_ICMP => (p.sport, l4 + 4),
+        _ if src => (p.sport, l4),
+        _ => (p.dport, l4 + 2),
+    };
+    let ported = has_ports(p.proto) || p.proto == PROTO_ICMP && p.sport == p.dport;
+    if l4_ok && ported && old_port != port {
+        let (from, to) = (
+            u64::from(u16::from_ne_bytes(old_port.to_be_bytes())),
+            u64::from(u16::from_ne_bytes(port.to_be_bytes())),
+        );
+        let mangled = if udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        if ctx
+            .l4_csum_replace(csum_off, from, to, mangled | 2)
+            .is_err()
+        {
+            return false;
+        }
+        if ctx.store(port_off, &port.to_be_bytes(), 0).is_err() {
+            return false;
+        }
+        if p.proto == PROTO_ICMP {
+            p.sport = port;
+            p.dport = port;
+        } else if src {
+            p.sport = port;
+        } else {
+            p.dport = port;
+        }
+    }
+    true
+}
+
+/// An ICMP error about a translated connection, translated as the
+/// kernel's nf_nat_icmp_reply_translation does: the quoted packet is
+/// turned back into what its sender sent (or saw), and the error's own
+/// addresses get the binding of the direction it travels. Checksums of the
+/// quoted header and transport and of the ICMP message follow. Returns 1
+/// if the packet changed, 0 if not, -1 if it must be dropped.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    let p = s.pkt;
+    if p.proto != PROTO_ICMP || !p.has_inner || p.later_fragment {
+        return 0;
+    }
+    let i = p.inner;
+    let (isport, idport) = match i.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP => (i.sport, i.dport),
+        _ => (0, 0),
+    };
+    let k = key(i.proto, i.saddr, isport, i.daddr, idport);
+    let (orig, quoted_translated) = if NETCTL_CT.get_ptr(k).is_some() {
+        (k, false)
+    } else if let Some(o) = NETCTL_CT_NAT.get_ptr(k) {
+        // SAFETY: a live element; copied at once.
+        (unsafe { *o }, true)
+    } else {
+        return 0;
+    };
+    let Some(e) = NETCTL_CT.get_ptr(orig) else {
+        return 0;
+    };
+    // SAFETY: a live conntrack element; the binding never changes.
+    let (nat, oa, op) = unsafe { ((*e).nat, (*e).orig_addr, (*e).orig_port) };
+    if nat.flags == 0 {
+        return 0;
+    }
+    // The originator and responder, before and after translation.
+    let (ra, rp) = other_end(&orig, oa, op);
+    let src = nat.flags & nat_bit::SRC != 0;
+    let dst = nat.flags & nat_bit::DST != 0;
+    let (ta, tp) = if src {
+        (nat.snat_addr, nat.snat_port)
+    } else {
+        (oa, op)
+    };
+    let (da, dp) = if dst {
+        (nat.dnat_addr, nat.dnat_port)
+    } else {
+        (ra, rp)
+    };
+    // Quoted: an original-direction packet as translated (from the
+    // responder's side) becomes the originator's; a reply as the
+    // originator saw it becomes the responder's.
+    let ((qs, qsp), (qd, qdp), (outer_src, outer_dst)) = if quoted_translated {
+        (
+            (oa, op),
+            (ra, rp),
+            (
+                if dst { ra } else { p.saddr },
+                if src { oa } else { p.daddr },
+            ),
+        )
+    } else {
+        (
+            (da, dp),
+            (ta, tp),
+            (
+                if src { ta } else { p.saddr },
+                if dst { da } else { p.daddr },
+            ),
+        )
+    };
+    let ctx = TcContext::new(skb);
+    let Ok(ver_ihl) = ctx.load::<u8>(ETH_HLEN) else {
+        return -1;
+    };
+    let icmp = ETH_HLEN + usize::from(ver_ihl & 0x0f) * 4;
+    let iip = icmp + 8;
+    let Ok(iv) = ctx.load::<u8>(iip) else {
+        return -1;
+    };
+    let il4 = iip + usize::from(iv & 0x0f) * 4;
+    let icsum = icmp + 2;
+    // The quoted addresses: the quoted header's checksum, the quoted
+    // transport checksum (TCP/UDP, when quoted and not zero) and the ICMP
+    // checksum all follow.
+    let tcsum = match i.proto {
+        PROTO_TCP => il4 + 16,
+        PROTO_UDP => il4 + 6,
+        _ => 0,
+    };
+    if !quoted_addr(&ctx, iip, iip + 12, tcsum, icsum, i.saddr, qs)
+        || !quoted_addr(&ctx, iip, iip + 16, tcsum, icsum, i.daddr, qd)
+    {
+        return -1;
+    }
+    let ported = matches!(i.proto, PROTO_TCP | PROTO_UDP);
+    if ported
+        && (!quoted_port(&ctx, il4, tcsum, icsum, isport, qsp)
+            || !quoted_port(&ctx, il4 + 2, tcsum, icsum, idport, qdp))
+    {
+        return -1;
+    }
+    if i.proto == PROTO_ICMP && !quoted_port(&ctx, il4 + 4, il4 + 2, icsum, isport, qsp) {
+        return -1;
+    }
+    // The error's own addresses (ICMP has no pseudo-header).
+    let mut q = s.pkt;
+    if !rewrite(&ctx, &mut q, false, outer_dst, 0) || !rewrite(&ctx, &mut q, true, outer_src, 0) {
+        return -1;
+    }
+    q.inner.saddr = qs;
+    q.inner.daddr = qd;
+    s.pkt = q;
+    1
+}
+
+/// Rewrites a quoted address at `off` from `old` to `new`, keeping the
+/// quoted IPv4 header's checksum (at `iip + 10`), the quoted transport
+/// checksum (`tcsum`, 0: none) and the ICMP checksum (`icsum`) right.
+#[inline(always)]
+fn quoted_addr(
+    ctx: &TcContext,
+    iip: usize,
+    off: usize,
+    tcsum: usize,
+    icsum: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+) -> bool {
+    if old == new {
+        return true;
+    }
+    let (from, to) = (
+        u64::from(u32::from_ne_bytes(old)),
+        u64::from(u32::from_ne_bytes(new)),
+    );
+    if !patch_sum(ctx, iip + 10, icsum, from, to, 4) {
+        return false;
+    }
+    // The transport checksum covers the addresses through its
+    // pseudo-header; a zero UDP checksum (none) stays zero.
+    if tcsum != 0
+        && !patch_sum(
+            ctx,
+            tcsum,
+            icsum,
+            from,
+            to,
+            4 | u64::from(BPF_F_MARK_MANGLED_0),
+        )
+    {
+        return false;
+    }
+    ctx.l4_csum_replace(icsum, from, to, 4).is_ok() && ctx.store(off, &new, 0).is_ok()
+}
+
+/// Rewrites a quoted port (or ICMP identifier) at `off`; `tcsum` is the
+/// checksum covering it (0: none), `icsum` the ICMP checksum.
+#[inline(always)]
+fn quoted_port(
+    ctx: &TcContext,
+    off: usize,
+    tcsum: usize,
+    icsum: usize,
+    old: u16,
+    new: u16,
+) -> bool {
+    if old == new {
+        return true;
+    }
+    let (from, to) = (
+        u64::from(u16::from_ne_bytes(old.to_be_bytes())),
+        u64::from(u16::from_ne_bytes(new.to_be_bytes())),
+    );
+    if tcsum != 0
+        && !patch_sum(
+            ctx,
+            tcsum,
+            icsum,
+            from,
+            to,
+            2 | u64::from(BPF_F_MARK_MANGLED_0),
+        )
+    {
+        return false;
+    }
+    ctx.l4_csum_replace(icsum, from, to, 2).is_ok() && ctx.store(off, &new.to_be_bytes(), 0).is_ok()
+}
+
+/// Updates the 16-bit checksum at `off` (inside the ICMP payload) for a
+/// change `from` -> `to` of `flags & 0xf` bytes, and the ICMP checksum at
+/// `icsum` for the checksum's own change. A checksum that is not in the
+/// packet (a short quote) is left alone.
+#[inline(always)]
+fn patch_sum(ctx: &TcContext, off: usize, icsum: usize, from: u64, to: u64, flags: u64) -> bool {
+    let Ok(before) = ctx.load::<[u8; 2]>(off) else {
+        return true;
+    };
+    if flags & u64::from(BPF_F_MARK_MANGLED_0) != 0 && before == [0, 0] {
+        return true;
+    }
+    let size = flags & !u64::from(BPF_F_MARK_MANGLED_0);
+    // A plain 16-bit checksum fix, wherever the field is.
+    if ctx.l3_csum_replace(off, from, to, size).is_err() {
+        return false;
+    }
+    let Ok(after) = ctx.load::<[u8; 2]>(off) else {
+        return false;
+    };
+    let (b, a) = (
+        u64::from(u16::from_ne_bytes(before)),
+        u64::from(u16::from_ne_bytes(after)),
+    );
+    ctx.l4_csum_replace(icsum, b, a, 2).is_ok()
+}

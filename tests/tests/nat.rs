@@ -1,0 +1,321 @@
+//! NAT in the eBPF datapath against the real kernel: connections through
+//! MASQUERADE, SNAT and DNAT work both ways, the far end sees the
+//! translated addresses, colliding source ports are reallocated, and
+//! checksums stay right (the receiving kernels drop anything else).
+
+use std::path::PathBuf;
+
+use netctl_tests::*;
+
+fn topology(name: &str, rules: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+host_netns = "{name}-h"
+ip_forward = true
+rules = """
+{rules}"""
+
+[[bridge]]
+name = "br-a"
+addresses = ["10.73.0.1/24"]
+
+[[bridge]]
+name = "br-b"
+addresses = ["10.74.0.1/24"]
+
+[[container]]
+name = "a"
+bridge = "br-a"
+addresses = ["10.73.0.2/24"]
+gateway = "10.73.0.1"
+
+[[container]]
+name = "a2"
+bridge = "br-a"
+addresses = ["10.73.0.3/24"]
+gateway = "10.73.0.1"
+
+[[container]]
+name = "b"
+bridge = "br-b"
+addresses = ["10.74.0.2/24"]
+gateway = "10.74.0.1"
+"#
+    )
+}
+
+fn apply(name: &str, rules: &str) -> PathBuf {
+    let f = write_file(name, "t.toml", &topology(name, rules));
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    f
+}
+
+/// A server in `ns` on `port` (tcp or udp) that answers each of `n`
+/// clients with the address and port it saw them come from.
+fn peer_server(ns: &str, proto: &str, port: u16, n: usize) -> std::process::Child {
+    let script = if proto == "tcp" {
+        format!(
+            "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',{port}));s.listen(8);s.settimeout(10);print('ready',flush=True)\n\
+             for _ in range({n}):\n  c,a=s.accept();c.recv(100);c.sendall(f'{{a[0]}}:{{a[1]}}'.encode());c.close()"
+        )
+    } else {
+        format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0',{port}));s.settimeout(10);print('ready',flush=True)\n\
+             for _ in range({n}):\n  d,a=s.recvfrom(100);s.sendto(f'{{a[0]}}:{{a[1]}}'.encode(),a)"
+        )
+    };
+    spawn_ready(ns, &script).0
+}
+
+/// What the server at `addr:port` says the client in `ns` came from;
+/// `sport` binds the client's source port, `nocheck` sends UDP without a
+/// checksum (a zero checksum field).
+fn ask(ns: &str, proto: &str, addr: &str, port: u16, sport: u16, nocheck: bool) -> String {
+    let script = if proto == "tcp" {
+        format!(
+            "import socket\nc=socket.socket();c.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             c.bind(('0.0.0.0',{sport}));c.settimeout(5)\n\
+             try:\n  c.connect(('{addr}',{port}));c.sendall(b'hi');print(c.recv(100).decode())\n\
+             except OSError as e:\n  print('error',e)"
+        )
+    } else {
+        let nocheck = if nocheck {
+            "c.setsockopt(socket.SOL_SOCKET,11,1)\n"
+        } else {
+            ""
+        };
+        format!(
+            "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n{nocheck}\
+             c.bind(('0.0.0.0',{sport}));c.settimeout(5)\n\
+             try:\n  c.sendto(b'hi',('{addr}',{port}));d,a=c.recvfrom(100);print(d.decode(),a[0],a[1])\n\
+             except OSError as e:\n  print('error',e)"
+        )
+    };
+    stdout(&in_ns(ns, &["python3", "-c", &script]))
+        .trim()
+        .to_string()
+}
+
+fn finish(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+const MASQ: &str = "*nat\n\
+:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+-A POSTROUTING -s 10.73.0.0/24 -o br-b -j MASQUERADE\n\
+COMMIT\n";
+
+#[test]
+fn masquerade_between_bridges_translates_both_ways() {
+    let name = unique("nmq");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    apply(&name, MASQ);
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+
+    // TCP: the server sees the bridge's address, the client its answer.
+    let s = peer_server(&b, "tcp", 8080, 1);
+    let seen = ask(&a, "tcp", "10.74.0.2", 8080, 41000, false);
+    finish(s);
+    assert_eq!(seen, "10.74.0.1:41000", "TCP through MASQUERADE");
+
+    // UDP, with and without a checksum: the answer comes from the server's
+    // own address and port, back to the client's.
+    let s = peer_server(&b, "udp", 5353, 2);
+    let seen = ask(&a, "udp", "10.74.0.2", 5353, 41001, false);
+    assert_eq!(seen, "10.74.0.1:41001 10.74.0.2 5353", "UDP");
+    let seen = ask(&a, "udp", "10.74.0.2", 5353, 41002, true);
+    finish(s);
+    assert_eq!(
+        seen, "10.74.0.1:41002 10.74.0.2 5353",
+        "UDP without checksum"
+    );
+
+    // ICMP echo through MASQUERADE.
+    assert!(ping(&a, "10.74.0.2"), "ping through MASQUERADE");
+
+    // An ICMP error about a translated flow reaches the client's socket:
+    // the port-unreachable quotes the masqueraded datagram and must be
+    // turned back into one about the client's own.
+    let refused = "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);c.settimeout(3)\n\
+         c.connect(('10.74.0.2',5999));c.send(b'x')\n\
+         try:\n  c.recv(10);print('answer')\nexcept ConnectionRefusedError:\n  print('refused')\n\
+         except OSError as e:\n  print('error',e)";
+    let o = in_ns(&a, &["python3", "-c", refused]);
+    assert_eq!(
+        stdout(&o).trim(),
+        "refused",
+        "ICMP error through MASQUERADE"
+    );
+
+    // The traffic was the datapath's: redirected, counted by the rule.
+    let o = netctl(&["rules", "--topology", &name, "save", "-c", "-t", "nat"]);
+    let saved = stdout(&o);
+    let line = saved
+        .lines()
+        .find(|l| l.ends_with("-j MASQUERADE"))
+        .unwrap_or_else(|| panic!("{saved}"));
+    assert!(
+        line.starts_with("[5:"),
+        "one first packet per connection and ping: {line}"
+    );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
+fn two_containers_with_the_same_source_port_get_two_translations() {
+    let name = unique("npt");
+    let _g = Cleanup::new(&name);
+    apply(&name, MASQ);
+    let (a, a2, b) = (
+        format!("{name}-a"),
+        format!("{name}-a2"),
+        format!("{name}-b"),
+    );
+    let s = peer_server(&b, "tcp", 8080, 2);
+    let one = ask(&a, "tcp", "10.74.0.2", 8080, 42000, false);
+    let two = ask(&a2, "tcp", "10.74.0.2", 8080, 42000, false);
+    finish(s);
+    assert_eq!(one, "10.74.0.1:42000", "the first keeps its port");
+    let (addr, port) = two.split_once(':').unwrap_or_else(|| panic!("{two}"));
+    assert_eq!(addr, "10.74.0.1");
+    let port: u16 = port.parse().unwrap();
+    assert_ne!(port, 42000, "the second gets another port");
+    assert!(port >= 1024, "from the same class of ports: {port}");
+}
+
+#[test]
+fn dnat_publishes_a_container_on_the_host_address_with_hairpin() {
+    let name = unique("ndn");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let rules = "*nat\n\
+:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+-A PREROUTING -d 10.74.0.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.73.0.3:80\n\
+-A PREROUTING -d 10.73.0.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.73.0.3:80\n\
+-A POSTROUTING -s 10.73.0.0/24 -d 10.73.0.3/32 -p tcp -m tcp --dport 80 -j MASQUERADE\n\
+COMMIT\n";
+    apply(&name, rules);
+    let (a, a2, b) = (
+        format!("{name}-a"),
+        format!("{name}-a2"),
+        format!("{name}-b"),
+    );
+    // From another bridge: the published port leads to a2, which sees
+    // the client's own address.
+    let s = peer_server(&a2, "tcp", 80, 3);
+    let from_b = ask(&b, "tcp", "10.74.0.1", 8080, 43000, false);
+    // Hairpin: a neighbour on a2's bridge, through the bridge's address,
+    // and a2 through it to itself; both masqueraded, as Docker does.
+    let from_a = ask(&a, "tcp", "10.73.0.1", 8080, 43001, false);
+    let from_self = ask(&a2, "tcp", "10.73.0.1", 8080, 43002, false);
+    finish(s);
+    assert_eq!(from_b, "10.74.0.2:43000", "published port from br-b");
+    assert_eq!(from_a, "10.73.0.1:43001", "hairpin from a neighbour");
+    assert_eq!(from_self, "10.73.0.1:43002", "hairpin to itself");
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+fn docker(name: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+host_netns = "{name}-h"
+ip_forward = true
+docker_rules = true
+
+[uplink]
+name = "up0"
+address = "192.0.2.2/24"
+outside_netns = "{name}-out"
+outside_address = "192.0.2.1/24"
+
+[[bridge]]
+name = "docker0"
+addresses = ["172.17.0.1/16"]
+
+[[container]]
+name = "c1"
+bridge = "docker0"
+addresses = ["172.17.0.2/16"]
+publish = ["8080:80/tcp", "5353:53/udp"]
+
+[[container]]
+name = "c2"
+bridge = "docker0"
+addresses = ["172.17.0.3/16"]
+"#
+    )
+}
+
+#[test]
+fn docker_defaults_masquerade_outbound_and_publish_ports_through_the_uplink() {
+    let name = unique("ndk");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let f = write_file(&name, "t.toml", &docker(&name));
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    let (c1, c2, out) = (
+        format!("{name}-c1"),
+        format!("{name}-c2"),
+        format!("{name}-out"),
+    );
+
+    // Outbound: the outside world has no route to 172.17/16, so answers
+    // come back only because the uplink's address stood in.
+    assert!(ping(&c1, "192.0.2.1"), "ping out through MASQUERADE");
+    let s = peer_server(&out, "tcp", 7000, 1);
+    let seen = ask(&c2, "tcp", "192.0.2.1", 7000, 44000, false);
+    finish(s);
+    assert_eq!(seen, "192.0.2.2:44000", "TCP out");
+    let s = peer_server(&out, "udp", 7001, 1);
+    let seen = ask(&c2, "udp", "192.0.2.1", 7001, 44001, false);
+    finish(s);
+    assert_eq!(seen, "192.0.2.2:44001 192.0.2.1 7001", "UDP out");
+
+    // Published ports, from outside: the container sees the client.
+    let s = peer_server(&c1, "tcp", 80, 3);
+    let from_out = ask(&out, "tcp", "192.0.2.2", 8080, 45000, false);
+    // Hairpin: a neighbour through the uplink's address keeps its own
+    // source (bridged replies are translated back); the container itself
+    // is masqueraded (Docker's per-port hairpin rule).
+    let from_c2 = ask(&c2, "tcp", "192.0.2.2", 8080, 45001, false);
+    let from_c1 = ask(&c1, "tcp", "192.0.2.2", 8080, 45002, false);
+    finish(s);
+    assert_eq!(
+        from_out, "192.0.2.1:45000",
+        "published TCP port from outside"
+    );
+    assert_eq!(from_c2, "172.17.0.3:45001", "hairpin from a neighbour");
+    assert_eq!(from_c1, "172.17.0.1:45002", "hairpin to itself");
+    let s = peer_server(&c1, "udp", 53, 1);
+    let seen = ask(&out, "udp", "192.0.2.2", 5353, 45003, false);
+    finish(s);
+    assert_eq!(seen, "192.0.2.1:45003 192.0.2.2 5353", "published UDP port");
+
+    // The translations are in conntrack, as the operator sees them.
+    let o = netctl(&["conntrack", "list", "--topology", &name]);
+    let list = stdout(&o);
+    assert!(
+        list.lines().any(|l| l.contains("sport=44000")
+            && l.contains("dst=192.0.2.2")
+            && l.contains("nat=snat")),
+        "{list}"
+    );
+    assert!(
+        list.lines().any(|l| l.contains("dport=8080")
+            && l.contains("src=172.17.0.2")
+            && l.contains("nat=dnat")),
+        "{list}"
+    );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
