@@ -149,9 +149,7 @@ pub extern "C" fn netctl_out_by_neigh(skb: *mut __sk_buff, out_if: u32, nexthop:
     } else {
         let mut nh = bpf_redir_neigh {
             nh_family: 2, // AF_INET
-            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-                ipv4_nh: nexthop,
-            },
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nexthop },
         };
         // SAFETY: `nh` is a valid `bpf_redir_neigh` on the stack for the
         // call, with its size; the helper only reads it.

@@ -122,14 +122,8 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
         let Some(a) = action(s.nat[1]) else {
             return -1;
         };
-        let addr = if a.kind == nat_kind::MASQUERADE {
-            match NETCTL_IFADDR.get_ptr(out_if) {
-                // SAFETY: a live element, four bytes.
-                Some(p) => unsafe { *p },
-                None => return -1,
-            }
-        } else {
-            a.addr_min
+        let Some(addr) = to_addr(&a, out_if) else {
+            return -1;
         };
         let Some(port) = free_port(&s.pkt, addr, &a) else {
             return -1;
@@ -177,14 +171,8 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
     let Some(a) = action(s.nat[0]) else {
         return -1;
     };
-    let addr = if a.kind == nat_kind::REDIRECT {
-        match NETCTL_IFADDR.get_ptr(in_if) {
-            // SAFETY: a live element, four bytes.
-            Some(p) => unsafe { *p },
-            None => return -1,
-        }
-    } else {
-        a.addr_min
+    let Some(addr) = to_addr(&a, in_if) else {
+        return -1;
     };
     let old = ports(&s.pkt).1;
     let port = if a.flags & nat_range::PORTS != 0 && has_ports(s.pkt.proto) {
@@ -211,6 +199,19 @@ fn action(idx1: u32) -> Option<netctl_common::RsNat> {
         return None;
     }
     NETCTL_RS_NAT.get(generation * RS_NAT_MAX + i).copied()
+}
+
+/// The address action `a` translates to: MASQUERADE's and REDIRECT's are
+/// the address of interface `ifindex` (outgoing, incoming), the others'
+/// the first of their range. `None` if the interface has none.
+#[inline(always)]
+fn to_addr(a: &netctl_common::RsNat, ifindex: u32) -> Option<[u8; 4]> {
+    if a.kind == nat_kind::MASQUERADE || a.kind == nat_kind::REDIRECT {
+        // SAFETY: a live element, four bytes, copied at once.
+        NETCTL_IFADDR.get_ptr(ifindex).map(|p| unsafe { *p })
+    } else {
+        Some(a.addr_min)
+    }
 }
 
 #[inline(always)]

@@ -57,18 +57,27 @@ unsafe fn call(
         map_fd: map.fd().as_fd().as_raw_fd() as u32,
         ..Default::default()
     };
-    // SAFETY: `attr` is a valid `bpf_attr.batch`; the caller vouches for
-    // the key and value pointers; the kernel writes back only `count`.
+    // SAFETY: the caller vouches for the key and value pointers.
+    let err = unsafe { bpf_batch(cmd, &mut attr) };
+    (attr.count as usize, err)
+}
+
+/// The `bpf(cmd, attr)` system call for a batch command.
+///
+/// # Safety
+/// `attr`'s pointers must be valid for what `cmd` reads and writes; the
+/// kernel writes back only `count` and the batch token.
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> Option<std::io::Error> {
+    // SAFETY: `attr` is a valid `bpf_attr.batch`; the rest is the caller's.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            &mut attr as *mut BatchAttr,
+            attr as *mut BatchAttr,
             std::mem::size_of::<BatchAttr>(),
         )
     };
-    let err = (rc < 0).then(std::io::Error::last_os_error);
-    (attr.count as usize, err)
+    (rc < 0).then(std::io::Error::last_os_error)
 }
 
 /// Writes `items` into `map` (a hash, array or LPM trie map), in chunks.
@@ -234,15 +243,7 @@ pub fn hash_keys<K: Pod, V: Pod>(map: &MapData, name: &str, per_cpu: bool) -> Re
         // batch token is a u32 (`token`, read and written); `keys` and
         // `values` have room for `count` keys and values as the kernel
         // writes them; it writes back `count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let e = (rc < 0).then(std::io::Error::last_os_error);
+        let e = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         match e.as_ref().and_then(|e| e.raw_os_error()) {
             // A bucket holds more elements than `count`: ask for more.
             Some(libc::ENOSPC) if count < 1 << 20 => {

@@ -94,7 +94,7 @@ pub fn proto_name(p: u8) -> String {
 }
 
 /// The entry's timeout in nanoseconds, as the datapath computes it.
-fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
+pub fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
     let s = match proto {
         PROTO_TCP => ct_timeout::TCP[usize::from(e.tcp_state.min(tcp_state::COUNT - 1))],
         PROTO_UDP if e.flags & ct_flag::SEEN_REPLY != 0 => ct_timeout::UDP_STREAM,

@@ -12,8 +12,8 @@ use netctl_common::{
     MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES,
     MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS, MAP_STATS, MAP_XDP_STATS, NeighEntry,
     PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
-    RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ct_timeout,
-    ctbit, entry, field, hook, reason, reject, route_kind, tcp_state,
+    RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ctbit, entry,
+    field, hook, reason, reject, route_kind, tcp_state,
 };
 use netctl_common::{
     MAP_CT_NAT, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, nat_bit, nat_kind, nat_range,
@@ -21,6 +21,7 @@ use netctl_common::{
 use serde::Serialize;
 
 use super::bpf_error;
+use super::conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, proto_name, timeout_ns};
 use super::pins::{self, topology_dir};
 use crate::error::{Error, Result};
 use crate::mac::Mac;
@@ -431,30 +432,6 @@ pub struct CtRow {
     pub nat: Option<String>,
 }
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-
-fn proto_name(p: u8) -> String {
-    match p {
-        PROTO_ICMP => "icmp".into(),
-        PROTO_TCP => "tcp".into(),
-        PROTO_UDP => "udp".into(),
-        n => n.to_string(),
-    }
-}
-
-/// The entry's timeout in seconds, as the datapath computes it.
-fn ct_timeout_s(proto: u8, e: &CtEntry) -> u64 {
-    u64::from(match proto {
-        PROTO_TCP => ct_timeout::TCP[usize::from(e.tcp_state.min(tcp_state::COUNT - 1))],
-        PROTO_UDP if e.flags & ct_flag::SEEN_REPLY != 0 => ct_timeout::UDP_STREAM,
-        PROTO_UDP => ct_timeout::UDP,
-        PROTO_ICMP => ct_timeout::ICMP,
-        _ => ct_timeout::GENERIC,
-    })
-}
-
 fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
     let (a, b) = (
         (Ipv4Addr::from(k.a_addr), k.a_port),
@@ -486,7 +463,7 @@ fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
         "[unreplied]".into()
     };
     let idle = now.saturating_sub(e.last_seen_ns);
-    let timeout = ct_timeout_s(k.proto, e) * 1_000_000_000;
+    let timeout = timeout_ns(k.proto, e);
     let centis = |ns: u64| (ns / 10_000_000) as f64 / 100.0;
     // The reply tuple is the original one turned around, translated.
     let n = &e.nat;
