@@ -61,6 +61,9 @@ pub const PROG_INGRESS: &str = "netctl_ingress";
 /// OUTPUT and POSTROUTING for packets the host sends to a container: the
 /// TC egress program on every host-side veth end.
 pub const PROG_EGRESS: &str = "netctl_egress";
+/// nat OUTPUT for the host's packets to its own addresses, on TC ingress
+/// of `lo`.
+pub const PROG_LOCAL: &str = "netctl_local";
 /// The XDP program for the earliest drop point (attached only when needed).
 pub const PROG_XDP: &str = "netctl_xdp";
 
@@ -713,12 +716,90 @@ pub mod nat_range {
     pub const PORTS: u8 = 1 << 0;
 }
 
+/// The address of `[min, max]` (network order, inclusive) the kernel's
+/// `find_best_ips_proto` picks for a connection from `saddr` to `daddr`
+/// (its tuple after any earlier translation), without `--persistent`:
+/// jhash2 over the source address (as the 16-byte `nf_inet_addr`, IPv4 in
+/// its first word) seeded with the destination, scaled onto the range.
+/// Deterministic, so one client keeps one address per destination.
+#[inline(always)]
+pub fn nat_range_pick(saddr: [u8; 4], daddr: [u8; 4], min: [u8; 4], max: [u8; 4]) -> [u8; 4] {
+    let (lo, hi) = (u32::from_be_bytes(min), u32::from_be_bytes(max));
+    if hi <= lo {
+        return min;
+    }
+    let j = jhash2_ipv4(u32::from_ne_bytes(saddr), u32::from_ne_bytes(daddr));
+    // reciprocal_scale(j, dist); a full 2^32 range cannot be written.
+    let dist = u64::from(hi - lo) + 1;
+    let off = ((u64::from(j) * dist) >> 32) as u32;
+    (lo.wrapping_add(off)).to_be_bytes()
+}
+
+/// The kernel's `jhash2(k, 4, initval)` for `k = [word, 0, 0, 0]` (words
+/// as the kernel reads them from memory, native order).
+#[inline(always)]
+fn jhash2_ipv4(word: u32, initval: u32) -> u32 {
+    let init = 0xdead_beef_u32.wrapping_add(16).wrapping_add(initval);
+    let (mut a, mut b, mut c) = (init.wrapping_add(word), init, init);
+    // __jhash_mix
+    a = a.wrapping_sub(c);
+    a ^= c.rotate_left(4);
+    c = c.wrapping_add(b);
+    b = b.wrapping_sub(a);
+    b ^= a.rotate_left(6);
+    a = a.wrapping_add(c);
+    c = c.wrapping_sub(b);
+    c ^= b.rotate_left(8);
+    b = b.wrapping_add(a);
+    a = a.wrapping_sub(c);
+    a ^= c.rotate_left(16);
+    c = c.wrapping_add(b);
+    b = b.wrapping_sub(a);
+    b ^= a.rotate_left(19);
+    a = a.wrapping_add(c);
+    c = c.wrapping_sub(b);
+    c ^= b.rotate_left(4);
+    b = b.wrapping_add(a);
+    // The last word (0) is added to a; then __jhash_final.
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
 const _: () = assert!(core::mem::size_of::<CtNat>() == 16);
 const _: () = assert!(core::mem::size_of::<RsNat>() == 16);
 
-/// Per-protocol timeouts in seconds (the kernel's defaults).
+/// `u32 class -> seconds`: the conntrack timeouts a topology sets
+/// (`[conntrack]`); 0 (or a map an older netctl pinned without it) means
+/// the kernel's default.
+pub const MAP_CT_TIMEOUTS: &str = "NETCTL_CT_TIMEOUTS";
+
+/// Conntrack timeouts, by class: one per TCP state (`tcp_state::*`), then
+/// UDP, UDP once replied, ICMP, anything else. Defaults and names are the
+/// kernel's (`net.netfilter.nf_conntrack_<name>`).
 pub mod ct_timeout {
-    pub const TCP: [u32; super::tcp_state::COUNT as usize] = [
+    use super::tcp_state;
+
+    pub const UDP: u32 = tcp_state::COUNT as u32;
+    pub const UDP_STREAM: u32 = UDP + 1;
+    pub const ICMP: u32 = UDP + 2;
+    pub const GENERIC: u32 = UDP + 3;
+    pub const CLASSES: u32 = UDP + 4;
+
+    /// Seconds.
+    pub const DEFAULTS: [u32; CLASSES as usize] = [
         0,      // NONE
         120,    // SYN_SENT
         60,     // SYN_RECV
@@ -728,13 +809,44 @@ pub mod ct_timeout {
         30,     // LAST_ACK
         120,    // TIME_WAIT
         10,     // CLOSE
-        120,    // SYN_SENT2
+        120,    // SYN_SENT2 (the kernel has no knob of its own for it)
+        30,     // UDP
+        120,    // UDP_STREAM
+        30,     // ICMP
+        600,    // GENERIC
     ];
-    pub const UDP: u32 = 30;
-    /// UDP once both directions have been seen.
-    pub const UDP_STREAM: u32 = 120;
-    pub const ICMP: u32 = 30;
-    pub const GENERIC: u32 = 600;
+
+    /// The names a topology's `[conntrack]` table (and the kernel's
+    /// sysctls) give the classes; "" has none.
+    pub const NAMES: [&str; CLASSES as usize] = [
+        "",
+        "tcp_timeout_syn_sent",
+        "tcp_timeout_syn_recv",
+        "tcp_timeout_established",
+        "tcp_timeout_fin_wait",
+        "tcp_timeout_close_wait",
+        "tcp_timeout_last_ack",
+        "tcp_timeout_time_wait",
+        "tcp_timeout_close",
+        "",
+        "udp_timeout",
+        "udp_timeout_stream",
+        "icmp_timeout",
+        "generic_timeout",
+    ];
+
+    /// The class of a connection of protocol `proto` in TCP state
+    /// `tcp_state`, `replied` once a reply was seen.
+    #[inline(always)]
+    pub fn class(proto: u8, tcp: u8, replied: bool) -> u32 {
+        match proto {
+            6 => u32::from(tcp.min(tcp_state::COUNT - 1)),
+            17 if replied => UDP_STREAM,
+            17 => UDP,
+            1 => ICMP,
+            _ => GENERIC,
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
@@ -746,3 +858,56 @@ pub const MAP_XDP_STATS: &str = "NETCTL_XDP_STATS";
 
 /// A program the verifier must reject (see `netctl-ebpf`); tests only.
 pub const PROG_SELFTEST_REJECT: &str = "netctl_selftest_reject";
+
+#[cfg(test)]
+mod nat_range_tests {
+    use super::nat_range_pick;
+
+    /// What the kernel (6.x, iptables-legacy `-j SNAT --to-source
+    /// 10.81.0.100-10.81.0.163`) chose for UDP from 10.80.0.N to
+    /// 10.81.0.2, observed at the server (see docs/nat.md).
+    #[test]
+    fn picks_the_kernels_address_from_a_range() {
+        let seen = [
+            (2, 146),
+            (3, 114),
+            (4, 152),
+            (5, 115),
+            (6, 101),
+            (7, 100),
+            (8, 140),
+            (9, 110),
+            (10, 147),
+            (11, 157),
+            (12, 102),
+            (13, 113),
+            (14, 123),
+            (15, 152),
+            (16, 153),
+            (17, 134),
+            (18, 159),
+            (19, 123),
+            (20, 149),
+            (21, 129),
+        ];
+        for (src, want) in seen {
+            let got = nat_range_pick(
+                [10, 80, 0, src],
+                [10, 81, 0, 2],
+                [10, 81, 0, 100],
+                [10, 81, 0, 163],
+            );
+            assert_eq!(got, [10, 81, 0, want], "from 10.80.0.{src}");
+        }
+    }
+
+    #[test]
+    fn a_single_address_or_an_empty_range_is_its_minimum() {
+        let a = [192, 0, 2, 7];
+        assert_eq!(nat_range_pick([1, 2, 3, 4], [5, 6, 7, 8], a, a), a);
+        assert_eq!(
+            nat_range_pick([1, 2, 3, 4], [5, 6, 7, 8], a, [192, 0, 2, 1]),
+            a
+        );
+    }
+}

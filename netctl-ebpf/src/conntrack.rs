@@ -10,7 +10,7 @@
 use netctl_common::{CtCache, CtEntry, CtKey, CtNat, ct_flag, ct_timeout, ctbit, tcp_state as ts};
 
 use crate::{
-    maps::{NETCTL_CT, NETCTL_CT_NAT},
+    maps::{NETCTL_CT, NETCTL_CT_NAT, NETCTL_CT_TIMEOUTS},
     packet::{
         PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
         TCP_URG, icmp_is_error,
@@ -142,14 +142,16 @@ pub fn key(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) ->
     }
 }
 
+/// The entry's timeout: the topology's for its class, else the kernel's
+/// default.
 #[inline(always)]
 fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
-    let s = match proto {
-        PROTO_TCP => ct_timeout::TCP[usize::from(e.tcp_state.min(ts::COUNT - 1))],
-        PROTO_UDP if e.flags & ct_flag::SEEN_REPLY != 0 => ct_timeout::UDP_STREAM,
-        PROTO_UDP => ct_timeout::UDP,
-        PROTO_ICMP => ct_timeout::ICMP,
-        _ => ct_timeout::GENERIC,
+    let class = ct_timeout::class(proto, e.tcp_state, e.flags & ct_flag::SEEN_REPLY != 0);
+    let set = NETCTL_CT_TIMEOUTS.get(class).copied().unwrap_or(0);
+    let s = if set != 0 {
+        set
+    } else {
+        ct_timeout::DEFAULTS[(class as usize).min(ct_timeout::DEFAULTS.len() - 1)]
     };
     u64::from(s) * 1_000_000_000
 }

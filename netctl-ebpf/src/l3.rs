@@ -118,17 +118,22 @@ pub fn rewrite(ctx: &TcContext, d: &Decision) -> bool {
     true
 }
 
-/// Sends a routed packet the kernel would have forwarded out of
-/// `out_if` itself: TTL decremented, then out through the kernel's
-/// neighbour table towards `nexthop` (network order; 0: the destination,
-/// on-link).
+/// Sends a packet out of `out_if` through the kernel's neighbour table
+/// towards `nexthop` (network order; 0: the destination, on-link): one the
+/// kernel would have `forwarded` (its TTL decremented first), or one of
+/// the host's own.
 /// False if it cannot. A global function: its frame must not add to the
 /// program's own, which every call chain shares, and a static one gets its
 /// context argument split by LLVM into packet pointers the verifier
 /// refuses to do arithmetic on.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn netctl_out_by_neigh(skb: *mut __sk_buff, out_if: u32, nexthop: u32) -> bool {
+pub extern "C" fn netctl_out_by_neigh(
+    skb: *mut __sk_buff,
+    out_if: u32,
+    nexthop: u32,
+    forwarded: u32,
+) -> bool {
     let ctx = &TcContext::new(skb);
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return false;
@@ -137,11 +142,13 @@ pub extern "C" fn netctl_out_by_neigh(skb: *mut __sk_buff, out_if: u32, nexthop:
     // move packet data (see `rewrite`).
     unsafe {
         let (ttl, protocol, check) = ((*ip).ttl, (*ip).protocol, (*ip).check);
-        if ttl <= 1 {
-            return false;
+        if forwarded != 0 {
+            if ttl <= 1 {
+                return false;
+            }
+            (*ip).ttl = ttl - 1;
+            (*ip).check = csum_after_ttl_dec(check, ttl, protocol);
         }
-        (*ip).ttl = ttl - 1;
-        (*ip).check = csum_after_ttl_dec(check, ttl, protocol);
     }
     let rc = if nexthop == 0 {
         // SAFETY: no parameters: the helper uses the packet's destination.

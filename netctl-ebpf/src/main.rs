@@ -5,6 +5,10 @@
 //! * `netctl_ingress`: the fast path on TC ingress of every port (host-side
 //!   veth end): bridges and routes between the topology's containers with
 //!   `bpf_redirect_peer`, and hands everything else to the kernel unchanged.
+//! * `netctl_egress`: OUTPUT and POSTROUTING for the host's packets to
+//!   containers, on TC egress of every port.
+//! * `netctl_local`: nat OUTPUT for the host's packets to its own
+//!   addresses, on TC ingress of `lo`.
 //! * `netctl_xdp`: the future early-drop point; for now it only counts.
 
 #![no_std]
@@ -15,6 +19,7 @@ mod conntrack;
 mod filter;
 mod l2;
 mod l3;
+mod local;
 mod maps;
 mod nat;
 mod packet;
@@ -198,7 +203,7 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
             // drop it as a martian, so the datapath sends it out itself.
             if n > 0 && d.egress == 0 && d.path == path::FORWARD && d.out_if != 0 {
                 let nh = u32::from_ne_bytes(d.nexthop);
-                if !l3::netctl_out_by_neigh(ctx.skb.skb, d.out_if, nh) {
+                if !l3::netctl_out_by_neigh(ctx.skb.skb, d.out_if, nh, 1) {
                     maps::account(Some(slot), len, reason::DROP_NAT);
                     return TC_ACT_SHOT;
                 }
@@ -268,6 +273,27 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
     let (why, rc) = reject::answer_local(&ctx, port, v);
     maps::account(None, ctx.len(), why);
     rc
+}
+
+/// nat OUTPUT for the host's packets to its own addresses, on TC ingress
+/// of `lo` (see `local`).
+#[classifier]
+pub fn netctl_local(ctx: TcContext) -> i32 {
+    if maps::config(config::RULES_ON) == 0 {
+        return TCX_NEXT;
+    }
+    let len = ctx.len();
+    match local::netctl_local_out(ctx.skb.skb) {
+        local::SENT => {
+            maps::account(None, len, reason::REDIRECT_NEIGH);
+            TC_ACT_REDIRECT
+        }
+        local::DROP => {
+            maps::account(None, len, reason::DROP_NAT);
+            TC_ACT_SHOT
+        }
+        _ => TCX_NEXT,
+    }
 }
 
 /// Where the frame goes, written to `d`. Not inlined: its locals then live

@@ -12,7 +12,7 @@ use netctl_common::{
     CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG_MAX, MAP_CT_MAX, MAP_FDB_MAX,
     MAP_NEIGH_MAX, MAP_PORTS_MAX, MAP_ROUTES_MAX, MAP_RS_CLASS_MAX, MAP_RS_SUMMARY_MAX,
     MAP_RS_WORDS_MAX, NeighEntry, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
-    RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, hook, reason,
+    RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, ct_timeout, hook, reason,
 };
 use netctl_common::{MAP_IFADDR_MAX, RS_NAT_MAX, RsNat};
 
@@ -84,6 +84,10 @@ pub static NETCTL_RS_COUNTERS: PerCpuHashMap<u32, IfCounters> =
 
 #[map]
 pub static NETCTL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAP_CT_MAX, 0);
+
+/// The topology's conntrack timeouts (`netctl_common::MAP_CT_TIMEOUTS`).
+#[map]
+pub static NETCTL_CT_TIMEOUTS: Array<u32> = Array::pinned(ct_timeout::CLASSES, 0);
 
 /// A translated connection's reply tuple -> its key in `NETCTL_CT`.
 #[map]

@@ -122,7 +122,7 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
         let Some(a) = action(s.nat[1]) else {
             return -1;
         };
-        let Some(addr) = to_addr(&a, out_if) else {
+        let Some(addr) = to_addr(&a, out_if, &s.pkt) else {
             return -1;
         };
         let Some(port) = free_port(&s.pkt, addr, &a) else {
@@ -171,7 +171,7 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
     let Some(a) = action(s.nat[0]) else {
         return -1;
     };
-    let Some(addr) = to_addr(&a, in_if) else {
+    let Some(addr) = to_addr(&a, in_if, &s.pkt) else {
         return -1;
     };
     let old = ports(&s.pkt).1;
@@ -201,17 +201,27 @@ fn action(idx1: u32) -> Option<netctl_common::RsNat> {
     NETCTL_RS_NAT.get(generation * RS_NAT_MAX + i).copied()
 }
 
-/// The address action `a` translates to: MASQUERADE's and REDIRECT's are
-/// the address of interface `ifindex` (outgoing, incoming), the others'
-/// the first of their range. `None` if the interface has none.
+/// The address action `a` translates the packet `p` to: MASQUERADE's and
+/// REDIRECT's are the address of interface `ifindex` (outgoing,
+/// incoming); SNAT keeps a source already in its range; otherwise the
+/// kernel's pick from the range. `None` if the interface has none.
 #[inline(always)]
-fn to_addr(a: &netctl_common::RsNat, ifindex: u32) -> Option<[u8; 4]> {
+fn to_addr(a: &netctl_common::RsNat, ifindex: u32, p: &Pkt) -> Option<[u8; 4]> {
     if a.kind == nat_kind::MASQUERADE || a.kind == nat_kind::REDIRECT {
         // SAFETY: a live element, four bytes, copied at once.
-        NETCTL_IFADDR.get_ptr(ifindex).map(|p| unsafe { *p })
-    } else {
-        Some(a.addr_min)
+        return NETCTL_IFADDR.get_ptr(ifindex).map(|p| unsafe { *p });
     }
+    let (lo, hi) = (
+        u32::from_be_bytes(a.addr_min),
+        u32::from_be_bytes(a.addr_max),
+    );
+    let src = u32::from_be_bytes(p.saddr);
+    if a.kind == nat_kind::SNAT && src >= lo && src <= hi {
+        return Some(p.saddr);
+    }
+    Some(netctl_common::nat_range_pick(
+        p.saddr, p.daddr, a.addr_min, a.addr_max,
+    ))
 }
 
 #[inline(always)]

@@ -37,3 +37,12 @@ pub fn set_ip_forward(ns: &Netns, on: bool) -> Result<()> {
         _ => netns::run_in(ns, f),
     }
 }
+
+/// Sets `accept_local` on device `dev` of the namespace this thread is in:
+/// whether the kernel takes packets arriving there with one of its own
+/// addresses as source.
+pub fn set_accept_local_here(dev: &str, on: bool) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/accept_local");
+    fs::write(&path, if on { "1" } else { "0" })
+        .map_err(|e| crate::Error::io(format!("write {path}"), e))
+}

@@ -508,3 +508,72 @@ fn conntrack_needs_an_applied_topology_with_the_ebpf_datapath() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(footprint(&name), before, "destroy left something");
 }
+
+#[test]
+fn the_topologys_timeouts_expire_connections_and_the_next_packet_is_new() {
+    let name = unique("ctt");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let rules = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A FORWARD -p udp -m conntrack --ctstate NEW -j ACCEPT
+COMMIT
+";
+    let extra = format!(
+        "rules = \"\"\"\n{rules}\"\"\"\n[conntrack]\nudp_timeout = 5\nudp_timeout_stream = 3\n"
+    );
+    let f = write_file(&name, "t.toml", &two_bridges(&name, &extra));
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+
+    // A flow without an answer (udp_timeout; the client waits 2 s for
+    // one) and one with (udp_timeout_stream): the list shows the
+    // topology's timeouts, not the kernel's defaults (30 s and 120 s).
+    assert!(!udp_send(&a, "10.82.0.2", 7101, 40101), "nobody listens");
+    let s = udp_server(&b, 7100);
+    assert!(udp_send(&a, "10.82.0.2", 7100, 40100), "UDP answered");
+    finish(s);
+    let v = list(&name);
+    let replied = get(&v, "udp", "10.81.0.2", "10.82.0.2", Some(7100));
+    let lone = get(&v, "udp", "10.81.0.2", "10.82.0.2", Some(7101));
+    assert_eq!(replied["unreplied"], false, "{replied:#}");
+    assert_eq!(lone["unreplied"], true, "{lone:#}");
+    timeout_within(replied, 0, 3);
+    timeout_within(lone, 0, 3);
+    let new_rule = |name: &str| -> u64 {
+        let o = netctl(&["rules", "--topology", name, "save", "-c", "-t", "filter"]);
+        let saved = stdout(&o);
+        let line = saved
+            .lines()
+            .find(|l| l.contains("--ctstate NEW"))
+            .unwrap_or_else(|| panic!("{saved}"));
+        line[1..line.find(':').unwrap()].parse().unwrap()
+    };
+    assert_eq!(new_rule(&name), 2, "each flow's first packet was NEW");
+
+    // They expire once idle for longer than their timeout (no packet is
+    // sent meanwhile: the ICMP port-unreachable was the lone flow's last).
+    let t0 = Instant::now();
+    loop {
+        let v = list(&name);
+        let ours = |p: u16| find(&v, "udp", "10.81.0.2", "10.82.0.2", Some(p)).is_some();
+        if !ours(7100) && !ours(7101) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not expired: {v:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The flow's next packet starts a connection again.
+    assert!(!udp_send(&a, "10.82.0.2", 7101, 40101), "nobody listens");
+    assert_eq!(new_rule(&name), 3, "NEW again after the timeout");
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}

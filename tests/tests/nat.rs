@@ -169,6 +169,47 @@ fn masquerade_between_bridges_translates_both_ways() {
 }
 
 #[test]
+fn snat_to_a_range_picks_the_kernels_address_per_client() {
+    let name = unique("nrg");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    // Four addresses of the host on br-b, so that answers to any of them
+    // come back; the kernel spreads clients over them by a hash of the
+    // client and destination addresses (`nat_range_pick`, checked against
+    // the kernel in netctl-common's tests).
+    let text = topology(
+        &name,
+        "*nat\n-A POSTROUTING -o br-b -j SNAT --to-source 10.74.0.1-10.74.0.4\nCOMMIT\n",
+    )
+    .replace(
+        r#"addresses = ["10.74.0.1/24"]"#,
+        r#"addresses = ["10.74.0.1/24", "10.74.0.2/24", "10.74.0.3/24", "10.74.0.4/24"]"#,
+    )
+    .replace("10.74.0.2/24\"]\ngateway", "10.74.0.9/24\"]\ngateway");
+    let f = write_file(&name, "t.toml", &text);
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    let (a, a2, b) = (
+        format!("{name}-a"),
+        format!("{name}-a2"),
+        format!("{name}-b"),
+    );
+    let s = peer_server(&b, "tcp", 8080, 2);
+    let one = ask(&a, "tcp", "10.74.0.9", 8080, 47000, false);
+    let two = ask(&a2, "tcp", "10.74.0.9", 8080, 47001, false);
+    finish(s);
+    let pick = |src: [u8; 4]| {
+        let [w, x, y, z] =
+            netctl_common::nat_range_pick(src, [10, 74, 0, 9], [10, 74, 0, 1], [10, 74, 0, 4]);
+        format!("{w}.{x}.{y}.{z}")
+    };
+    assert_eq!(one, format!("{}:47000", pick([10, 73, 0, 2])), "from a");
+    assert_eq!(two, format!("{}:47001", pick([10, 73, 0, 3])), "from a2");
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
 fn two_containers_with_the_same_source_port_get_two_translations() {
     let name = unique("npt");
     let _g = Cleanup::new(&name);
@@ -316,6 +357,72 @@ fn docker_defaults_masquerade_outbound_and_publish_ports_through_the_uplink() {
             && l.contains("nat=dnat")),
         "{list}"
     );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
+fn the_host_reaches_its_own_published_ports() {
+    let name = unique("nho");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let f = write_file(&name, "t.toml", &docker(&name));
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    let (host, c1) = (format!("{name}-h"), format!("{name}-c1"));
+
+    // nat OUTPUT (`-d HOSTADDR -j DOCKER`) sends the host's connections to
+    // its own addresses into the container; Docker's "MASQ LOCAL HOST"
+    // rule gives them the bridge's address there. The kernel would drop
+    // the un-translated replies as martians without netctl's lo program
+    // and the bridge's accept_local: the answers prove both.
+    let s = peer_server(&c1, "tcp", 80, 2);
+    let via_uplink = ask(&host, "tcp", "192.0.2.2", 8080, 46000, false);
+    let via_bridge = ask(&host, "tcp", "172.17.0.1", 8080, 46001, false);
+    finish(s);
+    assert_eq!(
+        via_uplink, "172.17.0.1:46000",
+        "TCP to the uplink's address"
+    );
+    assert_eq!(
+        via_bridge, "172.17.0.1:46001",
+        "TCP to the bridge's address"
+    );
+    let s = peer_server(&c1, "udp", 53, 1);
+    let seen = ask(&host, "udp", "192.0.2.2", 5353, 46002, false);
+    finish(s);
+    assert_eq!(
+        seen, "172.17.0.1:46002 192.0.2.2 5353",
+        "UDP to the uplink's address"
+    );
+    let o = netctl(&["conntrack", "list", "--topology", &name]);
+    let list = stdout(&o);
+    assert!(
+        list.lines().any(|l| l.contains("sport=46000")
+            && l.contains("dport=8080")
+            && l.contains("src=172.17.0.2")),
+        "{list}"
+    );
+
+    // The host's other traffic with itself is left as it is.
+    let s = peer_server(&host, "tcp", 9000, 1);
+    let seen = ask(&host, "tcp", "192.0.2.2", 9000, 46003, false);
+    finish(s);
+    assert_eq!(seen, "192.0.2.2:46003", "unpublished port on the host");
+
+    // Detaching takes the lo program off and accept_local back.
+    let o = netctl(&["datapath", "detach", &name]);
+    assert!(o.status.success(), "detach: {}", stderr(&o));
+    let filters = stdout(&in_ns(
+        &host,
+        &["tc", "filter", "show", "dev", "lo", "ingress"],
+    ));
+    assert!(filters.trim().is_empty(), "lo filters left: {filters}");
+    let o = in_ns(
+        &host,
+        &["cat", "/proc/sys/net/ipv4/conf/docker0/accept_local"],
+    );
+    assert_eq!(stdout(&o).trim(), "0");
     drop(_g);
     assert_eq!(footprint(&name), before);
 }

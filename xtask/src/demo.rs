@@ -1,5 +1,7 @@
 //! `cargo xtask run`: the demo. Docker's default network in namespaces of
-//! its own, with the eBPF datapath, shown working and torn down again.
+//! its own, with the eBPF datapath, shown working and torn down again;
+//! then Docker's NAT (an uplink to an "outside" namespace, a published
+//! port, Docker's rules) done by the datapath.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -9,6 +11,11 @@ use anyhow::{Context, Result, bail};
 use crate::sh::{output, root};
 
 const TOPO: &str = "docker-default";
+const NAT_TOPO: &str = "docker-nat";
+const NAT_HOST: &str = "docker-nat-host";
+const NAT_OUT: &str = "docker-nat-outside";
+const NAT_C1: &str = "docker-nat-c1";
+const NAT_C3: &str = "docker-nat-c3";
 const HOST: &str = "docker-default-host";
 const C1: &str = "docker-default-c1";
 const C2: &str = "docker-default-c2";
@@ -61,33 +68,61 @@ fn footprint() -> (String, String, String) {
 
 fn tcp_round_trip() -> Result<String> {
     println!("\n$ TCP: echo server in {C2} on 172.17.0.3:8080, client in {C1}");
-    let server = "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-                  s.bind(('172.17.0.3',8080));s.listen(1);print('ready',flush=True)\n\
-                  c,_=s.accept();c.sendall(b'hello from c2 over '+c.recv(64));c.close()";
+    ask_tcp(C2, "172.17.0.3", 8080, C1, "172.17.0.3", 8080)
+}
+
+/// A one-shot TCP server in `server_ns` on `bind:port` that answers with
+/// the address it saw the client come from; the client in `client_ns`
+/// connects to `addr:port` and prints the answer, which is returned.
+fn ask_tcp(
+    server_ns: &str,
+    bind: &str,
+    port: u16,
+    client_ns: &str,
+    addr: &str,
+    to: u16,
+) -> Result<String> {
+    let server = format!(
+        "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{bind}',{port}));s.listen(1);print('ready',flush=True)\n\
+         c,a=s.accept();c.recv(64);c.sendall(('hello from %s, you are %s:%d' % ('{server_ns}',a[0],a[1])).encode());c.close()"
+    );
     let mut child = Command::new(netctl_path())
-        .args(["netns", "exec", C2, "--", "python3", "-c", server])
+        .args(["netns", "exec", server_ns, "--", "python3", "-c", &server])
         .stdout(Stdio::piped())
         .spawn()?;
     let mut ready = [0u8; 6];
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready)?;
-    let client = "import socket\nc=socket.create_connection(('172.17.0.3',8080),timeout=5)\n\
-                  c.sendall(b'TCP');print(c.recv(64).decode())";
-    let out = in_ns(C1, &["python3", "-c", client])?;
+    let client = format!(
+        "import socket\nc=socket.create_connection(('{addr}',{to}),timeout=5)\n\
+         c.sendall(b'TCP');print(c.recv(128).decode())"
+    );
+    let out = in_ns(client_ns, &["python3", "-c", &client]);
+    let _ = child.kill();
     child.wait()?;
-    Ok(out)
+    out
 }
 
 pub fn run() -> Result<()> {
     let file = root().join("examples/docker-default.toml");
     let file = file.to_str().unwrap();
-    if std::path::Path::new("/run/netctl/topologies/docker-default.json").exists() {
-        println!("==> an earlier demo was left applied; destroying it first");
-        show(&["destroy", TOPO])?;
+    let nat_file = root().join("examples/docker-nat.toml");
+    let nat_file = nat_file.to_str().unwrap();
+    for t in [TOPO, NAT_TOPO] {
+        if std::path::Path::new(&format!("/run/netctl/topologies/{t}.json")).exists() {
+            println!("==> an earlier demo left {t} applied; destroying it first");
+            show(&["destroy", t])?;
+        }
     }
     let before = footprint();
-    let result = demo(file);
+    let mut result = demo(file);
     println!("\n==> tearing down");
-    let destroyed = show(&["destroy", file]);
+    let mut destroyed = show(&["destroy", file]).map(|_| ());
+    if result.is_ok() && destroyed.is_ok() {
+        result = nat_demo(nat_file);
+        println!("\n==> tearing down");
+        destroyed = show(&["destroy", nat_file]).map(|_| ());
+    }
     let after = footprint();
     result?;
     destroyed?;
@@ -109,7 +144,7 @@ fn demo(file: &str) -> Result<()> {
     in_ns(C1, &["ping", "-c", "3", "-i", "0.2", "172.17.0.3"])?;
     in_ns(C1, &["ping", "-c", "2", "-i", "0.2", "172.17.0.1"])?;
     let tcp = tcp_round_trip()?;
-    if !tcp.contains("hello from c2 over TCP") {
+    if !tcp.contains("you are 172.17.0.2:") {
         bail!("TCP round trip failed: {tcp}");
     }
 
@@ -174,5 +209,51 @@ fn demo(file: &str) -> Result<()> {
     println!("\n==> detaching the programs: the kernel bridge carries on");
     show(&["datapath", "detach", TOPO])?;
     in_ns(C1, &["ping", "-c", "2", "-i", "0.2", "172.17.0.3"])?;
+    Ok(())
+}
+
+fn nat_demo(file: &str) -> Result<()> {
+    println!(
+        "\n==> Docker's NAT: docker0 with an uplink (uplink0 192.0.2.2) to {NAT_OUT} (192.0.2.1), \
+         c1 publishing 8080:80, Docker's rules, all done by the datapath"
+    );
+    show(&["apply", file])?;
+    show(&["rules", "--topology", NAT_TOPO, "save", "-t", "nat"])?;
+
+    println!("\n==> out through MASQUERADE: the outside world sees the uplink's address");
+    in_ns(NAT_C3, &["ping", "-c", "2", "-i", "0.2", "192.0.2.1"])?;
+    let out = ask_tcp(NAT_OUT, "0.0.0.0", 7000, NAT_C3, "192.0.2.1", 7000)?;
+    if !out.contains("you are 192.0.2.2:") {
+        bail!("masquerade: {out}");
+    }
+
+    println!("\n==> in through the published port 192.0.2.2:8080 -> c1:80");
+    let out = ask_tcp(NAT_C1, "0.0.0.0", 80, NAT_OUT, "192.0.2.2", 8080)?;
+    if !out.contains("you are 192.0.2.1:") {
+        bail!("published port from outside: {out}");
+    }
+    println!("\n==> the host reaches its own published port (nat OUTPUT, on lo)");
+    let out = ask_tcp(NAT_C1, "0.0.0.0", 80, NAT_HOST, "192.0.2.2", 8080)?;
+    if !out.contains("you are 172.17.0.1:") {
+        bail!("published port from the host: {out}");
+    }
+    println!("\n==> hairpin: c3 through the uplink's address");
+    let out = ask_tcp(NAT_C1, "0.0.0.0", 80, NAT_C3, "192.0.2.2", 8080)?;
+    if !out.contains("you are 172.17.0.4:") {
+        bail!("hairpin: {out}");
+    }
+
+    println!("\n==> the datapath's conntrack, with the translations");
+    show(&["conntrack", "list", "--topology", NAT_TOPO])?;
+    show(&[
+        "rules",
+        "--topology",
+        NAT_TOPO,
+        "list",
+        "-v",
+        "-n",
+        "-t",
+        "nat",
+    ])?;
     Ok(())
 }

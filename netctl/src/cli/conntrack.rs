@@ -100,7 +100,7 @@ mod tests {
             bytes: [300, 250],
             ..Default::default()
         };
-        let c = conntrack::connection(&k, &e, 0).unwrap();
+        let c = conntrack::connection(&k, &e, 0, &conntrack::Timeouts::default()).unwrap();
         assert_eq!(
             line(&c),
             "tcp      6 432000 ESTABLISHED src=10.0.0.2 dst=10.0.1.2 sport=40001 dport=8080 \
@@ -121,7 +121,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let c = conntrack::connection(&k, &e, 0).unwrap();
+        let c = conntrack::connection(&k, &e, 0, &conntrack::Timeouts::default()).unwrap();
         assert_eq!(
             line(&c),
             "udp      17 30 src=10.0.0.2 dst=10.0.1.2 sport=41000 dport=9 packets=1 bytes=29 \
@@ -137,7 +137,7 @@ mod tests {
             bytes: [84, 84],
             ..Default::default()
         };
-        let c = conntrack::connection(&k, &e, 0).unwrap();
+        let c = conntrack::connection(&k, &e, 0, &conntrack::Timeouts::default()).unwrap();
         assert_eq!(
             line(&c),
             "icmp     1 30 src=10.0.0.2 dst=10.0.1.2 id=7 packets=1 bytes=84 \

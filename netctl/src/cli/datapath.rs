@@ -62,7 +62,7 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
             // Without a record there is no knowing where the ports are: only
             // the pins go (never guess at the current namespace's devices).
             let done = match store::load(&topology)? {
-                Some(t) => datapath::detach(&topology, &t.host()).await?,
+                Some(t) => datapath::detach(&t).await?,
                 None => datapath::install::detach_blocking_pins_only(&topology)?,
             };
             if done {

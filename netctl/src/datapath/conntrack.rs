@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use aya::maps::{HashMap, IterableMap, Map, MapData};
-use netctl_common::{CtEntry, CtKey, MAP_CT, MAP_CT_NAT, ct_flag, ct_timeout, nat_bit, tcp_state};
+use netctl_common::{
+    CtEntry, CtKey, MAP_CT, MAP_CT_NAT, MAP_CT_TIMEOUTS, ct_flag, ct_timeout, nat_bit, tcp_state,
+};
 use serde::Serialize;
 
 use super::bpf_error;
@@ -93,23 +95,65 @@ pub fn proto_name(p: u8) -> String {
     }
 }
 
-/// The entry's timeout in nanoseconds, as the datapath computes it.
-pub fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
-    let s = match proto {
-        PROTO_TCP => ct_timeout::TCP[usize::from(e.tcp_state.min(tcp_state::COUNT - 1))],
-        PROTO_UDP if e.flags & ct_flag::SEEN_REPLY != 0 => ct_timeout::UDP_STREAM,
-        PROTO_UDP => ct_timeout::UDP,
-        PROTO_ICMP => ct_timeout::ICMP,
-        _ => ct_timeout::GENERIC,
-    };
-    u64::from(s) * 1_000_000_000
+/// The conntrack timeouts a datapath uses, in seconds per class
+/// (`ct_timeout`): the topology's, else the kernel's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts(pub [u32; ct_timeout::CLASSES as usize]);
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts(ct_timeout::DEFAULTS)
+    }
+}
+
+impl Timeouts {
+    /// The defaults with a topology's `[conntrack]` settings (by
+    /// `ct_timeout::NAMES`; validated when the file was read).
+    pub fn with(settings: &std::collections::BTreeMap<String, u32>) -> Timeouts {
+        let mut t = Timeouts::default();
+        for (name, secs) in settings {
+            if let Some(i) = ct_timeout::NAMES
+                .iter()
+                .position(|n| !n.is_empty() && n == name)
+            {
+                t.0[i] = *secs;
+            }
+        }
+        t
+    }
+
+    /// What the datapath in `dir` uses (a map pinned by an older netctl
+    /// may be missing, or hold zeros: defaults).
+    pub fn read(dir: &std::path::Path) -> Timeouts {
+        let mut t = Timeouts::default();
+        let Ok(md) = open(dir, MAP_CT_TIMEOUTS) else {
+            return t;
+        };
+        let Ok(m) = aya::maps::Array::<MapData, u32>::try_from(Map::Array(md)) else {
+            return t;
+        };
+        for (i, d) in t.0.iter_mut().enumerate() {
+            if let Ok(v) = m.get(&(i as u32), 0)
+                && v != 0
+            {
+                *d = v;
+            }
+        }
+        t
+    }
+
+    /// The entry's timeout in nanoseconds, as the datapath computes it.
+    pub fn ns(&self, proto: u8, e: &CtEntry) -> u64 {
+        let class = ct_timeout::class(proto, e.tcp_state, e.flags & ct_flag::SEEN_REPLY != 0);
+        u64::from(self.0[(class as usize).min(self.0.len() - 1)]) * 1_000_000_000
+    }
 }
 
 /// The entry as a connection at monotonic time `now` (ns), or `None` if it
 /// has timed out (the datapath's test: idle longer than the timeout).
-pub fn connection(k: &CtKey, e: &CtEntry, now: u64) -> Option<Connection> {
+pub fn connection(k: &CtKey, e: &CtEntry, now: u64, t: &Timeouts) -> Option<Connection> {
     let idle = now.saturating_sub(e.last_seen_ns);
-    let timeout = timeout_ns(k.proto, e);
+    let timeout = t.ns(k.proto, e);
     if idle > timeout {
         return None;
     }
@@ -244,10 +288,11 @@ fn entries(m: &HashMap<MapData, CtKey, CtEntry>) -> Vec<(CtKey, CtEntry)> {
 pub fn list(topology: &str) -> Result<Vec<Connection>> {
     let dir = datapath_dir(topology)?;
     let m = ct_map(&dir)?;
+    let t = Timeouts::read(&dir);
     let now = monotonic_ns();
     let mut v: Vec<Connection> = entries(&m)
         .iter()
-        .filter_map(|(k, e)| connection(k, e, now))
+        .filter_map(|(k, e)| connection(k, e, now, &t))
         .collect();
     v.sort_by_cached_key(sort_key);
     Ok(v)
@@ -270,12 +315,13 @@ pub struct Flushed {
 pub fn flush(topology: &str) -> Result<Flushed> {
     let dir = datapath_dir(topology)?;
     let ct = ct_map(&dir)?;
+    let t = Timeouts::read(&dir);
     let now = monotonic_ns();
     let mut keys = Vec::new();
     let mut live = Vec::new();
     for (k, e) in entries(&ct) {
         keys.push(k);
-        live.push(connection(&k, &e, now).is_some());
+        live.push(connection(&k, &e, now, &t).is_some());
     }
     // The NAT map came with NAT: a datapath pinned before has none.
     let nat_map = if dir.join(MAP_CT_NAT).exists() {
@@ -348,7 +394,7 @@ mod tests {
             ct_flag::SEEN_REPLY,
             100 * S,
         );
-        let c = connection(&k, &e, 105 * S + S / 2).unwrap();
+        let c = connection(&k, &e, 105 * S + S / 2, &Timeouts::default()).unwrap();
         assert_eq!(c.proto, "tcp");
         assert_eq!(c.state, Some("ESTABLISHED"));
         assert!(!c.unreplied);
@@ -383,28 +429,57 @@ mod tests {
     fn timed_out_entries_are_gone_and_udp_lives_longer_once_answered() {
         let k = key(PROTO_UDP, [10, 0, 0, 1], 5000, [10, 0, 0, 2], 53);
         let e = entry(([10, 0, 0, 1], 5000), 0, 0, 100 * S);
-        assert_eq!(connection(&k, &e, 130 * S).unwrap().timeout, 0);
-        assert!(connection(&k, &e, 130 * S + 1).is_none());
-        let c = connection(&k, &e, 101 * S).unwrap();
+        assert_eq!(
+            connection(&k, &e, 130 * S, &Timeouts::default())
+                .unwrap()
+                .timeout,
+            0
+        );
+        assert!(connection(&k, &e, 130 * S + 1, &Timeouts::default()).is_none());
+        let c = connection(&k, &e, 101 * S, &Timeouts::default()).unwrap();
         assert!(c.unreplied);
         assert_eq!((c.timeout, c.state), (29, None));
         let e = entry(([10, 0, 0, 1], 5000), 0, ct_flag::SEEN_REPLY, 100 * S);
-        assert_eq!(connection(&k, &e, 101 * S).unwrap().timeout, 119);
+        assert_eq!(
+            connection(&k, &e, 101 * S, &Timeouts::default())
+                .unwrap()
+                .timeout,
+            119
+        );
         // A clock read before the datapath's last update is no age.
-        assert_eq!(connection(&k, &e, 99 * S).unwrap().timeout, 120);
+        assert_eq!(
+            connection(&k, &e, 99 * S, &Timeouts::default())
+                .unwrap()
+                .timeout,
+            120
+        );
+        // A topology's own timeouts replace the defaults they name.
+        let set = [("udp_timeout_stream".to_string(), 5)]
+            .into_iter()
+            .collect();
+        let t = Timeouts::with(&set);
+        assert_eq!(connection(&k, &e, 101 * S, &t).unwrap().timeout, 4);
+        assert!(connection(&k, &e, 106 * S, &t).is_none());
+        assert_eq!(t.0[ct_timeout::UDP as usize], 30);
     }
 
     #[test]
     fn icmp_has_an_identifier_and_no_ports() {
         let k = key(PROTO_ICMP, [10, 0, 0, 1], 77, [10, 0, 0, 2], 77);
         let e = entry(([10, 0, 0, 1], 77), 0, ct_flag::SEEN_REPLY, 100 * S);
-        let c = connection(&k, &e, 100 * S).unwrap();
+        let c = connection(&k, &e, 100 * S, &Timeouts::default()).unwrap();
         assert_eq!((c.proto.as_str(), c.timeout), ("icmp", 30));
         assert_eq!((c.original.sport, c.original.id), (None, Some(77)));
         assert_eq!(c.reply.src, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(c.reply.id, Some(77));
         let k = key(47, [10, 0, 0, 1], 0, [10, 0, 0, 2], 0);
-        let c = connection(&k, &entry(([10, 0, 0, 1], 0), 0, 0, 0), 0).unwrap();
+        let c = connection(
+            &k,
+            &entry(([10, 0, 0, 1], 0), 0, 0, 0),
+            0,
+            &Timeouts::default(),
+        )
+        .unwrap();
         assert_eq!((c.proto.as_str(), c.timeout), ("47", 600));
         assert_eq!((c.original.sport, c.original.id), (None, None));
     }
@@ -423,7 +498,7 @@ mod tests {
             dnat_port: 80,
             ..Default::default()
         };
-        let c = connection(&k, &e, 0).unwrap();
+        let c = connection(&k, &e, 0, &Timeouts::default()).unwrap();
         assert!(c.unreplied);
         assert_eq!(c.state, Some("SYN_SENT"));
         let r = &c.reply;
@@ -447,7 +522,7 @@ mod tests {
         );
         // SNAT only: the answer comes from the original destination.
         e.nat.flags = nat_bit::SRC;
-        let c = connection(&k, &e, 0).unwrap();
+        let c = connection(&k, &e, 0, &Timeouts::default()).unwrap();
         assert_eq!(
             (c.reply.src, c.reply.dst),
             (Ipv4Addr::new(10, 2, 0, 1), Ipv4Addr::new(10, 1, 0, 1))
@@ -460,7 +535,7 @@ mod tests {
     fn json_has_the_fields_operators_expect() {
         let k = key(PROTO_UDP, [10, 0, 0, 1], 5000, [10, 0, 0, 2], 53);
         let e = entry(([10, 0, 0, 1], 5000), 0, 0, 0);
-        let j = serde_json::to_value(connection(&k, &e, 0).unwrap()).unwrap();
+        let j = serde_json::to_value(connection(&k, &e, 0, &Timeouts::default()).unwrap()).unwrap();
         assert_eq!(j["proto"], "udp");
         assert_eq!(j["protonum"], 17);
         assert_eq!(j["timeout"], 30);

@@ -27,6 +27,10 @@ pub struct Desired {
     pub forward: bool,
     /// Every interface's first IPv4 address (MASQUERADE, REDIRECT).
     pub ifaddrs: BTreeMap<u32, [u8; 4]>,
+    /// The topology's bridges present in the host namespace, by name.
+    pub bridges: Vec<String>,
+    /// Conntrack timeouts, seconds per `ct_timeout` class.
+    pub ct_timeouts: super::conntrack::Timeouts,
 }
 
 /// A bridge's ageing time (centiseconds in the kernel) in nanoseconds.
@@ -51,6 +55,7 @@ fn first_ipv4(host: &NsView, index: u32) -> [u8; 4] {
 pub fn compute(t: &Topology, host: &NsView) -> Desired {
     let mut d = Desired {
         forward: host.ip_forward,
+        ct_timeouts: super::conntrack::Timeouts::with(&t.conntrack),
         ..Default::default()
     };
     for l in &host.links {
@@ -65,6 +70,7 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
         .filter_map(|b| host.link(&b.name))
         .map(|l| (l.index, l))
         .collect();
+    d.bridges = bridges.values().map(|l| l.name.clone()).collect();
     for c in &t.containers {
         let (Some(port), Some(br)) = (host.link(&c.host_ifname), host.link(&c.bridge)) else {
             continue;

@@ -16,12 +16,13 @@ use netctl_common::{
     field, hook, reason, reject, route_kind, tcp_state,
 };
 use netctl_common::{
-    MAP_CT_NAT, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, nat_bit, nat_kind, nat_range,
+    MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, ct_timeout, nat_bit,
+    nat_kind, nat_range,
 };
 use serde::Serialize;
 
 use super::bpf_error;
-use super::conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, proto_name, timeout_ns};
+use super::conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Timeouts, proto_name};
 use super::pins::{self, topology_dir};
 use crate::error::{Error, Result};
 use crate::mac::Mac;
@@ -363,6 +364,25 @@ pub fn config_values(topology: &str) -> Result<BTreeMap<&'static str, u32>> {
     ]))
 }
 
+/// The conntrack timeouts the datapath uses, seconds by the kernel's
+/// names (the two states without one by their own).
+pub fn ct_timeouts(topology: &str) -> BTreeMap<&'static str, u32> {
+    let t = Timeouts::read(&super::pins::topology_dir(topology));
+    ct_timeout::NAMES
+        .iter()
+        .zip(t.0)
+        .enumerate()
+        .map(|(i, (n, secs))| {
+            let name = match (i, *n) {
+                (0, _) => "tcp_timeout_none",
+                (_, "") => "tcp_timeout_syn_sent2",
+                (_, n) => n,
+            };
+            (name, secs)
+        })
+        .collect()
+}
+
 pub fn set_config(topology: &str, index: u32, value: u32) -> Result<()> {
     let mut m: Array<MapData, u32> =
         Array::try_from(open(topology, MAP_CONFIG)?).map_err(me(MAP_CONFIG))?;
@@ -432,7 +452,7 @@ pub struct CtRow {
     pub nat: Option<String>,
 }
 
-fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
+fn ct_row(k: &CtKey, e: &CtEntry, now: u64, t: &Timeouts) -> CtRow {
     let (a, b) = (
         (Ipv4Addr::from(k.a_addr), k.a_port),
         (Ipv4Addr::from(k.b_addr), k.b_port),
@@ -463,7 +483,7 @@ fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
         "[unreplied]".into()
     };
     let idle = now.saturating_sub(e.last_seen_ns);
-    let timeout = timeout_ns(k.proto, e);
+    let timeout = t.ns(k.proto, e);
     let centis = |ns: u64| (ns / 10_000_000) as f64 / 100.0;
     // The reply tuple is the original one turned around, translated.
     let n = &e.nat;
@@ -503,11 +523,12 @@ fn ct_row(k: &CtKey, e: &CtEntry, now: u64) -> CtRow {
 pub fn conntrack(topology: &str) -> Result<Vec<CtRow>> {
     let m: HashMap<MapData, CtKey, CtEntry> =
         HashMap::try_from(open(topology, MAP_CT)?).map_err(me(MAP_CT))?;
+    let t = Timeouts::read(&super::pins::topology_dir(topology));
     let now = monotonic_ns();
     let mut v: Vec<(CtKey, CtRow)> = m
         .iter()
         .filter_map(|r| r.ok())
-        .map(|(k, e)| (k, ct_row(&k, &e, now)))
+        .map(|(k, e)| (k, ct_row(&k, &e, now, &t)))
         .collect();
     v.sort_by_key(|(k, _)| (k.proto, k.a_addr, k.a_port, k.b_addr, k.b_port));
     Ok(v.into_iter().map(|x| x.1).collect())
@@ -1047,6 +1068,7 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
         MAP_CT_NAT => Dump::CtNat(ct_nat(topology)?),
         MAP_RS_NAT => Dump::RsNat(rs_nat(topology)?),
         MAP_IFADDR => Dump::IfAddr(ifaddrs(topology, names)?),
+        MAP_CT_TIMEOUTS => Dump::Config(ct_timeouts(topology)),
         _ => {
             return Err(Error::Invalid(format!(
                 "no map {name:?}; `netctl maps list` shows the maps"

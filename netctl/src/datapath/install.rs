@@ -16,9 +16,9 @@ use aya::programs::tc::{
 };
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
-    FdbEntry, FdbKey, MAP_CONFIG, MAP_FDB, MAP_IFADDR, MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS,
-    MAP_PORTS_MAX, MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_XDP, PortInfo,
-    PortStats, RouteValue, config,
+    FdbEntry, FdbKey, MAP_CONFIG, MAP_CT_TIMEOUTS, MAP_FDB, MAP_IFADDR, MAP_NEIGH, MAP_PORT_STATS,
+    MAP_PORTS, MAP_PORTS_MAX, MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_LOCAL,
+    PROG_XDP, PortInfo, PortStats, RouteValue, config,
 };
 
 use super::desired::Desired;
@@ -72,8 +72,10 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     // port runs the current one.
     let mut stale_program = false;
     let egress_pin = egress_pin_of(&prog_pin);
+    let local_pin = local_pin_of(&prog_pin);
     for old in list_dir(&progs)? {
-        if progs.join(&old) != prog_pin && progs.join(&old) != egress_pin {
+        let old_pin = progs.join(&old);
+        if old_pin != prog_pin && old_pin != egress_pin && old_pin != local_pin {
             fs::remove_file(progs.join(&old)).map_err(|err| Error::io("unpin program", err))?;
             stale_program = true;
         }
@@ -86,6 +88,9 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     let present: BTreeSet<String> = pins::link_pins(topology)?.into_iter().collect();
     let mut kept = BTreeSet::new();
     for pin in &present {
+        if pin == pins::LOCAL_PIN {
+            continue;
+        }
         let xdp = pin.starts_with("xdp-");
         let base = pin.strip_prefix("xdp-").unwrap_or(pin);
         if want.contains_key(base) && (xdp || !stale_program) {
@@ -112,7 +117,56 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     // Maps first, so the first packet through a new link finds its port.
     write_maps(&dir, d)?;
     report.attached = attach_all(&prog_pin, &links, &missing, stale_program)?;
+    attach_local(
+        &local_pin,
+        &links,
+        stale_program || !present.contains(pins::LOCAL_PIN),
+    )?;
+    // The host's connections to its own published ports get their replies
+    // back from a container with one of the host's addresses as source
+    // (see netctl-ebpf's `local`), which the kernel lets in on a bridge
+    // only with accept_local.
+    for b in &d.bridges {
+        crate::sysctl::set_accept_local_here(b, true)?;
+    }
     Ok(report)
+}
+
+/// `lo`, where the host's packets to its own addresses arrive.
+const LOOPBACK: &str = "lo";
+
+/// Attaches the pinned `lo` program (nat OUTPUT for the host's packets to
+/// its own addresses) to `lo`'s TC ingress, unless `!attach` (it is
+/// there), and pins its marker.
+fn attach_local(local_pin: &Path, links: &Path, attach: bool) -> Result<()> {
+    if !attach {
+        return Ok(());
+    }
+    let _ = qdisc_detach_program(LOOPBACK, TcAttachType::Ingress, PROG_LOCAL);
+    match qdisc_add_clsact(LOOPBACK) {
+        Ok(()) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(err) => return Err(bpf_error("add clsact qdisc on lo", &err)),
+    }
+    let mut prog = SchedClassifier::from_pin(local_pin)
+        .map_err(|err| bpf_error("open pinned lo program", &err))?;
+    let id = prog
+        .attach_with_options(
+            LOOPBACK,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|err| bpf_error(&format!("attaching {PROG_LOCAL} to lo"), &err))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|err| bpf_error("taking the tc link", &err))?;
+    std::mem::forget(link);
+    let marker = links.join(pins::LOCAL_PIN);
+    if marker.exists() {
+        fs::remove_file(&marker).map_err(|err| Error::io("unpin lo marker", err))?;
+    }
+    prog.pin(&marker)
+        .map_err(|err| bpf_error(&format!("pin {}", marker.display()), &err))
 }
 
 /// Loads the object (maps pinned, or reused from their pins) and pins the
@@ -126,7 +180,11 @@ pub fn load_program(topology: &str) -> Result<bool> {
     let dir = topology_dir(topology);
     let progs = pins::progs_dir(topology);
     let prog_pin = progs.join(format!("ingress-{}", object_tag()));
-    if prog_pin.exists() && egress_pin_of(&prog_pin).exists() && dir.join(MAP_PORTS).exists() {
+    if prog_pin.exists()
+        && egress_pin_of(&prog_pin).exists()
+        && local_pin_of(&prog_pin).exists()
+        && dir.join(MAP_PORTS).exists()
+    {
         return Ok(false);
     }
     // A map an older build pinned in another shape is recreated.
@@ -158,15 +216,36 @@ pub fn load_program(topology: &str) -> Result<bool> {
     egress
         .pin(&egress_pin)
         .map_err(|err| bpf_error(&format!("pin {}", egress_pin.display()), &err))?;
+    let local: &mut SchedClassifier = ebpf
+        .program_mut(PROG_LOCAL)
+        .ok_or_else(|| Error::Bpf(format!("program {PROG_LOCAL} missing from the object")))?
+        .try_into()
+        .map_err(|err| bpf_error(PROG_LOCAL, &err))?;
+    local
+        .load()
+        .map_err(|err| bpf_error(&format!("loading program {PROG_LOCAL}"), &err))?;
+    let local_pin = local_pin_of(&prog_pin);
+    local
+        .pin(&local_pin)
+        .map_err(|err| bpf_error(&format!("pin {}", local_pin.display()), &err))?;
     Ok(true)
 }
 
 /// The egress program's pin beside the ingress program's
 /// (`progs/ingress-<tag>` → `progs/egress-<tag>`).
 fn egress_pin_of(prog_pin: &Path) -> std::path::PathBuf {
+    sibling_pin(prog_pin, "egress-")
+}
+
+/// The `lo` program's pin (`progs/local-<tag>`).
+fn local_pin_of(prog_pin: &Path) -> std::path::PathBuf {
+    sibling_pin(prog_pin, "local-")
+}
+
+fn sibling_pin(prog_pin: &Path, prefix: &str) -> std::path::PathBuf {
     let name = prog_pin
         .file_name()
-        .map(|n| n.to_string_lossy().replacen("ingress-", "egress-", 1))
+        .map(|n| n.to_string_lossy().replacen("ingress-", prefix, 1))
         .unwrap_or_default();
     prog_pin.with_file_name(name)
 }
@@ -361,6 +440,14 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
         let _ = addrs.remove(k);
     }
 
+    let mut timeouts: Array<MapData, u32> =
+        Array::try_from(map_at(dir, MAP_CT_TIMEOUTS)?).map_err(e(MAP_CT_TIMEOUTS))?;
+    for (i, secs) in d.ct_timeouts.0.iter().enumerate() {
+        timeouts
+            .set(i as u32, secs, 0)
+            .map_err(e(MAP_CT_TIMEOUTS))?;
+    }
+
     let mut cfg: Array<MapData, u32> =
         Array::try_from(map_at(dir, MAP_CONFIG)?).map_err(e(MAP_CONFIG))?;
     cfg.set(config::FORWARD, u32::from(d.forward), 0)
@@ -393,15 +480,22 @@ fn detach_port(marker: &str) {
 /// Removes a topology's datapath: the ingress filters come off the ports
 /// (traffic falls back to the kernel bridge), unpinning the XDP links
 /// detaches them, then the maps go. Runs in the topology's host namespace.
-pub fn detach_blocking(topology: &str) -> Result<bool> {
+pub fn detach_blocking(topology: &str, bridges: &[String]) -> Result<bool> {
     let dir = topology_dir(topology);
     if !dir.exists() {
         return Ok(false);
     }
     for pin in pins::link_pins(topology)? {
-        if !pin.starts_with("xdp-") {
+        if pin == pins::LOCAL_PIN {
+            let _ = qdisc_detach_program(LOOPBACK, TcAttachType::Ingress, PROG_LOCAL);
+        } else if !pin.starts_with("xdp-") {
             detach_port(&pin);
         }
+    }
+    // The kernel bridge takes over, and with it the kernel's view of a
+    // local source arriving on a bridge.
+    for b in bridges {
+        let _ = crate::sysctl::set_accept_local_here(b, false);
     }
     pins::remove_topology(topology)
 }
@@ -466,7 +560,7 @@ pub fn xdp_blocking(topology: &str, d: &Desired, on: bool) -> Result<Vec<String>
 pub fn attached_ports(topology: &str) -> Result<Vec<(String, u32)>> {
     Ok(pins::link_pins(topology)?
         .iter()
-        .filter(|p| !p.starts_with("xdp-"))
+        .filter(|p| pins::is_port_pin(p))
         .filter_map(|p| parse_link_pin(p))
         .collect())
 }
@@ -494,11 +588,12 @@ pub async fn sync(t: &Topology) -> Result<SyncReport> {
 
 /// Removes the datapath of topology `name`, whose host side is in `host`
 /// (no-op when there is none).
-pub async fn detach(name: &str, host: &Netns) -> Result<bool> {
-    let name = name.to_string();
-    match host {
-        Netns::Named(n) if !netns::exists(n) => detach_blocking_pins_only(&name),
-        _ => in_host(host, move || detach_blocking(&name)).await,
+pub async fn detach(t: &Topology) -> Result<bool> {
+    let name = t.name.clone();
+    let bridges: Vec<String> = t.bridges.iter().map(|b| b.name.clone()).collect();
+    match t.host() {
+        Netns::Named(n) if !netns::exists(&n) => detach_blocking_pins_only(&name),
+        host => in_host(&host, move || detach_blocking(&name, &bridges)).await,
     }
 }
 

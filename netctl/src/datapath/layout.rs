@@ -47,6 +47,7 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
         (MAP_RS_LOG, 4, RS_LOG_LEN, 2 * RS_LOG_MAX),
         (MAP_RS_COUNTERS, 4, size_of::<IfCounters>(), RS_SLOTS_MAX),
         (MAP_CT, size_of::<CtKey>(), size_of::<CtEntry>(), MAP_CT_MAX),
+        (MAP_CT_TIMEOUTS, 4, 4, ct_timeout::CLASSES),
         (
             MAP_CT_NAT,
             size_of::<CtKey>(),

@@ -36,6 +36,14 @@ pub fn progs_dir(topology: &str) -> PathBuf {
     topology_dir(topology).join("progs")
 }
 
+/// The marker of the `lo` program in `links/` (no port: no `@ifindex`).
+pub const LOCAL_PIN: &str = "local-lo";
+
+/// Whether a `links/` pin marks a port (not an XDP link, not `lo`).
+pub fn is_port_pin(name: &str) -> bool {
+    !name.starts_with("xdp-") && name != LOCAL_PIN
+}
+
 /// bpffs refuses '.' in names; interface names may contain it.
 pub fn link_pin_name(ifname: &str, ifindex: u32) -> String {
     format!("{}@{ifindex}", ifname.replace('.', "_"))

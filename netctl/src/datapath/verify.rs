@@ -3,14 +3,20 @@
 //! accepts the datapath before any apply needs it.
 
 use aya::programs::{ProgramError, SchedClassifier, Xdp};
-use netctl_common::{PROG_EGRESS, PROG_INGRESS, PROG_TC_COUNT, PROG_XDP};
+use netctl_common::{PROG_EGRESS, PROG_INGRESS, PROG_LOCAL, PROG_TC_COUNT, PROG_XDP};
 use serde::Serialize;
 
 use super::{bpf_error, load_private};
 use crate::error::{Error, Result};
 
 /// The programs netctl attaches.
-pub const PROGRAMS: [&str; 4] = [PROG_INGRESS, PROG_EGRESS, PROG_XDP, PROG_TC_COUNT];
+pub const PROGRAMS: [&str; 5] = [
+    PROG_INGRESS,
+    PROG_EGRESS,
+    PROG_LOCAL,
+    PROG_XDP,
+    PROG_TC_COUNT,
+];
 
 #[derive(Debug, Serialize)]
 pub struct Verified {

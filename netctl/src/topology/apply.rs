@@ -447,7 +447,7 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
             Err(e) => {
                 // A datapath that was not there before goes with the rest.
                 if !had_datapath {
-                    let _ = crate::datapath::detach(&desired.name, &desired.host()).await;
+                    let _ = crate::datapath::detach(desired).await;
                 }
                 let undone = ex.rollback().await;
                 return Err(Error::Invalid(format!(
@@ -456,7 +456,7 @@ pub async fn apply(desired: &Topology, dry_run: bool) -> Result<Report> {
             }
         },
         Datapath::Kernel => {
-            let detached = crate::datapath::detach(&desired.name, &desired.host()).await?;
+            let detached = crate::datapath::detach(desired).await?;
             Some(crate::datapath::install::SyncReport {
                 detached: if detached { vec!["all".into()] } else { vec![] },
                 ..Default::default()
@@ -546,7 +546,7 @@ pub async fn destroy(name: &str) -> Result<Report> {
     };
     // Programs first: traffic falls back to the kernel bridge while the
     // rest is taken down.
-    crate::datapath::detach(name, &owned.host()).await?;
+    crate::datapath::detach(&owned).await?;
     crate::rules::store::remove(name)?;
     let observed = observe(touched(&owned)).await?;
     let steps = plan::plan_destroy(&owned, &observed);

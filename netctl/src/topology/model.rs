@@ -44,6 +44,10 @@ pub struct Topology {
     /// file's own `rules` merged after them.
     #[serde(default)]
     pub docker_rules: bool,
+    /// Conntrack timeouts in seconds by the kernel's names
+    /// (`tcp_timeout_established`, `udp_timeout`, …): `[conntrack]`.
+    #[serde(default)]
+    pub conntrack: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

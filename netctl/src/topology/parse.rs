@@ -62,6 +62,7 @@ struct RawTopology {
     rules: Option<Spanned<String>>,
     docker_rules: Option<Spanned<bool>>,
     uplink: Option<Spanned<RawUplink>>,
+    conntrack: Option<Spanned<BTreeMap<String, Spanned<i64>>>>,
 }
 
 #[derive(Deserialize)]
@@ -449,7 +450,13 @@ fn build(ctx: &mut Ctx, raw: RawTopology, check_generated: bool) -> Topology {
         let mut addrs = Vec::new();
         for a in &b.addresses {
             if let Some(n) = parse_net(ctx, a, "bridge address") {
+                let own = format!("bridge {bname}");
                 for (other, oname, _) in &subnets {
+                    // A bridge's further addresses in its own subnet are
+                    // secondary addresses, as `ip addr add` makes them.
+                    if *oname == own {
+                        continue;
+                    }
                     if other.trunc().contains(&n.trunc().network())
                         || n.trunc().contains(&other.trunc().network())
                     {
@@ -895,6 +902,8 @@ fn build(ctx: &mut Ctx, raw: RawTopology, check_generated: bool) -> Topology {
         }
     }
 
+    let conntrack = conntrack_timeouts(ctx, raw.conntrack.as_ref(), datapath);
+
     let topo = Topology {
         name,
         host_netns: raw.host_netns.as_ref().map(|h| h.get_ref().clone()),
@@ -907,6 +916,7 @@ fn build(ctx: &mut Ctx, raw: RawTopology, check_generated: bool) -> Topology {
         rules: raw.rules.as_ref().map(|r| r.get_ref().clone()),
         uplink,
         docker_rules,
+        conntrack,
     };
     if let Some(d) = raw.docker_rules.as_ref().filter(|_| docker_rules)
         && datapath == Datapath::Ebpf
@@ -1071,4 +1081,54 @@ fn build_uplink(
         outside_address: outside?,
         gateway: gateway?,
     })
+}
+
+/// `[conntrack]`: timeouts in seconds, by the kernel's sysctl names
+/// (`net.netfilter.nf_conntrack_<name>`), for the eBPF datapath's
+/// conntrack.
+fn conntrack_timeouts(
+    ctx: &mut Ctx,
+    raw: Option<&Spanned<BTreeMap<String, Spanned<i64>>>>,
+    datapath: Datapath,
+) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let Some(table) = raw else {
+        return out;
+    };
+    if datapath == Datapath::Kernel {
+        ctx.at(
+            table.span(),
+            "[conntrack] sets the eBPF datapath's timeouts: it needs datapath = \"ebpf\"",
+        );
+    }
+    let known: Vec<&str> = netctl_common::ct_timeout::NAMES
+        .iter()
+        .copied()
+        .filter(|n| !n.is_empty())
+        .collect();
+    for (name, v) in table.get_ref() {
+        if !known.contains(&name.as_str()) {
+            ctx.at(
+                table.span(),
+                format!(
+                    "unknown conntrack timeout {name:?} (known: {})",
+                    known.join(", ")
+                ),
+            );
+            continue;
+        }
+        match u32::try_from(*v.get_ref()) {
+            Ok(secs) if secs > 0 => {
+                out.insert(name.clone(), secs);
+            }
+            _ => ctx.at(
+                v.span(),
+                format!(
+                    "conntrack {name} must be a number of seconds from 1 to {}",
+                    u32::MAX
+                ),
+            ),
+        }
+    }
+    out
 }

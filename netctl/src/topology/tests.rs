@@ -118,6 +118,12 @@ fn addresses_outside_subnet_and_overlaps() {
         "{BASE}\n[[container]]\nname = \"a\"\nbridge = \"br0\"\naddresses = [\"10.0.0.5\"]\n"
     ));
     assert!(e.contains("prefix length"), "{e}");
+    // Secondary addresses of one bridge in its own subnet are no overlap;
+    // the same address twice still is a duplicate.
+    let two = BASE.replace(r#"["10.0.0.1/24"]"#, r#"["10.0.0.1/24", "10.0.0.2/24"]"#);
+    assert!(errors(&two).is_empty(), "{:?}", errors(&two));
+    let twice = BASE.replace(r#"["10.0.0.1/24"]"#, r#"["10.0.0.1/24", "10.0.0.1/24"]"#);
+    assert!(one_error(&twice).contains("already used by bridge br0"));
 }
 
 #[test]
@@ -322,4 +328,23 @@ fn destroy_deletes_a_group_in_one_step_when_it_is_all_ours() {
     host.links.push(foreign);
     let s: Vec<String> = plan_destroy(&t, &o).iter().map(|s| s.to_string()).collect();
     assert!(s[0].starts_with("- link veth"), "{s:?}");
+}
+
+#[test]
+fn conntrack_timeouts() {
+    let ok = format!("{BASE}\n[conntrack]\nudp_timeout = 5\ntcp_timeout_established = 3600\n");
+    let t = parse(&ok, "t.toml").unwrap();
+    assert_eq!(t.conntrack.get("udp_timeout"), Some(&5));
+    assert_eq!(t.conntrack.get("tcp_timeout_established"), Some(&3600));
+    let e = one_error(&format!("{BASE}\n[conntrack]\nudp_timout = 5\n"));
+    assert!(
+        e.contains("unknown conntrack timeout \"udp_timout\""),
+        "{e}"
+    );
+    assert!(e.contains("udp_timeout_stream"), "{e}");
+    let e = one_error(&format!("{BASE}\n[conntrack]\nudp_timeout = 0\n"));
+    assert!(e.contains("must be a number of seconds"), "{e}");
+    let kernel = BASE.replace("host_netns", "datapath = \"kernel\"\nhost_netns");
+    let e = one_error(&format!("{kernel}\n[conntrack]\nudp_timeout = 5\n"));
+    assert!(e.contains("needs datapath = \"ebpf\""), "{e}");
 }

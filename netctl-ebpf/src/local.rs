@@ -1,0 +1,187 @@
+//! The host's packets to its own addresses, on TC ingress of `lo`: what
+//! the kernel's nat OUTPUT chain does there (Docker's `-j DOCKER` for the
+//! host's own addresses), so that the host reaches its published ports.
+//!
+//! Only the nat table is walked for such a packet, for a connection's
+//! first one, as the kernel does; a connection it translates is judged by
+//! filter OUTPUT and POSTROUTING as it leaves for its new destination (the
+//! hooks after the kernel's re-routing) and sent there by the datapath.
+//! Everything else on `lo` goes on unjudged and unchanged: netctl's rules
+//! leave the host's traffic with itself alone, as they always have. The
+//! connections seen here are tracked, so that a connection's later packets
+//! skip the nat table.
+//!
+//! Replies of a translated connection come back from a container, where
+//! the ingress program undoes the translation; they reach the host's
+//! socket with one of its own addresses as source, which a bridge with
+//! `accept_local` lets in.
+
+use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key};
+use netctl_common::{CtCache, config, field, hook, route_kind, verdict};
+
+use crate::{
+    classify::{self, netctl_classify},
+    conntrack,
+    filter::{LOOPBACK, netctl_load_fields, netctl_parse, netctl_track},
+    l3,
+    maps::{self, NETCTL_ROUTES, NETCTL_RS_HOOKS},
+    nat,
+};
+
+/// `netctl_local_out`'s answers.
+pub const PASS: i32 = 0;
+pub const SENT: i32 = 1;
+pub const DROP: i32 = -1;
+
+/// Runs nat OUTPUT for the packet in `skb`, which the host sent to one of
+/// its own addresses, and the hooks after it for a translated connection.
+/// Returns `PASS` (deliver locally, as it now is), `SENT` (redirected to
+/// its new destination) or `DROP`.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return PASS;
+    };
+    // SAFETY: this CPU's scratch element.
+    unsafe { (*s).parsed = 0 };
+    if netctl_parse(skb) == 0 {
+        return PASS;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*s).parsed = 1;
+        (*s).orig_pkt = (*s).pkt;
+    }
+    let t = netctl_track();
+    let first = (t >> 16) & 1 != 0;
+    let live = (t >> 24) & 1 != 0;
+    if live {
+        let d = nat::netctl_nat_dst(skb);
+        if d < 0 {
+            return DROP;
+        }
+        if d == 0 {
+            // Not translated here: the reply direction's undoing of a
+            // source NAT (if any) is the only change.
+            return if nat::netctl_nat_src(skb, LOOPBACK) < 0 {
+                DROP
+            } else {
+                PASS
+            };
+        }
+        return netctl_local_leave(skb, 0);
+    }
+    if !first {
+        return PASS;
+    }
+    let generation = maps::config(config::RULES_SERIAL) & 1;
+    let output = u32::from(hook::OUTPUT);
+    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + output) else {
+        return PASS;
+    };
+    let (nat_start, nat_end) = (h.nat_start, h.nat_end);
+    // SAFETY: this CPU's scratch element. What the entry will cache: none.
+    unsafe { (*s).cache = CtCache::default() };
+    netctl_load_fields(0, t & 0xff);
+    set_out(LOOPBACK);
+    // The nat table cannot drop; its verdict is ACCEPT.
+    let _ = netctl_classify(generation, output, 1, nat_start, nat_end);
+    // SAFETY: this CPU's scratch element; the walk recorded its choices.
+    if unsafe { (*s).nat[0] } == 0 {
+        confirm_plain();
+        return PASS;
+    }
+    if nat::netctl_nat_new_dst(skb, LOOPBACK) < 0 {
+        return DROP;
+    }
+    netctl_local_leave(skb, 1)
+}
+
+/// A translated connection's packet, its destination rewritten: routed
+/// again, judged by the hooks after nat OUTPUT (the rest of OUTPUT, then
+/// POSTROUTING) with its new destination and output interface, given its
+/// source half, and sent. `first`: the connection's first packet (nat
+/// POSTROUTING is walked, the entry is created).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return DROP;
+    };
+    // SAFETY: this CPU's scratch element.
+    let (daddr, ctstate) = unsafe { ((*s).pkt.daddr, (*s).track & 0xff) };
+    let Some(r) = NETCTL_ROUTES.get(Key::new(32, daddr)) else {
+        return DROP;
+    };
+    let (kind, out_if, gateway) = (r.kind, r.bridge, r.gateway);
+    let local = kind == route_kind::LOCAL;
+    // A destination beyond a device that is not a bridge of the topology
+    // (the uplink) would answer with a source the kernel calls a martian
+    // there: not supported.
+    if !local && (out_if == 0 || kind == route_kind::KERNEL) {
+        return DROP;
+    }
+    let out = if local { LOOPBACK } else { out_if };
+    let generation = maps::config(config::RULES_SERIAL) & 1;
+    let output = u32::from(hook::OUTPUT);
+    let nat_end = NETCTL_RS_HOOKS
+        .get(generation * u32::from(hook::COUNT) + output)
+        .map_or(0, |h| h.nat_end);
+    let accept = u32::from(verdict::ACCEPT);
+    netctl_load_fields(0, ctstate);
+    set_out(out);
+    let mut v = netctl_classify(generation, output, 0, nat_end, u32::MAX);
+    if v == accept {
+        set_out(out);
+        v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, u32::MAX);
+    }
+    // A REJECT here answers nothing: the host's own connection is refused
+    // by dropping its packet.
+    if v != accept || nat::netctl_nat_src(skb, out) < 0 {
+        return DROP;
+    }
+    if local {
+        return PASS;
+    }
+    let nexthop = if kind == route_kind::GATEWAY {
+        u32::from_ne_bytes(gateway)
+    } else {
+        0
+    };
+    if l3::netctl_out_by_neigh(skb, out_if, nexthop, 0) {
+        SENT
+    } else {
+        DROP
+    }
+}
+
+/// Creates the entry of a connection nothing translated, so that its later
+/// packets skip the nat table. Its cache never matches: the rules judge
+/// nothing else here.
+#[inline(always)]
+fn confirm_plain() {
+    let Some(s) = classify::scratch() else {
+        return;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    conntrack::confirm(
+        &s.ct_key,
+        s.ct_state,
+        &s.orig_pkt,
+        now,
+        &CtCache::default(),
+        &mut s.entry,
+    );
+}
+
+#[inline(always)]
+fn set_out(ifindex: u32) {
+    if let Some(s) = classify::scratch() {
+        // SAFETY: this CPU's scratch element.
+        unsafe { (*s).values[usize::from(field::OUT)] = ifindex.to_be_bytes() };
+    }
+}
