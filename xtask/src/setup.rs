@@ -27,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "xdp-tools",
     "containernetworking-plugins",
     "python3",
+    "conntrack",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -36,9 +35,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::iperf::{self, READY_TIMEOUT, UDP_LEN};
-use super::ns::open_ns;
+use super::ns::{enter, open_ns, pin_thread};
 use super::{
-    Cleanup, check_interrupted, finite, kernel_release, median, netctl_bin, netctl_stats,
+    Cleanup, check_interrupted, finite, kernel_release, median, nan_low, netctl_bin, netctl_stats,
     print_table, results_path, root_links, run_netctl, show_ratio, two_cpus, yes_no,
 };
 
@@ -152,6 +151,7 @@ impl Env {
             server: &self.server,
             server_addr: self.server_addr,
             pin: self.pin,
+            dial: None,
         }
     }
 }
@@ -545,10 +545,6 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     super::finish_run(&results_path(json, "datapath.json"), &report, &links_before)
 }
 
-fn nan_low(x: f64) -> f64 {
-    if x.is_finite() { x } else { f64::NEG_INFINITY }
-}
-
 // ---------------------------------------------------------------------------
 // Building the setups
 
@@ -811,31 +807,11 @@ fn measure(e: &Env, m: Metric, dur: Duration, port: u16) -> Result<(f64, Value)>
     }
 }
 
-/// Enters the network namespace `ns` on the calling thread only.
-fn enter(ns: &File) -> Result<()> {
-    // SAFETY: setns(2) on a valid, open namespace fd; it changes only the
-    // calling thread's network namespace (callers are dedicated threads).
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns");
-    }
-    Ok(())
-}
-
 fn iperf_tcp(e: &Env, streams: usize, dur: Duration, port: u16) -> Result<(f64, Value)> {
     let v = iperf::client(&e.iperf(), port, dur, &["-P", &streams.to_string()])?;
-    let end = &v["end"];
-    let bps = end["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| anyhow!("iperf3 JSON has no end.sum_received.bits_per_second"))?;
-    Ok((
-        bps,
-        json!({
-            "streams": streams,
-            "sent_bps": end["sum_sent"]["bits_per_second"],
-            "retransmits": end["sum_sent"]["retransmits"],
-            "cpu": end["cpu_utilization_percent"],
-        }),
-    ))
+    let (bps, mut detail) = iperf::tcp_result(&v)?;
+    detail["streams"] = json!(streams);
+    Ok((bps, detail))
 }
 
 fn iperf_udp(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
@@ -970,18 +946,4 @@ fn request_response(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
         n as f64 / secs,
         json!({ "transactions": n, "seconds": secs, "served_incl_warmup": served }),
     ))
-}
-
-// ---------------------------------------------------------------------------
-// CPUs
-
-/// Pins the calling thread to `cpu`.
-fn pin_thread(cpu: usize) -> Result<()> {
-    // SAFETY: as in `super::two_cpus`; pid 0 is the calling thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
-    }
-    Ok(())
 }

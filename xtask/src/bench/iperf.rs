@@ -4,13 +4,13 @@
 
 use std::fs::{self, File};
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::failed;
 use super::ns::ns_command;
@@ -37,6 +37,9 @@ pub struct Ends<'a> {
     pub server: &'a File,
     pub server_addr: Ipv4Addr,
     pub pin: Option<(usize, usize)>,
+    /// The address and port the client connects to instead, when a DNAT
+    /// between the two (a published port) leads to the server.
+    pub dial: Option<SocketAddrV4>,
 }
 
 /// A child process that is killed (by its pid) and reaped when dropped.
@@ -127,11 +130,13 @@ fn output_within(mut cmd: Command, limit: Duration) -> Result<Output> {
 }
 
 /// One iperf3 test of `dur` on `port` (a fresh one each time: the server
-/// serves one test), with `extra` client options; its `-J` report.
+/// serves one test; the client connects to `e.dial` if set), with `extra`
+/// client options; its `-J` report.
 pub fn client(e: &Ends, port: u16, dur: Duration, extra: &[&str]) -> Result<Value> {
     let mut srv = server(e, port)?;
+    let dial = e.dial.unwrap_or(SocketAddrV4::new(e.server_addr, port));
     let mut c = ns_command(e.client, "iperf3");
-    c.args(["-c", &e.server_addr.to_string(), "-p", &port.to_string()])
+    c.args(["-c", &dial.ip().to_string(), "-p", &dial.port().to_string()])
         .args([
             "-t",
             &dur.as_secs().to_string(),
@@ -155,4 +160,24 @@ pub fn client(e: &Ends, port: u16, dur: Duration, extra: &[&str]) -> Result<Valu
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(v)
+}
+
+/// A TCP test's received rate (bits/s) from its `-J` report, and the
+/// detail the benchmarks keep: bytes received, the sender's rate, its
+/// retransmits, both ends' CPU use.
+pub fn tcp_result(v: &Value) -> Result<(f64, Value)> {
+    let end = &v["end"];
+    let r = &end["sum_received"];
+    let bps = r["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("iperf3 JSON has no end.sum_received.bits_per_second"))?;
+    Ok((
+        bps,
+        json!({
+            "received_bytes": r["bytes"],
+            "sent_bps": end["sum_sent"]["bits_per_second"],
+            "retransmits": end["sum_sent"]["retransmits"],
+            "cpu": end["cpu_utilization_percent"],
+        }),
+    ))
 }

@@ -5,6 +5,8 @@
 
 mod datapath;
 mod iperf;
+mod ipt;
+mod nat;
 mod ns;
 mod rules;
 mod setup;
@@ -58,6 +60,10 @@ pub enum BenchCmd {
     /// the time to replace N rules, `netctl rules restore` against
     /// `iptables-restore`.
     Rules(rules::RulesArgs),
+    /// NAT: new TCP connections per second and TCP throughput through
+    /// masquerade and through a published port (Docker's rules), the
+    /// kernel's iptables nat table and conntrack against netctl's datapath.
+    Nat(nat::NatArgs),
 }
 
 pub fn run(b: BenchCmd) -> Result<()> {
@@ -70,6 +76,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
             json,
         } => datapath::run(runs, duration, no_pin, json),
         BenchCmd::Rules(a) => rules::run(a),
+        BenchCmd::Nat(a) => nat::run(a),
     }
 }
 
@@ -106,6 +113,11 @@ pub fn median(xs: &[f64]) -> f64 {
     } else {
         (v[m - 1] + v[m]) / 2.0
     }
+}
+
+/// Orders NaN below every number (for picking the worst ratio).
+pub fn nan_low(x: f64) -> f64 {
+    if x.is_finite() { x } else { f64::NEG_INFINITY }
 }
 
 pub fn yes_no(b: bool) -> &'static str {
@@ -401,6 +413,24 @@ impl Cleanup {
         );
         Ok(())
     }
+}
+
+/// Errors if netctl left anything of `topologies` behind: pinned programs
+/// and maps, the topology record, its rules.
+pub fn ensure_no_leftovers(topologies: &[String]) -> Result<()> {
+    let run_dir = std::env::var_os("NETCTL_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/netctl"));
+    for t in topologies {
+        for p in [
+            Path::new("/sys/fs/bpf/netctl").join(t),
+            run_dir.join("topologies").join(format!("{t}.json")),
+            run_dir.join("rules").join(format!("{t}.json")),
+        ] {
+            anyhow::ensure!(!p.exists(), "{} left behind", p.display());
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Cleanup {

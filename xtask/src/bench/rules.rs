@@ -44,7 +44,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -56,7 +55,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::iperf::{self, UDP_LEN};
-use super::ns::{ns_command, open_ns};
+use super::ipt::Ipt;
+use super::ns::{open_ns, ping};
 use super::{
     Cleanup, check_interrupted, failed, finite, kernel_release, median, netctl_bin, netctl_stats,
     print_table, results_path, root_links, run_netctl, show_ratio, two_cpus, yes_no,
@@ -179,46 +179,6 @@ impl Metric {
     }
 }
 
-/// The kernel side's iptables commands.
-struct Ipt {
-    backend: String,
-    restore: &'static str,
-    save: &'static str,
-    version: String,
-}
-
-impl Ipt {
-    fn new(backend: &str) -> Result<Ipt> {
-        let (restore, save, cmd) = match backend {
-            "legacy" => (
-                "iptables-legacy-restore",
-                "iptables-legacy-save",
-                "iptables-legacy",
-            ),
-            _ => ("iptables-nft-restore", "iptables-nft-save", "iptables-nft"),
-        };
-        let version = crate::sh::output(Command::new(cmd).arg("-V"))
-            .ok_or_else(|| anyhow!("{cmd} is missing (apt-get install iptables)"))?
-            .trim()
-            .to_string();
-        Ok(Ipt {
-            backend: backend.to_string(),
-            restore,
-            save,
-            version,
-        })
-    }
-    /// `-w`: the legacy backend's lock is a file shared with every other
-    /// iptables user of the machine; wait for it instead of failing.
-    fn wait_args(&self) -> &'static [&'static str] {
-        if self.backend == "legacy" {
-            &["-w"]
-        } else {
-            &[]
-        }
-    }
-}
-
 /// One setup, built.
 struct Env {
     side: Side,
@@ -238,6 +198,7 @@ impl Env {
             server: &self.server,
             server_addr: SERVER,
             pin: self.pin,
+            dial: None,
         }
     }
 }
@@ -700,18 +661,7 @@ pub fn run(a: RulesArgs) -> Result<()> {
     drop(envs);
     guard.clean()?;
     drop(guard);
-    for t in &topologies {
-        let run_dir = std::env::var_os("NETCTL_RUN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/run/netctl"));
-        for p in [
-            Path::new("/sys/fs/bpf/netctl").join(t),
-            run_dir.join("topologies").join(format!("{t}.json")),
-            run_dir.join("rules").join(format!("{t}.json")),
-        ] {
-            ensure!(!p.exists(), "{} left behind", p.display());
-        }
-    }
+    super::ensure_no_leftovers(&topologies)?;
 
     // Medians and ratios.
     let value = |m: Metric, n: usize, s: Side, run: Option<usize>| -> Vec<f64> {
@@ -1284,37 +1234,16 @@ fn ipt_file(e: &Env, ipt: &Ipt, file: &Path) -> Result<f64> {
 /// iptables-restore in the host namespace (setns), the ruleset on stdin;
 /// timed from the spawn to its exit.
 fn ipt_stdin(e: &Env, ipt: &Ipt, text: &str) -> Result<f64> {
-    let t = Instant::now();
-    let mut c = ns_command(&e.host, ipt.restore)
-        .args(ipt.wait_args())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", ipt.restore))?;
-    let mut stdin = c.stdin.take().unwrap();
-    let text = text.to_string();
-    // A writer thread, so that a restore failing early cannot block us.
-    let w = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-    let o = c.wait_with_output()?;
-    let secs = t.elapsed().as_secs_f64();
-    let _ = w.join();
-    if !o.status.success() {
-        return Err(failed(&format!("{} in {}", ipt.restore, e.host_ns), &o));
-    }
-    Ok(secs)
+    ipt.restore_stdin(&e.host, &e.host_ns, text)
 }
 
 /// FORWARD's counters from `iptables-save -c -t filter` (either tool).
 fn forward(e: &Env, ipt: &Ipt) -> Result<Forward> {
-    let o = match e.side {
-        Side::Kernel => ns_command(&e.host, ipt.save)
-            .args(["-c", "-t", "filter"])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot start {}", ipt.save))?,
-        Side::Netctl => Command::new(netctl())
-            .args([
+    let text = match e.side {
+        Side::Kernel => ipt.save_in(&e.host, &e.host_ns, &["-c", "-t", "filter"])?,
+        Side::Netctl => run_netctl(
+            &netctl(),
+            &[
                 "rules",
                 "--topology",
                 &e.topology,
@@ -1322,15 +1251,10 @@ fn forward(e: &Env, ipt: &Ipt) -> Result<Forward> {
                 "-c",
                 "-t",
                 "filter",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot start netctl")?,
+            ],
+        )?,
     };
-    if !o.status.success() {
-        return Err(failed(&format!("{} save -c", e.side.key()), &o));
-    }
-    parse_forward(&String::from_utf8_lossy(&o.stdout))
+    parse_forward(&text)
 }
 
 fn parse_forward(text: &str) -> Result<Forward> {
@@ -1506,15 +1430,12 @@ fn setup(side: Side, name: &str, scratch: &Path, guard: &mut Cleanup) -> Result<
 /// Connectivity, and the datapath each setup promises.
 fn check_env(e: &Env, ipt: &Ipt) -> Result<SetupInfo> {
     let addr = SERVER.to_string();
-    let ping = (0..3).any(|_| {
-        ns_command(&e.client, "ping")
-            .args(["-q", "-c1", "-W1", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    ensure!(ping, "{}: {} cannot ping {addr}", e.side.key(), e.client_ns);
+    ensure!(
+        ping(&e.client, SERVER),
+        "{}: {} cannot ping {addr}",
+        e.side.key(),
+        e.client_ns
+    );
     let has_stats = stats(&e.topology).is_some();
     match e.side {
         Side::Kernel => ensure!(
@@ -1560,20 +1481,11 @@ struct Measured {
 
 fn iperf_tcp(e: &Env, dur: Duration, port: u16) -> Result<Measured> {
     let v = iperf::client(&e.iperf(), port, dur, &["-P", "1"])?;
-    let end = &v["end"];
-    let r = &end["sum_received"];
-    let bps = r["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| anyhow!("iperf3 JSON has no end.sum_received.bits_per_second"))?;
-    let bytes = r["bytes"].as_f64().unwrap_or(0.0);
+    let (bps, detail) = iperf::tcp_result(&v)?;
+    let bytes = detail["received_bytes"].as_f64().unwrap_or(0.0);
     Ok(Measured {
         value: bps,
-        detail: json!({
-            "received_bytes": r["bytes"],
-            "sent_bps": end["sum_sent"]["bits_per_second"],
-            "retransmits": end["sum_sent"]["retransmits"],
-            "cpu": end["cpu_utilization_percent"],
-        }),
+        detail,
         min_packets: 1.0,
         min_bytes: bytes,
     })
