@@ -523,7 +523,7 @@ const _: () = assert!(core::mem::size_of::<RsWordKey>() == 12);
 /// directions find it with one lookup.
 pub const MAP_CT: &str = "NETCTL_CT";
 /// The kernel's `nf_conntrack_max` on a host of this size. An LRU map is
-/// always preallocated (~190 bytes an entry), so this is memory every
+/// always preallocated (~240 bytes an entry), so this is memory every
 /// topology with a datapath holds.
 pub const MAP_CT_MAX: u32 = 65536;
 
@@ -598,7 +598,10 @@ pub struct CtCache {
     pub slots: [u32; CT_CACHE_SLOTS],
 }
 
-pub const CT_CACHE_SLOTS: usize = 6;
+/// Rule counters a connection's cached outcome replays: a path through
+/// Docker's rules bumps seven (the jumps into and RETURNs out of
+/// DOCKER-USER and the isolation chains); more make a path uncacheable.
+pub const CT_CACHE_SLOTS: usize = 12;
 
 /// Outcomes of the rules for a packet.
 pub mod verdict {
@@ -850,8 +853,8 @@ pub mod ct_timeout {
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
-const _: () = assert!(core::mem::size_of::<CtCache>() == 44);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 160);
+const _: () = assert!(core::mem::size_of::<CtCache>() == 68);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 208);
 
 /// Per-CPU hash `ifindex (u32) -> IfCounters` filled by `PROG_XDP`.
 pub const MAP_XDP_STATS: &str = "NETCTL_XDP_STATS";

@@ -78,6 +78,8 @@ pub struct Scratch {
     pub orig_pkt: crate::packet::Pkt,
     /// The binding a first packet's NAT is building.
     pub binding: netctl_common::CtNat,
+    /// A tuple NAT would translate to, for `nat::netctl_nat_taken`.
+    pub candidate: netctl_common::CtKey,
 }
 
 #[map]

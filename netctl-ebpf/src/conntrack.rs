@@ -7,7 +7,9 @@
 //! (whatever the rules then decide), while a new one is only created once
 //! the rules accepted its first packet (`confirm`).
 
-use netctl_common::{CtCache, CtEntry, CtKey, CtNat, ct_flag, ct_timeout, ctbit, tcp_state as ts};
+use netctl_common::{
+    CtCache, CtEntry, CtKey, CtNat, ct_flag, ct_timeout, ctbit, nat_bit, tcp_state as ts,
+};
 
 use crate::{
     maps::{NETCTL_CT, NETCTL_CT_NAT, NETCTL_CT_TIMEOUTS},
@@ -33,7 +35,7 @@ const S2: u8 = ts::SYN_SENT2;
 /// The kernel's `tcp_conntracks[dir][flags][state]` (states in `tcp_state`
 /// order: NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT,
 /// LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2).
-static TCP_TABLE: [[[u8; 10]; 5]; 2] = [
+const TCP_ROWS: [[[u8; 10]; 5]; 2] = [
     [
         /* syn    */ [SS, SS, IG, IG, IG, IG, IG, SS, SS, S2],
         /* synack */ [IV, IV, SR, IV, IV, IV, IV, IV, IV, SR],
@@ -49,6 +51,34 @@ static TCP_TABLE: [[[u8; 10]; 5]; 2] = [
         /* rst    */ [IV, CL, CL, CL, CL, CL, CL, CL, CL, CL],
     ],
 ];
+
+/// `TCP_ROWS` padded to powers of two (INVALID beyond), so that an index
+/// masked into range is in bounds whatever code the compiler generates
+/// for it: the verifier then needs no range it may not be able to follow.
+static TCP_TABLE: [[[u8; 16]; 8]; 2] = {
+    let mut t = [[[IV; 16]; 8]; 2];
+    let mut d = 0;
+    while d < 2 {
+        let mut f = 0;
+        while f < 5 {
+            let mut s = 0;
+            while s < 10 {
+                t[d][f][s] = TCP_ROWS[d][f][s];
+                s += 1;
+            }
+            f += 1;
+        }
+        d += 1;
+    }
+    t
+};
+
+/// The kernel's next state for a packet of direction `dir` with flags
+/// `flag_index` in state `state` (IV, IG, or a `tcp_state`).
+#[inline(always)]
+fn tcp_next(dir: usize, flag_index: usize, state: u8) -> u8 {
+    TCP_TABLE[dir & 1][flag_index & 7][usize::from(state & 15)]
+}
 
 /// The kernel's `get_conntrack_index`; `None` for "no flag", which is
 /// invalid in every state.
@@ -156,17 +186,54 @@ fn timeout_ns(proto: u8, e: &CtEntry) -> u64 {
     u64::from(s) * 1_000_000_000
 }
 
-/// The key of the translated connection whose reply tuple is `k`.
+/// The translated connection whose reply tuple is `k`, and its entry:
+/// `NETCTL_CT_NAT` says which, and only a live entry whose binding still
+/// gives that reply tuple counts (the map keeps the reply tuples of
+/// connections since timed out, or reopened with another binding).
 #[inline(always)]
-fn nat_orig(k: &CtKey) -> Option<CtKey> {
+pub fn nat_owner(k: &CtKey, now: u64) -> Option<(CtKey, *mut CtEntry)> {
     // SAFETY: a copy is taken at once; an element evicted meanwhile by
-    // another CPU yields a stale key, which then finds no entry.
-    NETCTL_CT_NAT.get_ptr(k).map(|p| unsafe { *p })
+    // another CPU yields a stale key, which the check below refuses.
+    let o = NETCTL_CT_NAT.get_ptr(k).map(|p| unsafe { *p })?;
+    let e = live(&o, now)?;
+    // SAFETY: a live element (see `live`).
+    if reply_key(&o, unsafe { &*e }) != *k {
+        return None;
+    }
+    Some((o, e))
+}
+
+/// The key of the reply tuple of connection `o`: answers come from its
+/// DNAT target (else its destination) and go to its SNAT source (else its
+/// source). An ICMP query's identifier stands for both "ports".
+#[inline(always)]
+pub fn reply_key(o: &CtKey, e: &CtEntry) -> CtKey {
+    let (src, sport) = (e.orig_addr, e.orig_port);
+    let (dst, dport) = if o.a_addr == src && o.a_port == sport {
+        (o.b_addr, o.b_port)
+    } else {
+        (o.a_addr, o.a_port)
+    };
+    let n = e.nat;
+    let (rs, mut rsp) = if n.flags & nat_bit::DST != 0 {
+        (n.dnat_addr, n.dnat_port)
+    } else {
+        (dst, dport)
+    };
+    let (rd, rdp) = if n.flags & nat_bit::SRC != 0 {
+        (n.snat_addr, n.snat_port)
+    } else {
+        (src, sport)
+    };
+    if o.proto == PROTO_ICMP {
+        rsp = rdp;
+    }
+    key(o.proto, rs, rsp, rd, rdp)
 }
 
 /// The live entry for `key`, unless it timed out.
 #[inline(always)]
-fn live(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
+pub fn live(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
     let e = NETCTL_CT.get_ptr_mut(key)?;
     // SAFETY: a live LRU element, valid until the program returns; fields
     // another CPU updates concurrently are read whole (no tearing within a
@@ -220,7 +287,7 @@ pub fn track(p: &Pkt, now: u64) -> Track {
     // which leads to the entry's key.
     let (found, translated) = match live(&k, now) {
         Some(e) => (Some(e), false),
-        None => match nat_orig(&k).and_then(|o| Some((o, live(&o, now)?))) {
+        None => match nat_owner(&k, now) {
             Some((orig, e)) => {
                 t.key = orig;
                 (Some(e), true)
@@ -230,12 +297,13 @@ pub fn track(p: &Pkt, now: u64) -> Track {
     };
     if let Some(e) = found {
         // SAFETY: as in `live`.
-        let (orig_addr, orig_port, old, flags) =
-            unsafe { ((*e).orig_addr, (*e).orig_port, (*e).tcp_state, (*e).flags) };
+        let (orig_addr, orig_port) = unsafe { ((*e).orig_addr, (*e).orig_port) };
         let dir = usize::from(translated || !(orig_addr == p.saddr && orig_port == sport));
+        // SAFETY: as in `live`.
+        let (old, flags) = unsafe { ((*e).tcp_state, (*e).flags) };
         let mut new = old;
         if p.proto == PROTO_TCP {
-            new = TCP_TABLE[dir & 1][tcp_index.min(4)][usize::from(old.min(9))];
+            new = tcp_next(dir, tcp_index, old);
             if new == IV {
                 return Track::invalid();
             }
@@ -259,8 +327,9 @@ pub fn track(p: &Pkt, now: u64) -> Track {
         } else {
             ctbit::NEW
         };
-        // SAFETY: as in `live`; racing updates from another CPU lose at most
-        // a count or a refresh.
+        // SAFETY: as in `live`. Racing updates from another CPU lose a count
+        // or a refresh, or — the two directions of one connection handled
+        // on two CPUs at once — a TCP transition (see docs/rules.md).
         unsafe {
             (*e).last_seen_ns = now;
             (*e).tcp_state = new;
@@ -275,7 +344,7 @@ pub fn track(p: &Pkt, now: u64) -> Track {
 
     match p.proto {
         PROTO_TCP => {
-            let new = TCP_TABLE[0][tcp_index.min(4)][0];
+            let new = tcp_next(0, tcp_index, ts::NONE);
             if new == IV || new == IG {
                 return Track::invalid();
             }
@@ -305,8 +374,7 @@ fn related(p: &Pkt, now: u64) -> Track {
         _ => (0, 0),
     };
     let k = key(i.proto, i.saddr, sport, i.daddr, dport);
-    let known =
-        live(&k, now).is_some() || nat_orig(&k).is_some_and(|orig| live(&orig, now).is_some());
+    let known = live(&k, now).is_some() || nat_owner(&k, now).is_some();
     if !known {
         return Track::invalid();
     }

@@ -125,7 +125,7 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
         let Some(addr) = to_addr(&a, out_if, &s.pkt) else {
             return -1;
         };
-        let Some(port) = free_port(&s.pkt, addr, &a) else {
+        let Some(port) = free_port(s, addr, &a) else {
             return -1;
         };
         if !rewrite(&ctx, &mut s.pkt, true, addr, port) {
@@ -255,7 +255,12 @@ fn other_end(k: &CtKey, orig_addr: [u8; 4], orig_port: u16) -> ([u8; 4], u16) {
 /// kernel's default class of the original port: 1–511, 600–1023,
 /// 1024–65535).
 #[inline(always)]
-fn free_port(p: &Pkt, addr: [u8; 4], a: &netctl_common::RsNat) -> Option<u16> {
+fn free_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat) -> Option<u16> {
+    // SAFETY: this CPU's scratch element; only `candidate` is written
+    // below, through the pointer, while `p` reads another field.
+    let p = unsafe { &(*s).pkt };
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let (sport, dport) = ports(p);
     let (lo, hi) = if a.flags & nat_range::PORTS != 0 && has_ports(p.proto) {
         (a.port_min, a.port_max.max(a.port_min))
@@ -279,7 +284,9 @@ fn free_port(p: &Pkt, addr: [u8; 4], a: &netctl_common::RsNat) -> Option<u16> {
     let mut i = 0;
     while i < PORT_TRIES {
         let rk = key(p.proto, addr, port, p.daddr, dport_for(p, port, dport));
-        if !taken(&rk) {
+        // SAFETY: this CPU's scratch element.
+        unsafe { (*s).candidate = rk };
+        if netctl_nat_taken(now) == 0 {
             return Some(port);
         }
         // SAFETY: the helper takes no arguments.
@@ -296,11 +303,23 @@ fn dport_for(p: &Pkt, sport: u16, dport: u16) -> u16 {
     if p.proto == PROTO_ICMP { sport } else { dport }
 }
 
-/// Whether a live connection already uses tuple `k`, as its original
-/// tuple or as a translated reply tuple.
-#[inline(always)]
-fn taken(k: &CtKey) -> bool {
-    NETCTL_CT.get_ptr(k).is_some() || NETCTL_CT_NAT.get_ptr(k).is_some()
+/// Whether a live connection other than the one being set up (the
+/// scratch map's `ct_key`, which may reopen its old entry) already uses
+/// the tuple in the scratch map's `candidate`, as its original tuple or as
+/// its reply tuple. Returns 1 if so. A global function: `free_port` asks
+/// up to `PORT_TRIES` times, and the verifier then checks this once.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_taken(now: u64) -> u32 {
+    let Some(s) = classify::scratch() else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch element.
+    let (k, own) = unsafe { ((*s).candidate, (*s).ct_key) };
+    if k != own && conntrack::live(&k, now).is_some() {
+        return 1;
+    }
+    u32::from(conntrack::nat_owner(&k, now).is_some_and(|(o, _)| o != own))
 }
 
 /// Rewrites the packet's source (`src`) or destination address and port

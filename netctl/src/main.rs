@@ -5,6 +5,11 @@ mod cli;
 use cli::args::{Cli, Cmd, NetnsCmd};
 
 fn main() {
+    // Output piped into `head` and closed early ends the process quietly,
+    // as with other command-line tools, instead of a panic on EPIPE.
+    // SAFETY: setting a signal's disposition to the default, before any
+    // thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("NETCTL_LOG"))
         .with_writer(std::io::stderr)

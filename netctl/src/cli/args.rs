@@ -298,6 +298,16 @@ pub enum DatapathCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What each program of a topology costs per run, over a window of
+    /// live traffic (the kernel's BPF run-time statistics, on meanwhile).
+    Profile {
+        topology: String,
+        /// Seconds to watch.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Topologies with a datapath, their attached ports and programs.
     Status {
         #[arg(long)]

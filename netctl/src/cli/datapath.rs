@@ -103,6 +103,26 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
                 );
             }
         }
+        DatapathCmd::Profile {
+            topology,
+            seconds,
+            json,
+        } => {
+            let v = datapath::profile::take(&topology, Duration::from_secs(seconds))?;
+            if json {
+                return print_json(&v);
+            }
+            println!(
+                "{:<28} {:>10} {:>14} {:>10}",
+                "PROGRAM", "RUNS", "NS", "NS/RUN"
+            );
+            for c in v {
+                println!(
+                    "{:<28} {:>10} {:>14} {:>10.1}",
+                    c.program, c.runs, c.run_ns, c.ns_per_run
+                );
+            }
+        }
         DatapathCmd::Status { json } => {
             let mut rows = Vec::new();
             for t in pins::topologies()? {

@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod install;
 mod layout;
 pub mod pins;
+pub mod profile;
 pub mod ruleset;
 pub mod trace;
 pub mod verify;
