@@ -394,3 +394,34 @@ fn route_and_forwarding_changes_reach_the_datapath() {
     assert!(netctl(&["forward", "on", "-n", &host]).status.success());
     assert!(ping(&web, "10.10.2.2"));
 }
+
+#[test]
+fn profile_reports_what_each_program_costs_per_run() {
+    let name = unique("prf");
+    let _g = Cleanup::new(&name);
+    let _f = apply_file(&name, &one_bridge(&name, 300));
+    let a = format!("{name}-a");
+    assert!(ping(&a, "10.50.0.3"));
+    // Traffic for the whole window: 40 pings 50 ms apart outlast it.
+    let mut pinger = std::process::Command::new("ip")
+        .args(["netns", "exec", &a, "ping", "-q", "-c", "40", "-i", "0.05", "10.50.0.3"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let o = netctl(&["datapath", "profile", &name, "--seconds", "1", "--json"]);
+    let _ = pinger.wait();
+    assert!(o.status.success(), "profile: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ingress = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"].as_str().unwrap().starts_with("ingress-"))
+        .unwrap_or_else(|| panic!("{v:#}"));
+    // Echo requests and replies both enter by a port: two runs a ping.
+    assert!(ingress["runs"].as_u64().unwrap() >= 20, "{ingress:#}");
+    assert!(ingress["ns_per_run"].as_f64().unwrap() > 0.0, "{ingress:#}");
+    let o = netctl(&["datapath", "profile", "no-such-topology", "--seconds", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no datapath"), "{}", stderr(&o));
+}

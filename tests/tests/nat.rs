@@ -219,10 +219,15 @@ fn two_containers_with_the_same_source_port_get_two_translations() {
         format!("{name}-a2"),
         format!("{name}-b"),
     );
-    let s = peer_server(&b, "tcp", 8080, 2);
+    let s = peer_server(&b, "tcp", 8080, 3);
     let one = ask(&a, "tcp", "10.74.0.2", 8080, 42000, false);
     let two = ask(&a2, "tcp", "10.74.0.2", 8080, 42000, false);
+    // a's connection is in TIME_WAIT (the server closed first); a new one
+    // from the same port reopens it and, as in the kernel, keeps the port:
+    // the old binding's reply tuple is its own, not another's.
+    let again = ask(&a, "tcp", "10.74.0.2", 8080, 42000, false);
     finish(s);
+    assert_eq!(again, "10.74.0.1:42000", "a reopened connection keeps its port");
     assert_eq!(one, "10.74.0.1:42000", "the first keeps its port");
     let (addr, port) = two.split_once(':').unwrap_or_else(|| panic!("{two}"));
     assert_eq!(addr, "10.74.0.1");
