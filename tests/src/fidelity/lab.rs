@@ -38,6 +38,13 @@ pub struct Spec {
 
 pub const BRIDGES: [(&str, &str); 2] = [("br-a", "10.1.0.1/24"), ("br-b", "10.2.0.1/24")];
 
+/// "Outside": a network routed through an address on br-b (`OUTSIDE_VIA`,
+/// which has a permanent neighbour entry, `spoofed`), so that what is sent
+/// there arrives at cb. (Without a route, the host's answers — ICMP net
+/// unreachable from `ip_error` — are rate-limited by a sysctl that is not
+/// per namespace, `net.ipv4.route.error_cost`: not comparable.)
+pub const OUTSIDE: (&str, &str) = ("192.0.2.0/24", "10.2.0.100");
+
 /// The containers, in the order `Probe::from` indexes them.
 pub fn specs() -> Vec<Spec> {
     let c = |name, bridge, ip: [u8; 4], host_if| Spec {
@@ -300,6 +307,9 @@ impl Lab {
             ])?;
             container_witness(&cns)?;
         }
+        ip(&[
+            "-n", &host, "route", "add", OUTSIDE.0, "via", OUTSIDE.1, "dev", "br-b",
+        ])?;
         host_sysctls(&host)?;
         conntrack_on(&host)?;
         if scope == Scope::Inbound {
@@ -330,6 +340,10 @@ impl Lab {
                 s.host_if
             );
         }
+        t += &format!(
+            "\n[[route]]\nto = \"{}\"\nvia = \"{}\"\n",
+            OUTSIDE.0, OUTSIDE.1
+        );
         let f = write_file(prefix, "fidelity.toml", &t);
         let o = netctl(&["apply", f.to_str().unwrap()]);
         if !o.status.success() {
@@ -486,12 +500,18 @@ impl Lab {
                         }
                     }
                 }
-                // The datapath's connections (kept across a restore).
+                // The datapath's connections (kept across a restore), and
+                // the reply tuples of translated ones (`netctl conntrack
+                // flush` empties both).
                 let ct = format!("/sys/fs/bpf/netctl/{topo}/NETCTL_CT");
                 if std::path::Path::new(&ct).exists() {
                     sock::clear_pinned_map(&ct)?;
                 } else {
                     bail!("{ct} is missing: cannot forget the datapath's connections");
+                }
+                let ct_nat = format!("{ct}_NAT");
+                if std::path::Path::new(&ct_nat).exists() {
+                    sock::clear_pinned_map(&ct_nat)?;
                 }
             }
         }

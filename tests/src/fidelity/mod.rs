@@ -31,6 +31,7 @@
 
 pub mod counters;
 pub mod lab;
+pub mod nat;
 pub mod predict;
 pub mod scenario;
 pub mod sock;
@@ -47,6 +48,7 @@ use crate::Cleanup;
 use counters::{Diff, Saved};
 use lab::Lab;
 use scenario::{L2Dst, Step};
+use wire::Ip;
 
 /// What is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,14 +95,28 @@ pub struct Config {
     pub shrink: usize,
     /// Print progress and every case's verdict on stderr.
     pub verbose: bool,
+    /// NAT cases: NAT targets in the nat table, translating to addresses
+    /// where the translated packets are seen, and replies that answer what
+    /// arrived (see `nat` and `scenario`).
+    pub nat: bool,
+    /// NAT cases with address ranges and DNAT/REDIRECT port ranges, where
+    /// netctl is known to choose otherwise than the kernel (docs/nat.md).
+    pub nat_ranges: bool,
 }
 
 impl Config {
     /// Defaults overridden by `FIDELITY_SCOPE` (full, inbound),
     /// `FIDELITY_SEED`, `FIDELITY_CASES`, `FIDELITY_FIRST`,
     /// `FIDELITY_FLOWS`, `FIDELITY_NETCTL` (0/1), `FIDELITY_REFERENCE`
-    /// (0/1), `FIDELITY_SHRINK`, `FIDELITY_VERBOSE` (0/1).
+    /// (0/1), `FIDELITY_SHRINK`, `FIDELITY_VERBOSE` (0/1), `FIDELITY_NAT`
+    /// (0/1), `FIDELITY_NAT_RANGES` (0/1).
     pub fn from_env(seed: u64, cases: u32, scope: Scope) -> Config {
+        Self::from_env_nat(seed, cases, scope, false)
+    }
+
+    /// `from_env`, with NAT cases unless `FIDELITY_NAT=0` (`nat`: the
+    /// default).
+    pub fn from_env_nat(seed: u64, cases: u32, scope: Scope, nat: bool) -> Config {
         fn var<T: std::str::FromStr>(k: &str) -> Option<T> {
             std::env::var(k).ok().and_then(|v| v.parse().ok())
         }
@@ -115,6 +131,8 @@ impl Config {
             reference: flag("FIDELITY_REFERENCE", true),
             shrink: var("FIDELITY_SHRINK").unwrap_or(3),
             verbose: flag("FIDELITY_VERBOSE", false),
+            nat: flag("FIDELITY_NAT", nat),
+            nat_ranges: flag("FIDELITY_NAT_RANGES", false),
         }
     }
 }
@@ -143,6 +161,10 @@ pub struct Outcome {
     /// Per step, per container (in `lab::specs()` order): the summaries of
     /// the IPv4 packets that reached it.
     pub arrivals: Vec<Vec<Vec<String>>>,
+    /// The same packets.
+    pub packets: Vec<Vec<Vec<Ip>>>,
+    /// Each step as sent (a reply as `scenario::resolve` made it).
+    pub sent: Vec<Step>,
 }
 
 /// Runs a case on one lab.
@@ -159,7 +181,12 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         lab.settle_from(c, next())?;
     }
     let mut arrivals = Vec::new();
-    for s in steps {
+    let mut packets = Vec::new();
+    let mut sent = Vec::new();
+    // What arrived where, in order: replies are made from it.
+    let mut seen: Vec<(usize, Ip)> = Vec::new();
+    for i in 0..steps.len() {
+        let s = scenario::resolve(steps, i, &seen);
         let spec = &lab.ports[s.from].spec;
         let dst = match s.l2 {
             L2Dst::Gateway => lab.bridge_mac(spec.bridge),
@@ -168,16 +195,18 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         lab.inject(s.from, &wire::ether_ip(&dst, &spec.mac, &s.ip))?;
         lab.settle_from(s.from, next())?;
         let mut per = Vec::new();
+        let mut per_ip = Vec::new();
         for c in 0..lab.ports.len() {
-            let mut got: Vec<String> = lab
-                .arrived_at(c, next())?
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
-            got.sort();
-            per.push(got);
+            let got = lab.arrived_at(c, next())?;
+            let mut text: Vec<String> = got.iter().map(|p| p.to_string()).collect();
+            text.sort();
+            per.push(text);
+            seen.extend(got.iter().map(|p| (c, p.clone())));
+            per_ip.push(got);
         }
         arrivals.push(per);
+        packets.push(per_ip);
+        sent.push(s);
     }
     let text = lab.save()?;
     let counters = counters::parse(&text).with_context(|| format!("{}: save", lab.kind.name()))?;
@@ -185,6 +214,8 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         text,
         counters,
         arrivals,
+        packets,
+        sent,
     })
 }
 
@@ -196,6 +227,9 @@ pub struct Delta {
     pub lines: Vec<String>,
     /// (step, container, left, right)
     pub arrivals: Vec<(usize, usize, Vec<String>, Vec<String>)>,
+    /// Replies each side sent otherwise (made from what arrived, which
+    /// differs: shown, not a difference of its own): (step, left, right).
+    pub sent: Vec<(usize, Step, Step)>,
 }
 
 impl Delta {
@@ -218,10 +252,24 @@ pub fn delta(a: &Outcome, b: &Outcome, rs: &Ruleset, scope: Scope) -> Delta {
     }
     let mut d = Delta {
         counters,
-        arrivals: Vec::new(),
-        lines: Vec::new(),
+        ..Delta::default()
     };
-    for (i, (x, y)) in a.arrivals.iter().zip(&b.arrivals).enumerate() {
+    // With NAT targets, source NAT's choices of ports are renamed on each
+    // side first (`nat::normalise`); without, nothing would be.
+    let (left, right) = if nat::has_nat_target(rs) {
+        (
+            nat::normalise(&a.sent, &a.packets, rs),
+            nat::normalise(&b.sent, &b.packets, rs),
+        )
+    } else {
+        (a.arrivals.clone(), b.arrivals.clone())
+    };
+    for (i, (x, y)) in a.sent.iter().zip(&b.sent).enumerate() {
+        if x != y {
+            d.sent.push((i, x.clone(), y.clone()));
+        }
+    }
+    for (i, (x, y)) in left.iter().zip(&right).enumerate() {
         for (c, (p, q)) in x.iter().zip(y).enumerate() {
             if p != q {
                 d.arrivals.push((i, c, p.clone(), q.clone()));
@@ -249,6 +297,8 @@ pub enum Versus {
 pub struct Mismatch {
     pub versus: Versus,
     pub scope: Scope,
+    /// A NAT case (for the rerun line).
+    pub nat: bool,
     pub seed: u64,
     pub case: u32,
     pub rules: String,
@@ -273,13 +323,14 @@ impl fmt::Display for Mismatch {
         )?;
         writeln!(
             f,
-            "--- rerun: cargo xtask fidelity --seed {} --first {} --cases 1 --scope {}{}",
+            "--- rerun: cargo xtask fidelity --seed {} --first {} --cases 1 --scope {}{}{}",
             self.seed,
             self.case,
             match self.scope {
                 Scope::Full => "full",
                 Scope::Inbound => "inbound",
             },
+            if self.nat { " --nat" } else { "" },
             match self.versus {
                 Versus::Netctl => " --no-reference",
                 _ => " --kernel-only",
@@ -295,6 +346,13 @@ impl fmt::Display for Mismatch {
         writeln!(f, "--- frames, in order:")?;
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "    {}. {s}", i + 1)?;
+        }
+        for (i, a, b) in &self.delta.sent {
+            writeln!(
+                f,
+                "    (frame {} was sent by the {l} side as: {a}\n     and by the {r} side as: {b})",
+                i + 1
+            )?;
         }
         writeln!(f, "--- differences ({l} vs {r}):")?;
         for d in &self.delta.counters {
@@ -333,6 +391,11 @@ pub struct Report {
     pub coverage: Coverage,
     /// Why a comparison asked for did not run.
     pub skipped: Option<String>,
+    /// NAT cases.
+    pub nat: bool,
+    /// Cases not checked against the reference interpreter: it has no
+    /// model of NAT, and they have NAT targets.
+    pub reference_skipped: u32,
 }
 
 impl fmt::Display for Report {
@@ -350,9 +413,10 @@ impl fmt::Display for Report {
         };
         write!(
             f,
-            "fidelity ({:?} scope, seed {}): {} cases in {:.1} s; mismatching cases: {} kernel vs netctl, \
+            "fidelity ({:?} scope{}, seed {}): {} cases in {:.1} s; mismatching cases: {} kernel vs netctl, \
              {} kernel vs reference, {} save/parse round trips ({} shown)",
             self.scope.unwrap_or(Scope::Full),
+            if self.nat { ", NAT" } else { "" },
             self.seed,
             self.cases,
             self.secs,
@@ -360,7 +424,15 @@ impl fmt::Display for Report {
             count(Versus::Reference),
             count(Versus::Parser),
             self.mismatches.len(),
-        )
+        )?;
+        if self.reference_skipped > 0 {
+            write!(
+                f,
+                "; {} cases with NAT targets not checked against the reference (it has no NAT)",
+                self.reference_skipped
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -376,11 +448,32 @@ pub struct Coverage {
     pub rules: u64,
     /// Packets counted by each built-in chain's policy or rules, by hook.
     pub by_chain: std::collections::BTreeMap<String, u64>,
+    /// NAT targets (rules), and those that counted.
+    pub nat_rules: u64,
+    pub nat_rules_hit: u64,
+    /// Frames clients sent that arrived with another address or port.
+    pub translated: u64,
+    /// Replies sent from what arrived, not as built (`scenario::resolve`).
+    pub answered: u64,
+    /// Replies that arrived with other addresses or ports than sent.
+    pub reversed: u64,
 }
 
 impl Coverage {
     fn add(&mut self, o: &Outcome, steps: &[Step]) {
         self.frames += steps.len() as u64;
+        for (i, s) in o.sent.iter().enumerate() {
+            self.answered += u64::from(*s != steps[i]);
+            for p in o.packets[i].iter().flatten() {
+                if scenario::same_frame(&s.ip, p) && p.tuple() != s.ip.tuple() {
+                    if s.answers.is_none() {
+                        self.translated += 1;
+                    } else {
+                        self.reversed += 1;
+                    }
+                }
+            }
+        }
         for (i, per) in o.arrivals.iter().enumerate() {
             let from = steps[i].from;
             self.delivered += per
@@ -391,10 +484,17 @@ impl Coverage {
         }
         for ((t, ch), c) in &o.counters {
             let mut any = 0;
-            for (n, _) in &c.rules {
+            for (n, text) in &c.rules {
                 self.rules += 1;
                 self.rules_hit += u64::from(n.packets > 0);
                 any += n.packets;
+                if ["SNAT", "DNAT", "MASQUERADE", "REDIRECT"]
+                    .iter()
+                    .any(|t| text.contains(&format!("-j {t}")))
+                {
+                    self.nat_rules += 1;
+                    self.nat_rules_hit += u64::from(n.packets > 0);
+                }
             }
             if let Some((_, n)) = &c.policy {
                 self.rules += 1;
@@ -415,6 +515,14 @@ impl fmt::Display for Coverage {
         for (k, v) in &self.by_chain {
             write!(f, " {k}={v}")?;
         }
+        if self.nat_rules > 0 {
+            write!(
+                f,
+                "; NAT: {}/{} NAT rules counted, {} frames arrived translated, {} replies made \
+                 from what arrived, {} replies arrived translated back",
+                self.nat_rules_hit, self.nat_rules, self.translated, self.answered, self.reversed
+            )?;
+        }
         Ok(())
     }
 }
@@ -422,14 +530,14 @@ impl fmt::Display for Coverage {
 /// Builds case `i` of a run.
 pub fn make_case(cfg: &Config, i: u32) -> Case {
     let seed = case_seed(cfg.seed, i);
-    let ruleset = predict::ruleset(seed, cfg.scope);
+    let ruleset = predict::ruleset(seed, cfg.scope, cfg.nat.then_some(cfg.nat_ranges));
     let mut rng = scenario::Rng::new(seed);
     let pools = predict::pools();
     let flows = 1 + rng.below(cfg.flows.max(1));
     // Client ports and ICMP ids from the case's number: a case is the
     // same whether run alone or in its run.
     let mut serial = i.wrapping_mul(64);
-    let steps = scenario::steps(&mut rng, &pools, &mut serial, flows);
+    let steps = scenario::steps(&mut rng, &pools, &mut serial, flows, cfg.nat);
     Case {
         seed,
         index: i,
@@ -465,6 +573,11 @@ impl Labs {
                     a.arrivals[i],
                     b.arrivals[i]
                 );
+                for (side, o) in [("kernel", &a), ("netctl", &b)] {
+                    if o.sent[i] != *s {
+                        eprintln!("   sent by the {side} side as: {}", o.sent[i]);
+                    }
+                }
             }
             eprintln!("--- kernel:\n{}", self.kernel.save()?);
             eprintln!("--- netctl:\n{}", n.save()?);
@@ -485,7 +598,9 @@ impl Labs {
             }
             eprintln!("{}", self.kernel.save()?);
         }
-        let b = predict::outcome(rs, steps, &a, self.scope);
+        // The frames as the kernel side sent them (replies made from what
+        // arrived there).
+        let b = predict::outcome(rs, &a.sent, &a, self.scope);
         let d = delta(&a, &b, rs, self.scope);
         self.last = Some(a);
         Ok((!d.is_empty()).then_some(d))
@@ -582,6 +697,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
             skipped: skipped.clone(),
             scope: Some(cfg.scope),
             seed: cfg.seed,
+            nat: cfg.nat,
             ..Report::default()
         };
         for i in cfg.first..cfg.first + cfg.cases {
@@ -591,7 +707,11 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 kinds.push(Versus::Netctl);
             }
             if cfg.reference {
-                kinds.push(Versus::Reference);
+                if nat::has_nat_target(&case.ruleset) {
+                    report.reference_skipped += 1;
+                } else {
+                    kinds.push(Versus::Reference);
+                }
             }
             for (k, v) in kinds.into_iter().enumerate() {
                 let found = labs
@@ -605,6 +725,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
                         let m = Mismatch {
                             versus: Versus::Parser,
                             scope: cfg.scope,
+                            nat: cfg.nat,
                             seed: cfg.seed,
                             case: i,
                             rules: text::minimal_text(&case.ruleset),
@@ -645,6 +766,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 let m = Mismatch {
                     versus: v,
                     scope: cfg.scope,
+                    nat: cfg.nat,
                     seed: cfg.seed,
                     case: i,
                     rules: text::minimal_text(&rs),

@@ -56,19 +56,44 @@ pub fn pools() -> Pools {
 /// In the `Inbound` scope OUTPUT and POSTROUTING get no rules and keep
 /// ACCEPT policies: what the host sends (its answers, REJECT's) then
 /// leaves on both sides alike.
-pub fn ruleset(seed: u64, scope: Scope) -> Ruleset {
+///
+/// `nat`: a NAT case (`Some(ranges)`, see `nat`): NAT targets, mostly, in
+/// the nat table, translating to `nat::pool()`; the profiles all have the
+/// nat table: everything; no DROP policies; nat and filter without DROP
+/// policies; nat alone.
+pub fn ruleset(seed: u64, scope: Scope, nat: Option<bool>) -> Ruleset {
     let mut rng = rgen::Rng::new(seed);
     let mut cfg = gen_config();
     if scope == Scope::Inbound {
         cfg.hooks = vec![Hook::Prerouting, Hook::Input, Hook::Forward];
     }
-    match rng.below(4) {
-        0 => {}
-        1 => cfg.drop_policy = false,
-        2 => cfg.tables = vec![Table::Filter],
-        _ => {
-            cfg.tables = vec![Table::Mangle, Table::Filter];
-            cfg.drop_policy = false;
+    if let Some(ranges) = nat {
+        cfg.nat = true;
+        cfg.nat_weight = 8;
+        cfg.nat_addrs = super::nat::pool();
+        cfg.nat_ranges = ranges;
+        cfg.nat_matches = 40;
+        // Matches on the service addresses flows go to.
+        cfg.subnets
+            .extend(["10.1.0.100/30", "10.2.0.100/30"].map(|s| s.parse::<ipnet::Ipv4Net>().unwrap()));
+        match rng.below(4) {
+            0 => {}
+            1 => cfg.drop_policy = false,
+            2 => {
+                cfg.tables = vec![Table::Nat, Table::Filter];
+                cfg.drop_policy = false;
+            }
+            _ => cfg.tables = vec![Table::Nat],
+        }
+    } else {
+        match rng.below(4) {
+            0 => {}
+            1 => cfg.drop_policy = false,
+            2 => cfg.tables = vec![Table::Filter],
+            _ => {
+                cfg.tables = vec![Table::Mangle, Table::Filter];
+                cfg.drop_policy = false;
+            }
         }
     }
     let mut rs = rgen::ruleset(&mut rng, &cfg);
@@ -897,6 +922,8 @@ pub fn outcome(rs: &Ruleset, steps: &[Step], kernel: &Outcome, scope: Scope) -> 
         text: String::new(),
         counters: saved,
         arrivals: kernel.arrivals.clone(),
+        packets: kernel.packets.clone(),
+        sent: kernel.sent.clone(),
     }
 }
 
