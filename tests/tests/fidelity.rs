@@ -50,5 +50,10 @@ fn kernel_and_netctl_agree_on_random_rulesets() {
 
 #[test]
 fn kernel_and_netctl_agree_on_nat() {
-    check(&Config::from_env_nat(NAT_SEED, NAT_CASES, Scope::Full, true));
+    check(&Config::from_env_nat(
+        NAT_SEED,
+        NAT_CASES,
+        Scope::Full,
+        true,
+    ));
 }

@@ -226,6 +226,9 @@ pub fn ruleset(rng: &mut Rng, cfg: &GenConfig) -> Ruleset {
         let mut tr = TableRules { table, chains };
         restrict_ifaces(&mut tr);
         restrict_nat(&mut tr);
+        if !cfg.nat_ranges {
+            single_destination_ports(&mut tr);
+        }
         tables.push(tr);
     }
     Ruleset { tables }
@@ -302,6 +305,18 @@ pub fn restrict_nat(tr: &mut TableRules) {
             } else {
                 Target::Accept
             };
+        }
+    }
+}
+
+/// DNAT and REDIRECT port ranges made their first port (`nat_ranges`
+/// off): also those `restrict_nat` made from an SNAT or MASQUERADE.
+fn single_destination_ports(tr: &mut TableRules) {
+    for r in tr.chains.iter_mut().flat_map(|c| &mut c.rules) {
+        if let Target::Nat(Nat::Dnat(NatRange { ports: Some(p), .. }) | Nat::Redirect(Some(p))) =
+            &mut r.target
+        {
+            p.hi = p.lo;
         }
     }
 }
@@ -934,7 +949,12 @@ mod tests {
         for _ in 0..300 {
             let rs = ruleset(&mut rng, &cfg);
             assert_loadable(&rs, &cfg);
-            for r in rs.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules) {
+            for r in rs
+                .tables
+                .iter()
+                .flat_map(|t| &t.chains)
+                .flat_map(|c| &c.rules)
+            {
                 let Target::Nat(nat) = r.target else {
                     continue;
                 };

@@ -539,6 +539,20 @@ impl Lab {
         }
     }
 
+    /// The connections the side tracks, for people (`FIDELITY_DUMP`).
+    pub fn connections(&self) -> String {
+        let o = match self.kind {
+            Kind::Kernel => in_ns(&self.host_ns, &["cat", "/proc/net/nf_conntrack"]),
+            Kind::Netctl => netctl(&[
+                "conntrack",
+                "list",
+                "--topology",
+                self.topo.as_deref().unwrap_or_default(),
+            ]),
+        };
+        stdout(&o) + &stderr(&o)
+    }
+
     /// Sends `frame` from container `c`'s eth0.
     pub fn inject(&self, c: usize, frame: &[u8]) -> Result<()> {
         self.ports[c].eth0.send(frame)

@@ -27,7 +27,8 @@
 //! leaves chains out of the comparison (to look past a known difference);
 //! `FIDELITY_EVAL_WHOLE=1` predicts INPUT with `evaluate` over the whole
 //! ruleset, in its own table order, instead of table by table in the
-//! kernel's.
+//! kernel's; `FIDELITY_PAUSE=N:SECS` waits before frame N (timeouts, by
+//! hand, with `replay`).
 
 pub mod counters;
 pub mod lab;
@@ -165,6 +166,8 @@ pub struct Outcome {
     pub packets: Vec<Vec<Vec<Ip>>>,
     /// Each step as sent (a reply as `scenario::resolve` made it).
     pub sent: Vec<Step>,
+    /// Each step as built (the case's).
+    pub built: Vec<Step>,
 }
 
 /// Runs a case on one lab.
@@ -185,7 +188,18 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
     let mut sent = Vec::new();
     // What arrived where, in order: replies are made from it.
     let mut seen: Vec<(usize, Ip)> = Vec::new();
+    // FIDELITY_PAUSE=N:SECS: wait before frame N (counting from 1), to see
+    // what time does to connections (timeouts), by hand.
+    let pause: Option<(usize, u64)> = std::env::var("FIDELITY_PAUSE").ok().and_then(|v| {
+        let (n, secs) = v.split_once(':')?;
+        Some((n.parse().ok()?, secs.parse().ok()?))
+    });
     for i in 0..steps.len() {
+        if let Some((n, secs)) = pause
+            && n == i + 1
+        {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+        }
         let s = scenario::resolve(steps, i, &seen);
         let spec = &lab.ports[s.from].spec;
         let dst = match s.l2 {
@@ -216,6 +230,7 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         arrivals,
         packets,
         sent,
+        built: steps.to_vec(),
     })
 }
 
@@ -227,9 +242,9 @@ pub struct Delta {
     pub lines: Vec<String>,
     /// (step, container, left, right)
     pub arrivals: Vec<(usize, usize, Vec<String>, Vec<String>)>,
-    /// Replies each side sent otherwise (made from what arrived, which
-    /// differs: shown, not a difference of its own): (step, left, right).
-    pub sent: Vec<(usize, Step, Step)>,
+    /// Each step as each side sent it (replies are made from what
+    /// arrived): shown, not a difference of its own.
+    pub sent: Vec<(Step, Step)>,
 }
 
 impl Delta {
@@ -258,17 +273,13 @@ pub fn delta(a: &Outcome, b: &Outcome, rs: &Ruleset, scope: Scope) -> Delta {
     // side first (`nat::normalise`); without, nothing would be.
     let (left, right) = if nat::has_nat_target(rs) {
         (
-            nat::normalise(&a.sent, &a.packets, rs),
-            nat::normalise(&b.sent, &b.packets, rs),
+            nat::normalise(&a.built, &a.sent, &a.packets, rs),
+            nat::normalise(&b.built, &b.sent, &b.packets, rs),
         )
     } else {
         (a.arrivals.clone(), b.arrivals.clone())
     };
-    for (i, (x, y)) in a.sent.iter().zip(&b.sent).enumerate() {
-        if x != y {
-            d.sent.push((i, x.clone(), y.clone()));
-        }
-    }
+    d.sent = a.sent.iter().cloned().zip(b.sent.iter().cloned()).collect();
     for (i, (x, y)) in left.iter().zip(&right).enumerate() {
         for (c, (p, q)) in x.iter().zip(y).enumerate() {
             if p != q {
@@ -345,14 +356,17 @@ impl fmt::Display for Mismatch {
         }
         writeln!(f, "--- frames, in order:")?;
         for (i, s) in self.steps.iter().enumerate() {
-            writeln!(f, "    {}. {s}", i + 1)?;
-        }
-        for (i, a, b) in &self.delta.sent {
-            writeln!(
-                f,
-                "    (frame {} was sent by the {l} side as: {a}\n     and by the {r} side as: {b})",
-                i + 1
-            )?;
+            // A reply as the left side made it from what arrived there.
+            match self.delta.sent.get(i) {
+                Some((a, b)) if a != s || b != s => {
+                    writeln!(f, "    {}. {a}", i + 1)?;
+                    if b != a {
+                        writeln!(f, "       ({r} sent: {b})")?;
+                    }
+                    writeln!(f, "       (built as: {s})")?;
+                }
+                _ => writeln!(f, "    {}. {s}", i + 1)?,
+            }
         }
         writeln!(f, "--- differences ({l} vs {r}):")?;
         for d in &self.delta.counters {
@@ -581,6 +595,8 @@ impl Labs {
             }
             eprintln!("--- kernel:\n{}", self.kernel.save()?);
             eprintln!("--- netctl:\n{}", n.save()?);
+            eprintln!("--- kernel connections:\n{}", self.kernel.connections());
+            eprintln!("--- netctl connections:\n{}", n.connections());
         }
         let d = delta(&a, &b, rs, self.scope);
         self.last = Some(a);
@@ -783,6 +799,35 @@ pub fn run(cfg: &Config) -> Result<Report> {
         }
         report.secs = t0.elapsed().as_secs_f64();
         Ok(report)
+    })();
+    sock::set_affinity(&old)?;
+    res
+}
+
+/// Runs one ruleset and its frames through both sides, as a case of a
+/// run (to study a shrunk mismatch by hand: `FIDELITY_DUMP=1` prints both
+/// sides' counters and connections). Returns the kernel's outcome,
+/// netctl's, and how they differ.
+pub fn replay(rs: &Ruleset, steps: &[Step], scope: Scope) -> Result<(Outcome, Outcome, Delta)> {
+    let prefix = crate::unique("fidr");
+    let _cleanup = Cleanup::new(&prefix);
+    let old = sock::affinity()?;
+    let cpu = (0..libc::CPU_SETSIZE as usize)
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &old) })
+        .unwrap_or(0);
+    sock::pin_to_cpu(cpu)?;
+    let res = (|| {
+        let mut labs = Labs {
+            scope,
+            kernel: Lab::kernel(&prefix, scope)?,
+            netctl: Some(Lab::netctl(&prefix, scope)?),
+            token: 0,
+            last: None,
+        };
+        let d = labs.versus_netctl(rs, steps)?.unwrap_or_default();
+        let n = labs.netctl.as_ref().unwrap();
+        let b = run_case(n, &text::restore_text(rs), steps, &mut labs.token)?;
+        Ok((labs.last.take().unwrap(), b, d))
     })();
     sock::set_affinity(&old)?;
     res

@@ -14,14 +14,16 @@
 //! `get_unique_tuple`), and so is everything else.
 //!
 //! So `normalise` renames such choices, on each side separately, before
-//! arrivals are compared: a source port of a frame a client sent (not a
-//! reply: `Step::answers` is `None`) that arrived with another source port,
-//! in the original port's class or in a SNAT/MASQUERADE `--to-ports` range
-//! of the ruleset, becomes `*1`, `*2`, … in order of discovery, wherever
-//! that (address, port) endpoint appears: in the arrival itself, in the
-//! replies sent to it, in ICMP errors quoting it. A port that stays the
-//! same, a port outside those ranges, a destination port, and anything in
-//! a reply are compared as they are.
+//! arrivals are compared: a frame that arrived with a source port (ICMP:
+//! query identifier) that is neither the one it was sent with nor the one
+//! it was built with (a reply is sent to what arrived, and must arrive
+//! translated back to what was built), in the sent port's class or in a
+//! SNAT/MASQUERADE `--to-ports` range of the ruleset, has had it chosen:
+//! that (address, port) endpoint becomes `*1`, `*2`, … in order of
+//! discovery, wherever it appears — in the arrival itself, in what is sent
+//! back to it, in ICMP errors quoting it. Every other port is compared as
+//! it is: one kept, one outside those ranges, a destination port, a reply's
+//! port translated back.
 //!
 //! Deterministic choices are compared exactly: the kernel's DNAT and
 //! REDIRECT port (the original if within `--to-ports` and unique, else the
@@ -110,16 +112,14 @@ fn is_query(typ: u8) -> bool {
 pub struct Chosen(Vec<(u8, Ipv4Addr, u16)>);
 
 impl Chosen {
-    /// Finds them: `sent[i]` is the frame sent at step `i`, `got[i][c]`
-    /// what reached container `c` after it.
-    pub fn find(sent: &[Step], got: &[Vec<Vec<Ip>>], rs: &Ruleset) -> Chosen {
+    /// Finds them: `built[i]` is step `i` as built, `sent[i]` as sent,
+    /// `got[i][c]` what reached container `c` after it.
+    pub fn find(built: &[Step], sent: &[Step], got: &[Vec<Vec<Ip>>], rs: &Ruleset) -> Chosen {
         let ranges = source_ranges(rs);
         let mut out = Chosen::default();
-        for (s, per) in sent.iter().zip(got) {
-            if s.answers.is_some() {
-                continue;
-            }
-            let Some((proto, _, orig)) = source(&s.ip) else {
+        for ((b, s), per) in built.iter().zip(sent).zip(got) {
+            let (Some((proto, _, orig)), Some((_, _, as_built))) = (source(&s.ip), source(&b.ip))
+            else {
                 continue;
             };
             for p in per.iter().flatten() {
@@ -129,7 +129,11 @@ impl Chosen {
                 let Some(e @ (_, _, now)) = source(p) else {
                     continue;
                 };
-                if now != orig && may_choose(proto, orig, now, &ranges) && !out.0.contains(&e) {
+                if now != orig
+                    && now != as_built
+                    && may_choose(proto, orig, now, &ranges)
+                    && !out.0.contains(&e)
+                {
                     out.0.push(e);
                 }
             }
@@ -154,8 +158,13 @@ impl Chosen {
 
 /// Arrivals as compared: per step, per container, the sorted summaries
 /// with source NAT's choices renamed.
-pub fn normalise(sent: &[Step], got: &[Vec<Vec<Ip>>], rs: &Ruleset) -> Vec<Vec<Vec<String>>> {
-    let chosen = Chosen::find(sent, got, rs);
+pub fn normalise(
+    built: &[Step],
+    sent: &[Step],
+    got: &[Vec<Vec<Ip>>],
+    rs: &Ruleset,
+) -> Vec<Vec<Vec<String>>> {
+    let chosen = Chosen::find(built, sent, got, rs);
     got.iter()
         .map(|per| {
             per.iter()
@@ -218,19 +227,20 @@ mod tests {
                 vec![vec![back], vec![], vec![]],
             ]
         };
-        let k = normalise(&sent, &side(31337), &rs);
-        let n = normalise(&sent, &side(1024), &rs);
+        // The reply was sent to the port chosen (here, as built).
+        let k = normalise(&sent, &sent, &side(31337), &rs);
+        let n = normalise(&sent, &sent, &side(1024), &rs);
         assert_eq!(k, n);
         assert_eq!(
             k[0][2],
             vec!["10.2.0.1 > 10.2.0.2 ttl 63 udp *1 > 53 len 8".to_string()]
         );
         // A port kept is not a choice; one out of its class is compared.
-        let kept = normalise(&sent, &side(20001), &rs);
+        let kept = normalise(&sent, &sent, &side(20001), &rs);
         assert_ne!(kept, k);
-        let low = normalise(&sent, &side(80), &rs);
+        let low = normalise(&sent, &sent, &side(80), &rs);
         assert!(low[0][2][0].contains("udp 80 > 53"), "{low:?}");
-        // Replies are never renamed.
+        // A reply translated back is compared as it is.
         assert!(k[1][0][0].contains("udp 53 > 20001"), "{k:?}");
     }
 }

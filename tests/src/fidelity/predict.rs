@@ -74,8 +74,9 @@ pub fn ruleset(seed: u64, scope: Scope, nat: Option<bool>) -> Ruleset {
         cfg.nat_ranges = ranges;
         cfg.nat_matches = 40;
         // Matches on the service addresses flows go to.
-        cfg.subnets
-            .extend(["10.1.0.100/30", "10.2.0.100/30"].map(|s| s.parse::<ipnet::Ipv4Net>().unwrap()));
+        cfg.subnets.extend(
+            ["10.1.0.100/30", "10.2.0.100/30"].map(|s| s.parse::<ipnet::Ipv4Net>().unwrap()),
+        );
         match rng.below(4) {
             0 => {}
             1 => cfg.drop_policy = false,
@@ -222,6 +223,8 @@ struct Conn {
     orig: Tuple,
     reply: Tuple,
     seen_reply: bool,
+    /// Deleted (a RST was its only reply): no packet finds it any more.
+    dead: bool,
     /// TCP: the conntrack state (`tcp_state::*`).
     tcp: Option<u8>,
 }
@@ -358,7 +361,9 @@ struct Model {
 impl Model {
     fn lookup(&self, t: &Tuple) -> Option<(usize, bool)> {
         self.conns.iter().enumerate().find_map(|(i, c)| {
-            if &c.orig == t {
+            if c.dead {
+                None
+            } else if &c.orig == t {
                 Some((i, false))
             } else if &c.reply == t {
                 Some((i, true))
@@ -408,6 +413,7 @@ impl Model {
                 orig: o,
                 reply: r,
                 seen_reply: false,
+                dead: false,
                 tcp: match ip.l4 {
                     L4::Tcp { flags, .. } => tcp_state::next(tcp_state::NO, false, flags),
                     _ => None,
@@ -646,6 +652,12 @@ fn host_send(
     if let Some(i) = reply_of {
         let c = &mut m.conns[i];
         match (c.tcp, &ip.l4) {
+            // A RST as a connection's only reply deletes it
+            // (nf_conntrack_proto_tcp's `nf_ct_kill_acct` without
+            // IPS_SEEN_REPLY): what follows starts afresh.
+            (Some(_), L4::Tcp { flags, .. }) if flags & tcpf::RST != 0 && !c.seen_reply => {
+                c.dead = true;
+            }
             (Some(old), L4::Tcp { flags, .. }) => {
                 if let Some(n) = tcp_state::next(old, true, *flags) {
                     c.tcp = Some(n);
@@ -924,6 +936,7 @@ pub fn outcome(rs: &Ruleset, steps: &[Step], kernel: &Outcome, scope: Scope) -> 
         arrivals: kernel.arrivals.clone(),
         packets: kernel.packets.clone(),
         sent: kernel.sent.clone(),
+        built: kernel.built.clone(),
     }
 }
 

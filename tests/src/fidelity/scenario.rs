@@ -178,13 +178,7 @@ fn ip(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Ip {
 
 /// Builds the steps of one case: `flows` flows, interleaved. `nat`: the
 /// NAT cases' flows (see the module's documentation).
-pub fn steps(
-    rng: &mut Rng,
-    pools: &Pools,
-    serial: &mut u32,
-    flows: usize,
-    nat: bool,
-) -> Vec<Step> {
+pub fn steps(rng: &mut Rng, pools: &Pools, serial: &mut u32, flows: usize, nat: bool) -> Vec<Step> {
     let specs = lab::specs();
     let mut cx = Ctx {
         rng,
@@ -350,9 +344,12 @@ pub fn same_frame(sent: &Ip, got: &Ip) -> bool {
                 payload: p2,
             },
         ) => (typ, code, rest & 0xffff, payload) == (t2, c2, r2 & 0xffff, p2),
-        (L4::IcmpError { typ, code, .. }, L4::IcmpError { typ: t2, code: c2, .. }) => {
-            (typ, code) == (t2, c2)
-        }
+        (
+            L4::IcmpError { typ, code, .. },
+            L4::IcmpError {
+                typ: t2, code: c2, ..
+            },
+        ) => (typ, code) == (t2, c2),
         (L4::Raw { payload, .. }, L4::Raw { payload: p2, .. }) => payload == p2,
         _ => false,
     }
