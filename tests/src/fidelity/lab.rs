@@ -310,6 +310,11 @@ impl Lab {
         ip(&[
             "-n", &host, "route", "add", OUTSIDE.0, "via", OUTSIDE.1, "dev", "br-b",
         ])?;
+        // A Docker host: bridged IPv4 crosses iptables (br_netfilter), and
+        // a destination changed in PREROUTING is routed anew, or bridged
+        // again when it stays on the bridge (`br_nf_pre_routing_finish`).
+        sysctls(&host, &[("bridge/bridge-nf-call-iptables", "1")])
+            .context("the kernel side needs br_netfilter (modprobe br_netfilter)")?;
         host_sysctls(&host)?;
         conntrack_on(&host)?;
         if scope == Scope::Inbound {
