@@ -57,3 +57,43 @@ fn kernel_and_netctl_agree_on_nat() {
         true,
     ));
 }
+
+/// A source NAT keeps a connection's port when its tuple is free again:
+/// here the first connection has expired (UDP, 30 s unreplied) before the
+/// same flow starts a second one. The kernel keeps port 5000; a stale
+/// entry must not make netctl pick another. Waits 32 s: run by hand
+/// (`cargo test --release -p netctl-tests --test fidelity -- --ignored`).
+#[test]
+#[ignore = "waits 32 s for a connection to expire"]
+fn nat_keeps_the_port_of_an_expired_connection() {
+    use fidelity::scenario::{L2Dst, Step};
+    use fidelity::wire::{Ip, L4};
+    let rs = fidelity::text::ruleset("*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n").unwrap();
+    let udp = |id| Step {
+        from: 0,
+        l2: L2Dst::Gateway,
+        ip: Ip {
+            src: [10, 1, 0, 2].into(),
+            dst: [10, 2, 0, 2].into(),
+            ttl: 64,
+            id,
+            l4: L4::Udp {
+                sport: 5000,
+                dport: 53,
+                payload: 8,
+            },
+        },
+        what: "udp",
+        answers: None,
+    };
+    let steps = [udp(0x1000), udp(0x1001)];
+    let pause = Some((2, std::time::Duration::from_secs(32)));
+    let (kernel, netctl, d) = fidelity::replay(&rs, &steps, Scope::Full, pause).unwrap();
+    assert!(
+        d.is_empty(),
+        "kernel {:?}\nnetctl {:?}\n{:?}",
+        kernel.arrivals,
+        netctl.arrivals,
+        d
+    );
+}

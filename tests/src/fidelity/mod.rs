@@ -62,7 +62,7 @@
 //! `FIDELITY_EVAL_WHOLE=1` predicts INPUT with `evaluate` over the whole
 //! ruleset, in its own table order, instead of table by table in the
 //! kernel's; `FIDELITY_PAUSE=N:SECS` waits before frame N (timeouts, by
-//! hand, with `replay`).
+//! hand; `replay` takes it as an argument).
 
 pub mod counters;
 pub mod lab;
@@ -205,7 +205,15 @@ pub struct Outcome {
 }
 
 /// Runs a case on one lab.
-pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Result<Outcome> {
+/// `pause`: wait this long before frame N (counting from 1), to see what
+/// time does to connections.
+pub fn run_case(
+    lab: &Lab,
+    rules: &str,
+    steps: &[Step],
+    token: &mut u64,
+    pause: Option<(usize, std::time::Duration)>,
+) -> Result<Outcome> {
     lab.load(rules)?;
     lab.drain();
     let mut next = || {
@@ -222,17 +230,11 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
     let mut sent = Vec::new();
     // What arrived where, in order: replies are made from it.
     let mut seen: Vec<(usize, Ip)> = Vec::new();
-    // FIDELITY_PAUSE=N:SECS: wait before frame N (counting from 1), to see
-    // what time does to connections (timeouts), by hand.
-    let pause: Option<(usize, u64)> = std::env::var("FIDELITY_PAUSE").ok().and_then(|v| {
-        let (n, secs) = v.split_once(':')?;
-        Some((n.parse().ok()?, secs.parse().ok()?))
-    });
     for i in 0..steps.len() {
-        if let Some((n, secs)) = pause
+        if let Some((n, wait)) = pause
             && n == i + 1
         {
-            std::thread::sleep(std::time::Duration::from_secs(secs));
+            std::thread::sleep(wait);
         }
         let s = scenario::resolve(steps, i, &seen);
         let spec = &lab.ports[s.from].spec;
@@ -603,8 +605,21 @@ struct Labs {
     kernel: Lab,
     netctl: Option<Lab>,
     token: u64,
-    /// The kernel's outcome of the last case run.
+    /// The kernel's outcome of the last case run, and netctl's.
     last: Option<Outcome>,
+    last_netctl: Option<Outcome>,
+    /// `FIDELITY_PAUSE` (`run_case`).
+    pause: Option<(usize, std::time::Duration)>,
+}
+
+/// `FIDELITY_PAUSE=N:SECS`: wait SECS seconds before frame N.
+fn pause_from_env() -> Option<(usize, std::time::Duration)> {
+    let v = std::env::var("FIDELITY_PAUSE").ok()?;
+    let (n, secs) = v.split_once(':')?;
+    Some((
+        n.parse().ok()?,
+        std::time::Duration::from_secs(secs.parse().ok()?),
+    ))
 }
 
 impl Labs {
@@ -614,8 +629,8 @@ impl Labs {
             return Ok(None);
         };
         let rules = text::restore_text(rs);
-        let a = run_case(&self.kernel, &rules, steps, &mut self.token)?;
-        let b = run_case(n, &rules, steps, &mut self.token)?;
+        let a = run_case(&self.kernel, &rules, steps, &mut self.token, self.pause)?;
+        let b = run_case(n, &rules, steps, &mut self.token, self.pause)?;
         if std::env::var_os("FIDELITY_DUMP").is_some() {
             eprintln!("{rules}");
             for (i, s) in steps.iter().enumerate() {
@@ -638,13 +653,14 @@ impl Labs {
         }
         let d = delta(&a, &b, rs, self.scope);
         self.last = Some(a);
+        self.last_netctl = Some(b);
         Ok((!d.is_empty()).then_some(d))
     }
 
     /// Kernel against the reference.
     fn versus_reference(&mut self, rs: &Ruleset, steps: &[Step]) -> Result<Option<Delta>> {
         let rules = text::restore_text(rs);
-        let a = run_case(&self.kernel, &rules, steps, &mut self.token)?;
+        let a = run_case(&self.kernel, &rules, steps, &mut self.token, self.pause)?;
         if std::env::var_os("FIDELITY_DUMP").is_some() {
             eprintln!("{rules}");
             for (i, s) in steps.iter().enumerate() {
@@ -745,6 +761,8 @@ pub fn run(cfg: &Config) -> Result<Report> {
             netctl,
             token: 0,
             last: None,
+            last_netctl: None,
+            pause: pause_from_env(),
         };
         let mut report = Report {
             prefix: prefix.clone(),
@@ -844,9 +862,15 @@ pub fn run(cfg: &Config) -> Result<Report> {
 
 /// Runs one ruleset and its frames through both sides, as a case of a
 /// run (to study a shrunk mismatch by hand: `FIDELITY_DUMP=1` prints both
-/// sides' counters and connections). Returns the kernel's outcome,
-/// netctl's, and how they differ.
-pub fn replay(rs: &Ruleset, steps: &[Step], scope: Scope) -> Result<(Outcome, Outcome, Delta)> {
+/// sides' counters and connections), waiting before a frame if asked
+/// (`run_case`). Returns the kernel's outcome, netctl's, and how they
+/// differ.
+pub fn replay(
+    rs: &Ruleset,
+    steps: &[Step],
+    scope: Scope,
+    pause: Option<(usize, std::time::Duration)>,
+) -> Result<(Outcome, Outcome, Delta)> {
     let prefix = crate::unique("fidr");
     let _cleanup = Cleanup::new(&prefix);
     let old = sock::affinity()?;
@@ -861,11 +885,15 @@ pub fn replay(rs: &Ruleset, steps: &[Step], scope: Scope) -> Result<(Outcome, Ou
             netctl: Some(Lab::netctl(&prefix, scope)?),
             token: 0,
             last: None,
+            last_netctl: None,
+            pause,
         };
         let d = labs.versus_netctl(rs, steps)?.unwrap_or_default();
-        let n = labs.netctl.as_ref().unwrap();
-        let b = run_case(n, &text::restore_text(rs), steps, &mut labs.token)?;
-        Ok((labs.last.take().unwrap(), b, d))
+        Ok((
+            labs.last.take().unwrap(),
+            labs.last_netctl.take().unwrap(),
+            d,
+        ))
     })();
     sock::set_affinity(&old)?;
     res
