@@ -8,7 +8,10 @@
 //! one at random (`nf_nat_l4proto_unique_tuple`: `get_random_u16()` for
 //! source manips) from `--to-ports` or from the original port's class
 //! (1–511, 600–1023, 1024–65535; ICMP: any identifier); netctl tries the
-//! range's first port, then random ones. Which port either picks is not
+//! range's first port, then random ones. (The kernel does the same for a
+//! new connection without any NAT rule whose reply tuple is taken: its null
+//! binding, `nf_nat_alloc_null_binding`, remaps the source port.) Which
+//! port either picks is not
 //! part of the contract; *whether* the port changes is (the kernel keeps
 //! the original port when the tuple is unique and allowed,
 //! `get_unique_tuple`), and so is everything else.
