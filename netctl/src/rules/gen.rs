@@ -102,6 +102,22 @@ pub struct GenConfig {
     /// each only where it works. Off by default: a harness that checks
     /// packets against the kernel must then follow translated packets.
     pub nat: bool,
+    /// With `nat`: how often a nat-table rule gets a NAT target, in
+    /// draws out of `11 + nat_weight` (the other targets take 11).
+    pub nat_weight: u64,
+    /// With `nat`: the addresses SNAT and DNAT translate to are drawn from
+    /// these (empty: in and around `subnets`, as match addresses are). A
+    /// harness names the addresses where a translated packet is seen.
+    pub nat_addrs: Vec<Ipv4Addr>,
+    /// With `nat`: SNAT and DNAT address ranges (`A-B`), and port ranges
+    /// for DNAT and REDIRECT. Off, every such range is a single value,
+    /// which is where netctl and the kernel choose alike (netctl takes a
+    /// range's first address and, for destinations, its first port).
+    pub nat_ranges: bool,
+    /// With `nat`: how likely each match but `-p` is in the nat table, in
+    /// percent of its usual chance (100: as elsewhere). Lower, more of a
+    /// connection's first packets meet a NAT target.
+    pub nat_matches: u64,
     /// The first counter slot; every rule and policy gets the next one.
     pub first_slot: u32,
 }
@@ -134,6 +150,10 @@ impl Default for GenConfig {
             ctstate: true,
             drop_policy: true,
             nat: false,
+            nat_weight: 2,
+            nat_addrs: Vec::new(),
+            nat_ranges: true,
+            nat_matches: 100,
             first_slot: 1,
         }
     }
@@ -206,6 +226,9 @@ pub fn ruleset(rng: &mut Rng, cfg: &GenConfig) -> Ruleset {
         let mut tr = TableRules { table, chains };
         restrict_ifaces(&mut tr);
         restrict_nat(&mut tr);
+        if !cfg.nat_ranges {
+            single_destination_ports(&mut tr);
+        }
         tables.push(tr);
     }
     Ruleset { tables }
@@ -286,6 +309,18 @@ pub fn restrict_nat(tr: &mut TableRules) {
     }
 }
 
+/// DNAT and REDIRECT port ranges made their first port (`nat_ranges`
+/// off): also those `restrict_nat` made from an SNAT or MASQUERADE.
+fn single_destination_ports(tr: &mut TableRules) {
+    for r in tr.chains.iter_mut().flat_map(|c| &mut c.rules) {
+        if let Target::Nat(Nat::Dnat(NatRange { ports: Some(p), .. }) | Nat::Redirect(Some(p))) =
+            &mut r.target
+        {
+            p.hi = p.lo;
+        }
+    }
+}
+
 fn neg<T>(rng: &mut Rng, make: impl FnOnce(&mut Rng) -> T) -> Neg<T> {
     let value = make(rng);
     Neg {
@@ -314,7 +349,7 @@ fn rule(
     // NAT targets only when asked for: without them the generator draws
     // exactly what it always did.
     let kinds = if cfg.nat && table == Table::Nat {
-        13
+        11 + cfg.nat_weight
     } else {
         11
     };
@@ -353,7 +388,7 @@ fn rule(
                 calls[c] += 1;
                 Target::Goto(chains[c].clone())
             }
-            11 | 12 => Target::Nat(nat_target(rng, cfg, &matches)),
+            11.. if kinds > 11 => Target::Nat(nat_target(rng, cfg, &matches)),
             _ => continue,
         };
         break t;
@@ -367,16 +402,23 @@ fn rule(
 
 fn matches(rng: &mut Rng, cfg: &GenConfig, table: Table) -> Matches {
     let mut m = Matches::default();
-    if rng.chance(25) {
+    let pc = |p: u64| {
+        if cfg.nat && table == Table::Nat {
+            p * cfg.nat_matches / 100
+        } else {
+            p
+        }
+    };
+    if rng.chance(pc(25)) {
         m.in_iface = Some(neg(rng, |r| iface(r, cfg)));
     }
-    if rng.chance(25) {
+    if rng.chance(pc(25)) {
         m.out_iface = Some(neg(rng, |r| iface(r, cfg)));
     }
-    if rng.chance(35) {
+    if rng.chance(pc(35)) {
         m.src = Some(addr_match(rng, cfg));
     }
-    if rng.chance(35) {
+    if rng.chance(pc(35)) {
         m.dst = Some(addr_match(rng, cfg));
     }
     if rng.chance(60) {
@@ -386,21 +428,21 @@ fn matches(rng: &mut Rng, cfg: &GenConfig, table: Table) -> Matches {
         m.proto = Some(Neg { negated, value: p });
         // Port and ICMP matches need a plain `-p tcp/udp/icmp`.
         if !negated && (p == proto::TCP || p == proto::UDP) {
-            if rng.chance(30) {
+            if rng.chance(pc(30)) {
                 m.sport = Some(neg(rng, |r| port_range(r, cfg)));
             }
-            if rng.chance(40) {
+            if rng.chance(pc(40)) {
                 m.dport = Some(neg(rng, |r| port_range(r, cfg)));
             }
-            if rng.chance(30) {
+            if rng.chance(pc(30)) {
                 m.multiport = Some(neg(rng, |r| multiport(r, cfg)));
             }
         }
-        if !negated && p == proto::ICMP && rng.chance(60) {
+        if !negated && p == proto::ICMP && rng.chance(pc(60)) {
             m.icmp = Some(neg(rng, icmp_type));
         }
     }
-    if cfg.ctstate && table != Table::Raw && rng.chance(30) {
+    if cfg.ctstate && table != Table::Raw && rng.chance(pc(30)) {
         let mask = rng.range(1, 31) as u8;
         m.ctstate = Some(neg(rng, |_| mask));
     }
@@ -414,12 +456,19 @@ fn nat_target(rng: &mut Rng, cfg: &GenConfig, m: &Matches) -> Nat {
         .proto
         .as_ref()
         .is_some_and(|p| !p.negated && (p.value == proto::TCP || p.value == proto::UDP));
-    let ports = if ports_ok && rng.chance(50) {
+    let mut ports = if ports_ok && rng.chance(50) {
         Some(port_range(rng, cfg))
     } else {
         None
     };
     let kind = rng.below(4);
+    // Destinations: a single port unless ranges are asked for.
+    if !cfg.nat_ranges
+        && (kind == 1 || kind == 3)
+        && let Some(p) = &mut ports
+    {
+        p.hi = p.lo;
+    }
     if kind >= 2 {
         return if kind == 2 {
             Nat::Masquerade(ports)
@@ -427,8 +476,12 @@ fn nat_target(rng: &mut Rng, cfg: &GenConfig, m: &Matches) -> Nat {
             Nat::Redirect(ports)
         };
     }
-    let addr_min = addr(rng, cfg);
-    let addr_max = if rng.chance(30) {
+    let addr_min = if cfg.nat_addrs.is_empty() {
+        addr(rng, cfg)
+    } else {
+        *rng.pick(&cfg.nat_addrs)
+    };
+    let addr_max = if cfg.nat_ranges && rng.chance(30) {
         Ipv4Addr::from(u32::from(addr_min).saturating_add(rng.range(1, 3) as u32))
     } else {
         addr_min
@@ -874,6 +927,47 @@ mod tests {
         }
         assert_eq!(seen.len(), 4, "{seen:?}");
         assert!(in_user_chains > 10 && with_ports > 10);
+    }
+
+    /// A harness's NAT pool and single-valued ranges are what NAT
+    /// targets get.
+    #[test]
+    fn nat_pool_and_single_ranges() {
+        let pool: Vec<Ipv4Addr> = ["10.0.0.1", "172.17.0.9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let cfg = GenConfig {
+            nat: true,
+            nat_weight: 8,
+            nat_addrs: pool.clone(),
+            nat_ranges: false,
+            ..GenConfig::default()
+        };
+        let mut rng = Rng::new(13);
+        let mut n = 0;
+        for _ in 0..300 {
+            let rs = ruleset(&mut rng, &cfg);
+            assert_loadable(&rs, &cfg);
+            for r in rs
+                .tables
+                .iter()
+                .flat_map(|t| &t.chains)
+                .flat_map(|c| &c.rules)
+            {
+                let Target::Nat(nat) = r.target else {
+                    continue;
+                };
+                n += 1;
+                if let Nat::Snat(x) | Nat::Dnat(x) = nat {
+                    assert!(pool.contains(&x.addr_min) && x.addr_min == x.addr_max);
+                }
+                if let (Nat::Dnat(_) | Nat::Redirect(_), Some(p)) = (nat, nat.ports()) {
+                    assert_eq!(p.lo, p.hi, "{nat:?}");
+                }
+            }
+        }
+        assert!(n > 300, "{n} NAT targets");
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub struct Spec {
 
 pub const BRIDGES: [(&str, &str); 2] = [("br-a", "10.1.0.1/24"), ("br-b", "10.2.0.1/24")];
 
+/// "Outside": a network routed through an address on br-b (`OUTSIDE_VIA`,
+/// which has a permanent neighbour entry, `spoofed`), so that what is sent
+/// there arrives at cb. (Without a route, the host's answers — ICMP net
+/// unreachable from `ip_error` — are rate-limited by a sysctl that is not
+/// per namespace, `net.ipv4.route.error_cost`: not comparable.)
+pub const OUTSIDE: (&str, &str) = ("192.0.2.0/24", "10.2.0.100");
+
 /// The containers, in the order `Probe::from` indexes them.
 pub fn specs() -> Vec<Spec> {
     let c = |name, bridge, ip: [u8; 4], host_if| Spec {
@@ -300,6 +307,14 @@ impl Lab {
             ])?;
             container_witness(&cns)?;
         }
+        ip(&[
+            "-n", &host, "route", "add", OUTSIDE.0, "via", OUTSIDE.1, "dev", "br-b",
+        ])?;
+        // A Docker host: bridged IPv4 crosses iptables (br_netfilter), and
+        // a destination changed in PREROUTING is routed anew, or bridged
+        // again when it stays on the bridge (`br_nf_pre_routing_finish`).
+        sysctls(&host, &[("bridge/bridge-nf-call-iptables", "1")])
+            .context("the kernel side needs br_netfilter (modprobe br_netfilter)")?;
         host_sysctls(&host)?;
         conntrack_on(&host)?;
         if scope == Scope::Inbound {
@@ -330,6 +345,10 @@ impl Lab {
                 s.host_if
             );
         }
+        t += &format!(
+            "\n[[route]]\nto = \"{}\"\nvia = \"{}\"\n",
+            OUTSIDE.0, OUTSIDE.1
+        );
         let f = write_file(prefix, "fidelity.toml", &t);
         let o = netctl(&["apply", f.to_str().unwrap()]);
         if !o.status.success() {
@@ -486,12 +505,18 @@ impl Lab {
                         }
                     }
                 }
-                // The datapath's connections (kept across a restore).
+                // The datapath's connections (kept across a restore), and
+                // the reply tuples of translated ones (`netctl conntrack
+                // flush` empties both).
                 let ct = format!("/sys/fs/bpf/netctl/{topo}/NETCTL_CT");
                 if std::path::Path::new(&ct).exists() {
                     sock::clear_pinned_map(&ct)?;
                 } else {
                     bail!("{ct} is missing: cannot forget the datapath's connections");
+                }
+                let ct_nat = format!("{ct}_NAT");
+                if std::path::Path::new(&ct_nat).exists() {
+                    sock::clear_pinned_map(&ct_nat)?;
                 }
             }
         }
@@ -517,6 +542,20 @@ impl Lab {
                 Ok(text)
             }
         }
+    }
+
+    /// The connections the side tracks, for people (`FIDELITY_DUMP`).
+    pub fn connections(&self) -> String {
+        let o = match self.kind {
+            Kind::Kernel => in_ns(&self.host_ns, &["cat", "/proc/net/nf_conntrack"]),
+            Kind::Netctl => netctl(&[
+                "conntrack",
+                "list",
+                "--topology",
+                self.topo.as_deref().unwrap_or_default(),
+            ]),
+        };
+        stdout(&o) + &stderr(&o)
     }
 
     /// Sends `frame` from container `c`'s eth0.

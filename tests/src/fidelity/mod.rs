@@ -22,15 +22,51 @@
 //! conntrack on (a host with any NAT rule), `nf_conntrack_tcp_be_liberal`
 //! (netctl tracks TCP without windows), no ICMP rate limits, no IGMP.
 //!
+//! **NAT cases** (`Config::nat`: `FIDELITY_NAT=1`, `cargo xtask fidelity
+//! --nat`, and the CI test `kernel_and_netctl_agree_on_nat`) put SNAT,
+//! MASQUERADE, DNAT and REDIRECT into the nat table, mostly, with sparser
+//! matches there (`predict::ruleset`), translating to addresses where a
+//! translated packet is seen (`nat::pool`: the host's, the containers',
+//! service addresses a container receives through a neighbour entry, and
+//! `lab::OUTSIDE`, a network routed to cb). Flows also go to the service
+//! addresses, and replies answer what arrived (`scenario::resolve`): sent by
+//! the container a request reached, to where it came from there, so that a
+//! translated connection's replies, and ICMP errors quoting its packets,
+//! take the reverse translation. Compared: every counter, the nat chains'
+//! included, and arrivals, in which source NAT's choice of a port (when it
+//! must change one) is renamed first on each side — the one choice that is
+//! the implementation's (`nat`). Left out, and why:
+//!
+//! * the kernel-vs-reference check for cases with NAT targets: the
+//!   reference interpreter and `predict` have no model of NAT (which rule
+//!   translates, where the translated packet is routed or re-bridged,
+//!   reverse translation of replies and ICMP errors). A NAT case without a
+//!   NAT target is checked as any other, with the frames the kernel side
+//!   sent. `Report::reference_skipped` counts the others.
+//! * nat OUTPUT sees nothing on either side: the host opens no connection
+//!   here (it only answers), and the kernel walks nat for a connection's
+//!   first packet only. netctl's missing OUTPUT DNAT (docs/nat.md) is not
+//!   exercised.
+//! * address ranges and DNAT/REDIRECT port ranges, where netctl documents
+//!   that it takes the first address and port (docs/nat.md, "Not yet"),
+//!   unless `FIDELITY_NAT_RANGES=1` (`--nat-ranges`).
+//! * destinations without a route: the kernel's answers to them
+//!   (`ip_error`) are rate-limited by `net.ipv4.route.error_cost`, which is
+//!   not per namespace, so neither side can be made to answer every time;
+//!   the outside network is routed instead.
+//!
 //! Diagnostics, by environment: `FIDELITY_DUMP=1` prints each case's
-//! rules, frames and both sides' counters; `FIDELITY_IGNORE=nat/INPUT,...`
+//! rules, frames, both sides' counters and connections (the kernel's
+//! conntrack table, `netctl conntrack list`); `FIDELITY_IGNORE=nat/INPUT,...`
 //! leaves chains out of the comparison (to look past a known difference);
 //! `FIDELITY_EVAL_WHOLE=1` predicts INPUT with `evaluate` over the whole
 //! ruleset, in its own table order, instead of table by table in the
-//! kernel's.
+//! kernel's; `FIDELITY_PAUSE=N:SECS` waits before frame N (timeouts, by
+//! hand; `replay` takes it as an argument).
 
 pub mod counters;
 pub mod lab;
+pub mod nat;
 pub mod predict;
 pub mod scenario;
 pub mod sock;
@@ -47,6 +83,7 @@ use crate::Cleanup;
 use counters::{Diff, Saved};
 use lab::Lab;
 use scenario::{L2Dst, Step};
+use wire::Ip;
 
 /// What is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,14 +130,28 @@ pub struct Config {
     pub shrink: usize,
     /// Print progress and every case's verdict on stderr.
     pub verbose: bool,
+    /// NAT cases: NAT targets in the nat table, translating to addresses
+    /// where the translated packets are seen, and replies that answer what
+    /// arrived (see `nat` and `scenario`).
+    pub nat: bool,
+    /// NAT cases with address ranges and DNAT/REDIRECT port ranges, where
+    /// netctl is known to choose otherwise than the kernel (docs/nat.md).
+    pub nat_ranges: bool,
 }
 
 impl Config {
     /// Defaults overridden by `FIDELITY_SCOPE` (full, inbound),
     /// `FIDELITY_SEED`, `FIDELITY_CASES`, `FIDELITY_FIRST`,
     /// `FIDELITY_FLOWS`, `FIDELITY_NETCTL` (0/1), `FIDELITY_REFERENCE`
-    /// (0/1), `FIDELITY_SHRINK`, `FIDELITY_VERBOSE` (0/1).
+    /// (0/1), `FIDELITY_SHRINK`, `FIDELITY_VERBOSE` (0/1), `FIDELITY_NAT`
+    /// (0/1), `FIDELITY_NAT_RANGES` (0/1).
     pub fn from_env(seed: u64, cases: u32, scope: Scope) -> Config {
+        Self::from_env_nat(seed, cases, scope, false)
+    }
+
+    /// `from_env`, with NAT cases unless `FIDELITY_NAT=0` (`nat`: the
+    /// default).
+    pub fn from_env_nat(seed: u64, cases: u32, scope: Scope, nat: bool) -> Config {
         fn var<T: std::str::FromStr>(k: &str) -> Option<T> {
             std::env::var(k).ok().and_then(|v| v.parse().ok())
         }
@@ -115,6 +166,8 @@ impl Config {
             reference: flag("FIDELITY_REFERENCE", true),
             shrink: var("FIDELITY_SHRINK").unwrap_or(3),
             verbose: flag("FIDELITY_VERBOSE", false),
+            nat: flag("FIDELITY_NAT", nat),
+            nat_ranges: flag("FIDELITY_NAT_RANGES", false),
         }
     }
 }
@@ -143,10 +196,24 @@ pub struct Outcome {
     /// Per step, per container (in `lab::specs()` order): the summaries of
     /// the IPv4 packets that reached it.
     pub arrivals: Vec<Vec<Vec<String>>>,
+    /// The same packets.
+    pub packets: Vec<Vec<Vec<Ip>>>,
+    /// Each step as sent (a reply as `scenario::resolve` made it).
+    pub sent: Vec<Step>,
+    /// Each step as built (the case's).
+    pub built: Vec<Step>,
 }
 
 /// Runs a case on one lab.
-pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Result<Outcome> {
+/// `pause`: wait this long before frame N (counting from 1), to see what
+/// time does to connections.
+pub fn run_case(
+    lab: &Lab,
+    rules: &str,
+    steps: &[Step],
+    token: &mut u64,
+    pause: Option<(usize, std::time::Duration)>,
+) -> Result<Outcome> {
     lab.load(rules)?;
     lab.drain();
     let mut next = || {
@@ -159,7 +226,17 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         lab.settle_from(c, next())?;
     }
     let mut arrivals = Vec::new();
-    for s in steps {
+    let mut packets = Vec::new();
+    let mut sent = Vec::new();
+    // What arrived where, in order: replies are made from it.
+    let mut seen: Vec<(usize, Ip)> = Vec::new();
+    for i in 0..steps.len() {
+        if let Some((n, wait)) = pause
+            && n == i + 1
+        {
+            std::thread::sleep(wait);
+        }
+        let s = scenario::resolve(steps, i, &seen);
         let spec = &lab.ports[s.from].spec;
         let dst = match s.l2 {
             L2Dst::Gateway => lab.bridge_mac(spec.bridge),
@@ -168,16 +245,18 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         lab.inject(s.from, &wire::ether_ip(&dst, &spec.mac, &s.ip))?;
         lab.settle_from(s.from, next())?;
         let mut per = Vec::new();
+        let mut per_ip = Vec::new();
         for c in 0..lab.ports.len() {
-            let mut got: Vec<String> = lab
-                .arrived_at(c, next())?
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
-            got.sort();
-            per.push(got);
+            let got = lab.arrived_at(c, next())?;
+            let mut text: Vec<String> = got.iter().map(|p| p.to_string()).collect();
+            text.sort();
+            per.push(text);
+            seen.extend(got.iter().map(|p| (c, p.clone())));
+            per_ip.push(got);
         }
         arrivals.push(per);
+        packets.push(per_ip);
+        sent.push(s);
     }
     let text = lab.save()?;
     let counters = counters::parse(&text).with_context(|| format!("{}: save", lab.kind.name()))?;
@@ -185,6 +264,9 @@ pub fn run_case(lab: &Lab, rules: &str, steps: &[Step], token: &mut u64) -> Resu
         text,
         counters,
         arrivals,
+        packets,
+        sent,
+        built: steps.to_vec(),
     })
 }
 
@@ -196,6 +278,9 @@ pub struct Delta {
     pub lines: Vec<String>,
     /// (step, container, left, right)
     pub arrivals: Vec<(usize, usize, Vec<String>, Vec<String>)>,
+    /// Each step as each side sent it (replies are made from what
+    /// arrived): shown, not a difference of its own.
+    pub sent: Vec<(Step, Step)>,
 }
 
 impl Delta {
@@ -218,10 +303,20 @@ pub fn delta(a: &Outcome, b: &Outcome, rs: &Ruleset, scope: Scope) -> Delta {
     }
     let mut d = Delta {
         counters,
-        arrivals: Vec::new(),
-        lines: Vec::new(),
+        ..Delta::default()
     };
-    for (i, (x, y)) in a.arrivals.iter().zip(&b.arrivals).enumerate() {
+    // With NAT targets, source NAT's choices of ports are renamed on each
+    // side first (`nat::normalise`); without, nothing would be.
+    let (left, right) = if nat::has_nat_target(rs) {
+        (
+            nat::normalise(&a.built, &a.sent, &a.packets, rs),
+            nat::normalise(&b.built, &b.sent, &b.packets, rs),
+        )
+    } else {
+        (a.arrivals.clone(), b.arrivals.clone())
+    };
+    d.sent = a.sent.iter().cloned().zip(b.sent.iter().cloned()).collect();
+    for (i, (x, y)) in left.iter().zip(&right).enumerate() {
         for (c, (p, q)) in x.iter().zip(y).enumerate() {
             if p != q {
                 d.arrivals.push((i, c, p.clone(), q.clone()));
@@ -249,6 +344,8 @@ pub enum Versus {
 pub struct Mismatch {
     pub versus: Versus,
     pub scope: Scope,
+    /// A NAT case, and with ranges (for the rerun line).
+    pub nat: Option<bool>,
     pub seed: u64,
     pub case: u32,
     pub rules: String,
@@ -273,12 +370,17 @@ impl fmt::Display for Mismatch {
         )?;
         writeln!(
             f,
-            "--- rerun: cargo xtask fidelity --seed {} --first {} --cases 1 --scope {}{}",
+            "--- rerun: cargo xtask fidelity --seed {} --first {} --cases 1 --scope {}{}{}",
             self.seed,
             self.case,
             match self.scope {
                 Scope::Full => "full",
                 Scope::Inbound => "inbound",
+            },
+            match self.nat {
+                Some(true) => " --nat --nat-ranges",
+                Some(false) => " --nat",
+                None => "",
             },
             match self.versus {
                 Versus::Netctl => " --no-reference",
@@ -294,7 +396,17 @@ impl fmt::Display for Mismatch {
         }
         writeln!(f, "--- frames, in order:")?;
         for (i, s) in self.steps.iter().enumerate() {
-            writeln!(f, "    {}. {s}", i + 1)?;
+            // A reply as the left side made it from what arrived there.
+            match self.delta.sent.get(i) {
+                Some((a, b)) if a != s || b != s => {
+                    writeln!(f, "    {}. {a}", i + 1)?;
+                    if b != a {
+                        writeln!(f, "       ({r} sent: {b})")?;
+                    }
+                    writeln!(f, "       (built as: {s})")?;
+                }
+                _ => writeln!(f, "    {}. {s}", i + 1)?,
+            }
         }
         writeln!(f, "--- differences ({l} vs {r}):")?;
         for d in &self.delta.counters {
@@ -333,6 +445,11 @@ pub struct Report {
     pub coverage: Coverage,
     /// Why a comparison asked for did not run.
     pub skipped: Option<String>,
+    /// NAT cases.
+    pub nat: bool,
+    /// Cases not checked against the reference interpreter: it has no
+    /// model of NAT, and they have NAT targets.
+    pub reference_skipped: u32,
 }
 
 impl fmt::Display for Report {
@@ -350,9 +467,10 @@ impl fmt::Display for Report {
         };
         write!(
             f,
-            "fidelity ({:?} scope, seed {}): {} cases in {:.1} s; mismatching cases: {} kernel vs netctl, \
+            "fidelity ({:?} scope{}, seed {}): {} cases in {:.1} s; mismatching cases: {} kernel vs netctl, \
              {} kernel vs reference, {} save/parse round trips ({} shown)",
             self.scope.unwrap_or(Scope::Full),
+            if self.nat { ", NAT" } else { "" },
             self.seed,
             self.cases,
             self.secs,
@@ -360,7 +478,15 @@ impl fmt::Display for Report {
             count(Versus::Reference),
             count(Versus::Parser),
             self.mismatches.len(),
-        )
+        )?;
+        if self.reference_skipped > 0 {
+            write!(
+                f,
+                "; {} cases with NAT targets not checked against the reference (it has no NAT)",
+                self.reference_skipped
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -376,11 +502,32 @@ pub struct Coverage {
     pub rules: u64,
     /// Packets counted by each built-in chain's policy or rules, by hook.
     pub by_chain: std::collections::BTreeMap<String, u64>,
+    /// NAT targets (rules), and those that counted.
+    pub nat_rules: u64,
+    pub nat_rules_hit: u64,
+    /// Frames clients sent that arrived with another address or port.
+    pub translated: u64,
+    /// Replies sent from what arrived, not as built (`scenario::resolve`).
+    pub answered: u64,
+    /// Replies that arrived with other addresses or ports than sent.
+    pub reversed: u64,
 }
 
 impl Coverage {
     fn add(&mut self, o: &Outcome, steps: &[Step]) {
         self.frames += steps.len() as u64;
+        for (i, s) in o.sent.iter().enumerate() {
+            self.answered += u64::from(*s != steps[i]);
+            for p in o.packets[i].iter().flatten() {
+                if scenario::same_frame(&s.ip, p) && p.tuple() != s.ip.tuple() {
+                    if s.answers.is_none() {
+                        self.translated += 1;
+                    } else {
+                        self.reversed += 1;
+                    }
+                }
+            }
+        }
         for (i, per) in o.arrivals.iter().enumerate() {
             let from = steps[i].from;
             self.delivered += per
@@ -391,10 +538,17 @@ impl Coverage {
         }
         for ((t, ch), c) in &o.counters {
             let mut any = 0;
-            for (n, _) in &c.rules {
+            for (n, text) in &c.rules {
                 self.rules += 1;
                 self.rules_hit += u64::from(n.packets > 0);
                 any += n.packets;
+                if ["SNAT", "DNAT", "MASQUERADE", "REDIRECT"]
+                    .iter()
+                    .any(|t| text.contains(&format!("-j {t}")))
+                {
+                    self.nat_rules += 1;
+                    self.nat_rules_hit += u64::from(n.packets > 0);
+                }
             }
             if let Some((_, n)) = &c.policy {
                 self.rules += 1;
@@ -415,6 +569,14 @@ impl fmt::Display for Coverage {
         for (k, v) in &self.by_chain {
             write!(f, " {k}={v}")?;
         }
+        if self.nat_rules > 0 {
+            write!(
+                f,
+                "; NAT: {}/{} NAT rules counted, {} frames arrived translated, {} replies made \
+                 from what arrived, {} replies arrived translated back",
+                self.nat_rules_hit, self.nat_rules, self.translated, self.answered, self.reversed
+            )?;
+        }
         Ok(())
     }
 }
@@ -422,14 +584,14 @@ impl fmt::Display for Coverage {
 /// Builds case `i` of a run.
 pub fn make_case(cfg: &Config, i: u32) -> Case {
     let seed = case_seed(cfg.seed, i);
-    let ruleset = predict::ruleset(seed, cfg.scope);
+    let ruleset = predict::ruleset(seed, cfg.scope, cfg.nat.then_some(cfg.nat_ranges));
     let mut rng = scenario::Rng::new(seed);
     let pools = predict::pools();
     let flows = 1 + rng.below(cfg.flows.max(1));
     // Client ports and ICMP ids from the case's number: a case is the
     // same whether run alone or in its run.
     let mut serial = i.wrapping_mul(64);
-    let steps = scenario::steps(&mut rng, &pools, &mut serial, flows);
+    let steps = scenario::steps(&mut rng, &pools, &mut serial, flows, cfg.nat);
     Case {
         seed,
         index: i,
@@ -443,8 +605,21 @@ struct Labs {
     kernel: Lab,
     netctl: Option<Lab>,
     token: u64,
-    /// The kernel's outcome of the last case run.
+    /// The kernel's outcome of the last case run, and netctl's.
     last: Option<Outcome>,
+    last_netctl: Option<Outcome>,
+    /// `FIDELITY_PAUSE` (`run_case`).
+    pause: Option<(usize, std::time::Duration)>,
+}
+
+/// `FIDELITY_PAUSE=N:SECS`: wait SECS seconds before frame N.
+fn pause_from_env() -> Option<(usize, std::time::Duration)> {
+    let v = std::env::var("FIDELITY_PAUSE").ok()?;
+    let (n, secs) = v.split_once(':')?;
+    Some((
+        n.parse().ok()?,
+        std::time::Duration::from_secs(secs.parse().ok()?),
+    ))
 }
 
 impl Labs {
@@ -454,8 +629,8 @@ impl Labs {
             return Ok(None);
         };
         let rules = text::restore_text(rs);
-        let a = run_case(&self.kernel, &rules, steps, &mut self.token)?;
-        let b = run_case(n, &rules, steps, &mut self.token)?;
+        let a = run_case(&self.kernel, &rules, steps, &mut self.token, self.pause)?;
+        let b = run_case(n, &rules, steps, &mut self.token, self.pause)?;
         if std::env::var_os("FIDELITY_DUMP").is_some() {
             eprintln!("{rules}");
             for (i, s) in steps.iter().enumerate() {
@@ -465,19 +640,27 @@ impl Labs {
                     a.arrivals[i],
                     b.arrivals[i]
                 );
+                for (side, o) in [("kernel", &a), ("netctl", &b)] {
+                    if o.sent[i] != *s {
+                        eprintln!("   sent by the {side} side as: {}", o.sent[i]);
+                    }
+                }
             }
             eprintln!("--- kernel:\n{}", self.kernel.save()?);
             eprintln!("--- netctl:\n{}", n.save()?);
+            eprintln!("--- kernel connections:\n{}", self.kernel.connections());
+            eprintln!("--- netctl connections:\n{}", n.connections());
         }
         let d = delta(&a, &b, rs, self.scope);
         self.last = Some(a);
+        self.last_netctl = Some(b);
         Ok((!d.is_empty()).then_some(d))
     }
 
     /// Kernel against the reference.
     fn versus_reference(&mut self, rs: &Ruleset, steps: &[Step]) -> Result<Option<Delta>> {
         let rules = text::restore_text(rs);
-        let a = run_case(&self.kernel, &rules, steps, &mut self.token)?;
+        let a = run_case(&self.kernel, &rules, steps, &mut self.token, self.pause)?;
         if std::env::var_os("FIDELITY_DUMP").is_some() {
             eprintln!("{rules}");
             for (i, s) in steps.iter().enumerate() {
@@ -485,7 +668,9 @@ impl Labs {
             }
             eprintln!("{}", self.kernel.save()?);
         }
-        let b = predict::outcome(rs, steps, &a, self.scope);
+        // The frames as the kernel side sent them (replies made from what
+        // arrived there).
+        let b = predict::outcome(rs, &a.sent, &a, self.scope);
         let d = delta(&a, &b, rs, self.scope);
         self.last = Some(a);
         Ok((!d.is_empty()).then_some(d))
@@ -576,12 +761,15 @@ pub fn run(cfg: &Config) -> Result<Report> {
             netctl,
             token: 0,
             last: None,
+            last_netctl: None,
+            pause: pause_from_env(),
         };
         let mut report = Report {
             prefix: prefix.clone(),
             skipped: skipped.clone(),
             scope: Some(cfg.scope),
             seed: cfg.seed,
+            nat: cfg.nat,
             ..Report::default()
         };
         for i in cfg.first..cfg.first + cfg.cases {
@@ -591,7 +779,11 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 kinds.push(Versus::Netctl);
             }
             if cfg.reference {
-                kinds.push(Versus::Reference);
+                if nat::has_nat_target(&case.ruleset) {
+                    report.reference_skipped += 1;
+                } else {
+                    kinds.push(Versus::Reference);
+                }
             }
             for (k, v) in kinds.into_iter().enumerate() {
                 let found = labs
@@ -605,6 +797,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
                         let m = Mismatch {
                             versus: Versus::Parser,
                             scope: cfg.scope,
+                            nat: cfg.nat.then_some(cfg.nat_ranges),
                             seed: cfg.seed,
                             case: i,
                             rules: text::minimal_text(&case.ruleset),
@@ -645,6 +838,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 let m = Mismatch {
                     versus: v,
                     scope: cfg.scope,
+                    nat: cfg.nat.then_some(cfg.nat_ranges),
                     seed: cfg.seed,
                     case: i,
                     rules: text::minimal_text(&rs),
@@ -661,6 +855,45 @@ pub fn run(cfg: &Config) -> Result<Report> {
         }
         report.secs = t0.elapsed().as_secs_f64();
         Ok(report)
+    })();
+    sock::set_affinity(&old)?;
+    res
+}
+
+/// Runs one ruleset and its frames through both sides, as a case of a
+/// run (to study a shrunk mismatch by hand: `FIDELITY_DUMP=1` prints both
+/// sides' counters and connections), waiting before a frame if asked
+/// (`run_case`). Returns the kernel's outcome, netctl's, and how they
+/// differ.
+pub fn replay(
+    rs: &Ruleset,
+    steps: &[Step],
+    scope: Scope,
+    pause: Option<(usize, std::time::Duration)>,
+) -> Result<(Outcome, Outcome, Delta)> {
+    let prefix = crate::unique("fidr");
+    let _cleanup = Cleanup::new(&prefix);
+    let old = sock::affinity()?;
+    let cpu = (0..libc::CPU_SETSIZE as usize)
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &old) })
+        .unwrap_or(0);
+    sock::pin_to_cpu(cpu)?;
+    let res = (|| {
+        let mut labs = Labs {
+            scope,
+            kernel: Lab::kernel(&prefix, scope)?,
+            netctl: Some(Lab::netctl(&prefix, scope)?),
+            token: 0,
+            last: None,
+            last_netctl: None,
+            pause,
+        };
+        let d = labs.versus_netctl(rs, steps)?.unwrap_or_default();
+        Ok((
+            labs.last.take().unwrap(),
+            labs.last_netctl.take().unwrap(),
+            d,
+        ))
     })();
     sock::set_affinity(&old)?;
     res

@@ -56,19 +56,45 @@ pub fn pools() -> Pools {
 /// In the `Inbound` scope OUTPUT and POSTROUTING get no rules and keep
 /// ACCEPT policies: what the host sends (its answers, REJECT's) then
 /// leaves on both sides alike.
-pub fn ruleset(seed: u64, scope: Scope) -> Ruleset {
+///
+/// `nat`: a NAT case (`Some(ranges)`, see `nat`): NAT targets, mostly, in
+/// the nat table, translating to `nat::pool()`; the profiles all have the
+/// nat table: everything; no DROP policies; nat and filter without DROP
+/// policies; nat alone.
+pub fn ruleset(seed: u64, scope: Scope, nat: Option<bool>) -> Ruleset {
     let mut rng = rgen::Rng::new(seed);
     let mut cfg = gen_config();
     if scope == Scope::Inbound {
         cfg.hooks = vec![Hook::Prerouting, Hook::Input, Hook::Forward];
     }
-    match rng.below(4) {
-        0 => {}
-        1 => cfg.drop_policy = false,
-        2 => cfg.tables = vec![Table::Filter],
-        _ => {
-            cfg.tables = vec![Table::Mangle, Table::Filter];
-            cfg.drop_policy = false;
+    if let Some(ranges) = nat {
+        cfg.nat = true;
+        cfg.nat_weight = 8;
+        cfg.nat_addrs = super::nat::pool();
+        cfg.nat_ranges = ranges;
+        cfg.nat_matches = 40;
+        // Matches on the service addresses flows go to.
+        cfg.subnets.extend(
+            ["10.1.0.100/30", "10.2.0.100/30"].map(|s| s.parse::<ipnet::Ipv4Net>().unwrap()),
+        );
+        match rng.below(4) {
+            0 => {}
+            1 => cfg.drop_policy = false,
+            2 => {
+                cfg.tables = vec![Table::Nat, Table::Filter];
+                cfg.drop_policy = false;
+            }
+            _ => cfg.tables = vec![Table::Nat],
+        }
+    } else {
+        match rng.below(4) {
+            0 => {}
+            1 => cfg.drop_policy = false,
+            2 => cfg.tables = vec![Table::Filter],
+            _ => {
+                cfg.tables = vec![Table::Mangle, Table::Filter];
+                cfg.drop_policy = false;
+            }
         }
     }
     let mut rs = rgen::ruleset(&mut rng, &cfg);
@@ -197,6 +223,8 @@ struct Conn {
     orig: Tuple,
     reply: Tuple,
     seen_reply: bool,
+    /// Deleted (a RST was its only reply): no packet finds it any more.
+    dead: bool,
     /// TCP: the conntrack state (`tcp_state::*`).
     tcp: Option<u8>,
 }
@@ -333,7 +361,9 @@ struct Model {
 impl Model {
     fn lookup(&self, t: &Tuple) -> Option<(usize, bool)> {
         self.conns.iter().enumerate().find_map(|(i, c)| {
-            if &c.orig == t {
+            if c.dead {
+                None
+            } else if &c.orig == t {
                 Some((i, false))
             } else if &c.reply == t {
                 Some((i, true))
@@ -383,6 +413,7 @@ impl Model {
                 orig: o,
                 reply: r,
                 seen_reply: false,
+                dead: false,
                 tcp: match ip.l4 {
                     L4::Tcp { flags, .. } => tcp_state::next(tcp_state::NO, false, flags),
                     _ => None,
@@ -621,6 +652,12 @@ fn host_send(
     if let Some(i) = reply_of {
         let c = &mut m.conns[i];
         match (c.tcp, &ip.l4) {
+            // A RST as a connection's only reply deletes it
+            // (nf_conntrack_proto_tcp's `nf_ct_kill_acct` without
+            // IPS_SEEN_REPLY): what follows starts afresh.
+            (Some(_), L4::Tcp { flags, .. }) if flags & tcpf::RST != 0 && !c.seen_reply => {
+                c.dead = true;
+            }
             (Some(old), L4::Tcp { flags, .. }) => {
                 if let Some(n) = tcp_state::next(old, true, *flags) {
                     c.tcp = Some(n);
@@ -897,6 +934,9 @@ pub fn outcome(rs: &Ruleset, steps: &[Step], kernel: &Outcome, scope: Scope) -> 
         text: String::new(),
         counters: saved,
         arrivals: kernel.arrivals.clone(),
+        packets: kernel.packets.clone(),
+        sent: kernel.sent.clone(),
+        built: kernel.built.clone(),
     }
 }
 

@@ -5,6 +5,13 @@
 //! INVALID (TCP with SYN+FIN, a SYN/ACK or an ICMP error for no flow, an
 //! ICMP type that cannot start a connection). Replies of forwarded flows
 //! are sent from the other container; the host answers for itself.
+//!
+//! With NAT (`nat`), a reply answers its request *as it arrived*
+//! (`Step::answers`, `resolve`): it is sent by whichever container the
+//! request reached, to the address and port the request came from there,
+//! so that a translated connection's replies take the reverse translation.
+//! Flows also go to "service" addresses nobody owns (`virtual_peers`),
+//! which DNAT rules may turn into a container or the host.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -58,6 +65,9 @@ pub struct Step {
     pub ip: Ip,
     /// What the step is, for people.
     pub what: &'static str,
+    /// A reply: the IP id of the frame it answers. Sent as `resolve` makes
+    /// it from where and how that frame arrived (else as built).
+    pub answers: Option<u16>,
 }
 
 impl fmt::Display for Step {
@@ -71,7 +81,11 @@ impl fmt::Display for Step {
             f,
             "{} -> {via}: {} ({})",
             specs[self.from].name, self.ip, self.what
-        )
+        )?;
+        if let Some(id) = self.answers {
+            write!(f, " [answers id {id:#x} as it arrived]")?;
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +111,8 @@ struct Ctx<'a> {
     /// their connections between cases; distinct flows within a case
     /// need distinct ones).
     serial: &'a mut u32,
+    /// NAT cases: replies answer what arrived; flows to service addresses.
+    nat: bool,
 }
 
 impl Ctx<'_> {
@@ -129,6 +145,25 @@ enum Peer {
     Container(usize, bool),
     /// One of the host's addresses.
     Host(Ipv4Addr),
+    /// An address nobody owns (NAT cases): the host forwards it to the
+    /// container that stands for it, or cannot route it at all.
+    Virtual(Ipv4Addr, Option<usize>),
+}
+
+/// The service addresses flows of NAT cases go to, and the container that
+/// receives what the host forwards there: through a permanent neighbour
+/// entry in the host (`lab::spoofed`), or the route to `lab::OUTSIDE`.
+pub fn virtual_peers() -> Vec<(Ipv4Addr, Option<usize>)> {
+    let specs = lab::specs();
+    let mut v = Vec::new();
+    for (b, _) in lab::BRIDGES {
+        let owner = specs.iter().position(|s| s.bridge == b);
+        v.push((lab::spoofed(b)[0], owner));
+    }
+    let via: Ipv4Addr = lab::OUTSIDE.1.parse().unwrap();
+    let owner = v.iter().find(|p| p.0 == via).and_then(|p| p.1);
+    v.push((Ipv4Addr::new(192, 0, 2, 1), owner));
+    v
 }
 
 fn ip(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Ip {
@@ -141,32 +176,183 @@ fn ip(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Ip {
     }
 }
 
-/// Builds the steps of one case: `flows` flows, interleaved.
-pub fn steps(rng: &mut Rng, pools: &Pools, serial: &mut u32, flows: usize) -> Vec<Step> {
+/// Builds the steps of one case: `flows` flows, interleaved. `nat`: the
+/// NAT cases' flows (see the module's documentation).
+pub fn steps(rng: &mut Rng, pools: &Pools, serial: &mut u32, flows: usize, nat: bool) -> Vec<Step> {
     let specs = lab::specs();
     let mut cx = Ctx {
         rng,
         specs,
         pools,
         serial,
+        nat,
     };
-    let mut queues: Vec<std::collections::VecDeque<Step>> = Vec::new();
+    // (flow, index in the flow, step): `answers` holds an index in the
+    // flow until the frames have their ids.
+    let mut queues: Vec<std::collections::VecDeque<(usize, Step)>> = Vec::new();
     for _ in 0..flows {
-        queues.push(flow(&mut cx).into());
+        queues.push(flow(&mut cx).into_iter().enumerate().collect());
     }
     let mut out = Vec::new();
+    let mut at = std::collections::HashMap::new();
     while queues.iter().any(|q| !q.is_empty()) {
         let live: Vec<usize> = (0..queues.len())
             .filter(|&i| !queues[i].is_empty())
             .collect();
         let i = *cx.rng.pick(&live);
-        out.push(queues[i].pop_front().unwrap());
+        let (k, s) = queues[i].pop_front().unwrap();
+        at.insert((i, k), out.len());
+        out.push((i, s));
     }
     // Frames get distinct IP ids, so a copy seen twice is visible.
-    for (n, s) in out.iter_mut().enumerate() {
-        s.ip.id = 0x1000 + n as u16;
+    let id = |n: usize| 0x1000 + n as u16;
+    let mut steps = Vec::new();
+    for (n, (flow, mut s)) in out.into_iter().enumerate() {
+        s.ip.id = id(n);
+        s.answers = s.answers.map(|k| id(at[&(flow, usize::from(k))]));
+        steps.push(s);
     }
-    out
+    steps
+}
+
+/// The frame step `i` of `steps` is sent as, given what arrived where so
+/// far (`seen`: container, packet, in order). A reply (`answers`) to a
+/// frame that arrived somewhere goes from there, back to where that frame
+/// came from as it arrived: addresses and ports (ICMP: identifier) swapped,
+/// an ICMP error quoting it as it arrived. Anything else, and a reply to a
+/// frame that arrived nowhere (dropped, or delivered to the host), is sent
+/// as built.
+pub fn resolve(steps: &[Step], i: usize, seen: &[(usize, Ip)]) -> Step {
+    let s = &steps[i];
+    let Some(id) = s.answers else {
+        return s.clone();
+    };
+    let Some(req) = steps[..i].iter().find(|x| x.ip.id == id) else {
+        return s.clone();
+    };
+    let Some((at, got)) = seen.iter().rev().find(|(_, p)| same_frame(&req.ip, p)) else {
+        return s.clone();
+    };
+    let specs = lab::specs();
+    let me = &specs[*at];
+    // A frame that came back to its own sender is not answered.
+    if got.src == me.ip {
+        return s.clone();
+    }
+    let l4 = match (&s.ip.l4, &got.l4) {
+        (
+            L4::Tcp {
+                seq,
+                ack,
+                flags,
+                payload,
+                ..
+            },
+            L4::Tcp { sport, dport, .. },
+        ) => L4::Tcp {
+            sport: *dport,
+            dport: *sport,
+            seq: *seq,
+            ack: *ack,
+            flags: *flags,
+            payload: *payload,
+        },
+        (L4::Udp { payload, .. }, L4::Udp { sport, dport, .. }) => L4::Udp {
+            sport: *dport,
+            dport: *sport,
+            payload: *payload,
+        },
+        (
+            L4::Icmp {
+                typ,
+                code,
+                rest,
+                payload,
+            },
+            L4::Icmp { rest: r, .. },
+        ) => L4::Icmp {
+            typ: *typ,
+            code: *code,
+            rest: (r & 0xffff_0000) | (rest & 0xffff),
+            payload: *payload,
+        },
+        (L4::IcmpError { typ, code, .. }, _) => L4::IcmpError {
+            typ: *typ,
+            code: *code,
+            quoted: Box::new(got.clone()),
+        },
+        _ => return s.clone(),
+    };
+    let l2 = match specs
+        .iter()
+        .position(|c| c.ip == got.src && c.bridge == me.bridge)
+    {
+        Some(c) => L2Dst::Container(c),
+        None => L2Dst::Gateway,
+    };
+    Step {
+        from: *at,
+        l2,
+        ip: Ip {
+            src: got.dst,
+            dst: got.src,
+            ttl: s.ip.ttl,
+            id: s.ip.id,
+            l4,
+        },
+        what: s.what,
+        answers: s.answers,
+    }
+}
+
+/// Whether `got` is frame `sent` as it arrived: the same IP id and the
+/// same transport content, whatever NAT did to addresses, ports and ICMP
+/// identifiers.
+pub fn same_frame(sent: &Ip, got: &Ip) -> bool {
+    if sent.id != got.id || sent.proto() != got.proto() {
+        return false;
+    }
+    match (&sent.l4, &got.l4) {
+        (
+            L4::Tcp {
+                seq,
+                ack,
+                flags,
+                payload,
+                ..
+            },
+            L4::Tcp {
+                seq: s2,
+                ack: a2,
+                flags: f2,
+                payload: p2,
+                ..
+            },
+        ) => (seq, ack, flags, payload) == (s2, a2, f2, p2),
+        (L4::Udp { payload, .. }, L4::Udp { payload: p2, .. }) => payload == p2,
+        (
+            L4::Icmp {
+                typ,
+                code,
+                rest,
+                payload,
+            },
+            L4::Icmp {
+                typ: t2,
+                code: c2,
+                rest: r2,
+                payload: p2,
+            },
+        ) => (typ, code, rest & 0xffff, payload) == (t2, c2, r2 & 0xffff, p2),
+        (
+            L4::IcmpError { typ, code, .. },
+            L4::IcmpError {
+                typ: t2, code: c2, ..
+            },
+        ) => (typ, code) == (t2, c2),
+        (L4::Raw { payload, .. }, L4::Raw { payload: p2, .. }) => payload == p2,
+        _ => false,
+    }
 }
 
 fn flow(cx: &mut Ctx) -> Vec<Step> {
@@ -174,6 +360,11 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
     let from = cx.rng.below(n);
     let me = cx.specs[from].clone();
     let peer = match cx.rng.below(10) {
+        // NAT cases: now and then a service address.
+        _ if cx.nat && cx.rng.chance(20) => {
+            let (a, owner) = *cx.rng.pick(&virtual_peers());
+            Peer::Virtual(a, owner)
+        }
         0..=5 => {
             let others: Vec<usize> = (0..n).filter(|&i| i != from).collect();
             let to = *cx.rng.pick(&others);
@@ -185,6 +376,29 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
         ),
     };
     let (dst, l2, back) = match peer {
+        // What the host forwards to a service address reaches its owner,
+        // which answers as if it were that address.
+        Peer::Virtual(a, Some(to)) if to != from => {
+            // On the sender's subnet: sent to the owner's MAC.
+            let bridged = a.octets()[..3] == me.ip.octets()[..3];
+            (
+                a,
+                if bridged {
+                    L2Dst::Container(to)
+                } else {
+                    L2Dst::Gateway
+                },
+                Some((
+                    to,
+                    if bridged {
+                        L2Dst::Container(from)
+                    } else {
+                        L2Dst::Gateway
+                    },
+                )),
+            )
+        }
+        Peer::Virtual(a, _) => (a, L2Dst::Gateway, None),
         Peer::Container(to, bridged) => (
             cx.specs[to].ip,
             if bridged {
@@ -211,7 +425,16 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
     } else {
         me.ip
     };
-    let out = |ip: Ip, what| Step { from, l2, ip, what };
+    let out = |ip: Ip, what| Step {
+        from,
+        l2,
+        ip,
+        what,
+        answers: None,
+    };
+    // A reply's request, by its index in the flow (NAT cases only).
+    let nat = cx.nat;
+    let answering = move |k: usize| nat.then_some(k as u16);
     let mut v = Vec::new();
     match cx.rng.below(12) {
         // TCP: a handshake (the host answers for itself), data, a close.
@@ -236,11 +459,12 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
             };
             v.push(out(ip(src, dst, tcp(x, 0, tcpf::SYN, 0)), "tcp syn"));
             if let Some((to, l2b)) = back {
-                let r = |ip, what| Step {
+                let r = |ip, what, k: usize| Step {
                     from: to,
                     l2: l2b,
                     ip,
                     what,
+                    answers: answering(k),
                 };
                 let steps = 1 + cx.rng.below(5);
                 v.push(r(
@@ -250,6 +474,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                         rtcp(y, x.wrapping_add(1), tcpf::SYN | tcpf::ACK, 0),
                     ),
                     "tcp syn/ack reply",
+                    0,
                 ));
                 if steps > 1 {
                     v.push(out(
@@ -284,6 +509,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                             rtcp(y.wrapping_add(1), x.wrapping_add(11), tcpf::ACK, 0),
                         ),
                         "tcp ack reply",
+                        3,
                     ));
                 }
                 if steps > 4 {
@@ -332,6 +558,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                             },
                         ),
                         what: "icmp port unreachable for it",
+                        answers: answering(0),
                     }),
                     _ => {
                         v.push(Step {
@@ -347,6 +574,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                                 },
                             ),
                             what: "udp reply",
+                            answers: answering(0),
                         });
                         if cx.rng.chance(50) {
                             v.push(out(
@@ -387,6 +615,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                     l2: l2b,
                     ip: ip(dst, src, echo(0, 1)),
                     what: "echo reply",
+                    answers: answering(0),
                 });
             }
             if cx.rng.chance(60) {

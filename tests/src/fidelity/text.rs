@@ -36,3 +36,14 @@ pub fn minimal_text(rs: &Ruleset) -> String {
         t
     }
 }
+
+/// A ruleset from `iptables-save` text, shaped as the harness's cases are:
+/// every table present (empty ones too) and counter slots assigned.
+pub fn ruleset(text: &str) -> anyhow::Result<Ruleset> {
+    let mut rs = netctl::rules::parse::parse(text)?;
+    for t in Table::ALL {
+        rs.table_mut(t);
+    }
+    rs.assign_slots()?;
+    Ok(rs)
+}

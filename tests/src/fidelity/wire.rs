@@ -293,8 +293,21 @@ impl Ip {
 /// checksum or MAC. Used to compare what arrived on both sides.
 impl fmt::Display for Ip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} > {} ttl {} ", self.src, self.dst, self.ttl)?;
-        match &self.l4 {
+        f.write_str(&self.summary_with(&|_, _, _| None))
+    }
+}
+
+impl Ip {
+    /// The summary, with the ports (TCP, UDP) and query identifiers
+    /// (ICMP) that `name(proto, address, port)` names written as it says;
+    /// an endpoint is the port with the address beside it (source or
+    /// destination), a query identifier goes with either address. Quoted
+    /// packets too.
+    pub fn summary_with(&self, name: &dyn Fn(u8, Ipv4Addr, u16) -> Option<String>) -> String {
+        let proto = self.proto();
+        let port = |a: Ipv4Addr, p: u16| name(proto, a, p).unwrap_or_else(|| p.to_string());
+        let head = format!("{} > {} ttl {} ", self.src, self.dst, self.ttl);
+        let l4 = match &self.l4 {
             L4::Tcp {
                 sport,
                 dport,
@@ -315,41 +328,53 @@ impl fmt::Display for Ip {
                     .filter(|(b, _)| flags & b != 0)
                     .map(|(_, n)| *n)
                     .collect();
-                write!(
-                    f,
-                    "tcp {sport} > {dport} [{fl}] seq {seq} ack {ack} len {payload}"
+                format!(
+                    "tcp {} > {} [{fl}] seq {seq} ack {ack} len {payload}",
+                    port(self.src, *sport),
+                    port(self.dst, *dport)
                 )
             }
             L4::Udp {
                 sport,
                 dport,
                 payload,
-            } => write!(f, "udp {sport} > {dport} len {payload}"),
+            } => format!(
+                "udp {} > {} len {payload}",
+                port(self.src, *sport),
+                port(self.dst, *dport)
+            ),
             L4::Icmp {
                 typ,
                 code,
                 rest,
                 payload,
-            } => write!(
-                f,
-                "icmp type {typ} code {code} id {} seq {} len {payload}",
-                rest >> 16,
-                rest & 0xffff
-            ),
-            L4::IcmpError { typ, code, quoted } => {
-                write!(f, "icmp type {typ} code {code} quoting [{quoted}]")
+            } => {
+                let id = (rest >> 16) as u16;
+                let id = name(proto, self.src, id)
+                    .or_else(|| name(proto, self.dst, id))
+                    .unwrap_or_else(|| id.to_string());
+                format!(
+                    "icmp type {typ} code {code} id {id} seq {} len {payload}",
+                    rest & 0xffff
+                )
             }
-            L4::Raw { proto, payload } => write!(f, "proto {proto} len {payload}"),
+            L4::IcmpError { typ, code, quoted } => format!(
+                "icmp type {typ} code {code} quoting [{}]",
+                quoted.summary_with(name)
+            ),
+            L4::Raw { proto, payload } => format!("proto {proto} len {payload}"),
             L4::Cut {
                 proto,
                 sport,
                 dport,
                 bytes,
-            } => write!(
-                f,
-                "proto {proto} {sport} > {dport} (first {bytes} bytes only)"
+            } => format!(
+                "proto {proto} {} > {} (first {bytes} bytes only)",
+                name(*proto, self.src, *sport).unwrap_or_else(|| sport.to_string()),
+                name(*proto, self.dst, *dport).unwrap_or_else(|| dport.to_string()),
             ),
-        }
+        };
+        head + &l4
     }
 }
 
