@@ -330,8 +330,16 @@ pub fn track(p: &Pkt, now: u64) -> Track {
         // SAFETY: as in `live`. Racing updates from another CPU lose a count
         // or a refresh, or — the two directions of one connection handled
         // on two CPUs at once — a TCP transition (see docs/rules.md).
+        // A reset answering a connection that never had a reply ends it at
+        // once, as the kernel's `nf_ct_kill` does: this packet still
+        // belongs to it (and is translated by it), the next one starts
+        // anew. A clock of 0 makes the entry idle past any timeout.
+        let killed = p.proto == PROTO_TCP
+            && dir == 1
+            && p.tcp_flags & TCP_RST != 0
+            && flags & ct_flag::SEEN_REPLY == 0;
         unsafe {
-            (*e).last_seen_ns = now;
+            (*e).last_seen_ns = if killed { 0 } else { now };
             (*e).tcp_state = new;
             if dir == 1 {
                 (*e).flags = flags | ct_flag::SEEN_REPLY;

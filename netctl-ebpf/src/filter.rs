@@ -439,6 +439,17 @@ pub extern "C" fn netctl_store_cache(t: u32, v: u32) -> i32 {
     0
 }
 
+/// Whether the packet `netctl_prepare` readied (and a first packet's
+/// PREROUTING DNAT, after `REROUTE`) now has another destination address.
+#[inline(always)]
+pub fn dst_moved() -> bool {
+    classify::scratch().is_some_and(|s| {
+        // SAFETY: this CPU's scratch element, written for this packet when
+        // `parsed` is set (the caller ran `netctl_prepare` for it).
+        unsafe { (*s).parsed != 0 && (*s).pkt.daddr != (*s).orig_pkt.daddr }
+    })
+}
+
 /// Records the route the packet takes, which its cache is keyed by.
 #[inline(always)]
 fn set_route(in_if: u32, out_if: u32, path: u32, stamp: u32) {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netctl_common::{config, reason, route_kind};
+use netctl_common::{PORT_F_HAIRPIN, PortInfo, config, reason, route_kind};
 
 use crate::{
     Decision,
@@ -22,8 +22,12 @@ use crate::{
 /// Routes a frame addressed to the bridge's MAC: decides the next hop and
 /// the port to deliver to, or why the kernel should handle it, and which
 /// hooks the packet crosses on the way. `proto` is the frame's ethertype.
+///
+/// `bridged_in`: the bridge a frame whose destination NAT moved it came in
+/// by (0: none). Out of that same bridge it is bridged again rather than
+/// routed: no forwarding switch, no TTL (see `route_moved`).
 #[inline(always)]
-pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
+pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64, bridged_in: u32) -> Decision {
     if u16::from_be_bytes(proto) != ETH_P_IP {
         return Decision::pass(reason::PASS_NOT_IPV4, path::NONE, 0);
     }
@@ -48,13 +52,14 @@ pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
     if kind == route_kind::LOCAL {
         return Decision::pass(reason::PASS_LOCAL, path::INPUT, 0);
     }
-    if maps::config(config::FORWARD) == 0 {
+    let again = bridged_in != 0 && out_bridge == bridged_in;
+    if !again && maps::config(config::FORWARD) == 0 {
         return Decision::pass(reason::PASS_FORWARD_OFF, path::PRE, 0);
     }
     if out_bridge == 0 {
         return Decision::pass(reason::PASS_NO_ROUTE, path::PRE, 0);
     }
-    if ttl <= 1 {
+    if !again && ttl <= 1 {
         return Decision::pass(reason::PASS_TTL, path::PRE, 0);
     }
     if !ipv4_is_plain(ver_ihl, frag_off) {
@@ -91,6 +96,42 @@ pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64) -> Decision {
     d.rewrite = true;
     d.dst_mac = neigh.mac;
     d.src_mac = out_mac;
+    d.bridged = again;
+    d
+}
+
+/// Where a frame that came in by bridge port `ifindex` goes once a
+/// destination NAT gave it a new address: routed by that address,
+/// whatever MAC it was sent to, as br_netfilter does. Local: up to the
+/// host. Out of another device: routed. Out of the bridge it came in by:
+/// bridged again to the new destination's MAC (from `src`, TTL kept), and
+/// dropped if that is the port it came in by (unless hairpin).
+#[inline(always)]
+pub fn route_moved(
+    ctx: &TcContext,
+    proto: [u8; 2],
+    now: u64,
+    port: &PortInfo,
+    ifindex: u32,
+    src: [u8; 6],
+) -> Decision {
+    let mut d = route(ctx, proto, now, port.bridge);
+    if d.path == path::INPUT {
+        // Up to the host: the kernel bridge passes a frame up only when it
+        // is addressed to the bridge, so it gets the bridge's MAC. (Before
+        // the rules: an answer to it then comes from that MAC, as the
+        // kernel's would.)
+        let _ = ctx_store_mac(ctx, port.bridge_mac);
+        return d;
+    }
+    if !d.bridged {
+        return d;
+    }
+    if d.egress == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
+        return Decision::pass(reason::DROP_NAT, path::PRE, 0);
+    }
+    d.reason = reason::REDIRECT_L2;
+    d.src_mac = src;
     d
 }
 
@@ -106,6 +147,10 @@ pub fn rewrite(ctx: &TcContext, d: &Decision) -> bool {
     // packet: for a cloned skb the kernel makes the head private before the
     // program runs.
     unsafe {
+        if d.bridged {
+            (*eth).dst = d.dst_mac;
+            return true;
+        }
         let (ttl, protocol, check) = ((*ip).ttl, (*ip).protocol, (*ip).check);
         if ttl <= 1 {
             return false;
@@ -115,6 +160,18 @@ pub fn rewrite(ctx: &TcContext, d: &Decision) -> bool {
         (*ip).ttl = ttl - 1;
         (*ip).check = csum_after_ttl_dec(check, ttl, protocol);
     }
+    true
+}
+
+/// Writes the frame's destination MAC.
+#[inline(always)]
+fn ctx_store_mac(ctx: &TcContext, mac: [u8; 6]) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above, after the last helper that could
+    // move packet data (see `rewrite`).
+    unsafe { (*eth).dst = mac };
     true
 }
 

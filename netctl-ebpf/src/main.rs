@@ -119,6 +119,9 @@ pub struct Decision {
     /// The gateway of a route the kernel would take (0: on-link), for a
     /// translated packet the datapath must send itself.
     pub nexthop: [u8; 4],
+    /// Bridged again after a destination NAT (see `l3::route`): only the
+    /// destination MAC is rewritten, the TTL is left alone.
+    pub bridged: bool,
 }
 
 impl Decision {
@@ -135,6 +138,7 @@ impl Decision {
             dst_mac: [0; 6],
             src_mac: [0; 6],
             nexthop: [0; 4],
+            bridged: false,
         }
     }
 
@@ -149,6 +153,7 @@ impl Decision {
             dst_mac: [0; 6],
             src_mac: [0; 6],
             nexthop: [0; 4],
+            bridged: false,
         }
     }
 }
@@ -182,12 +187,13 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
         }
     }
     let mut d = Decision::pass(reason::PASS_NOT_PORT, path::NONE, 0);
-    decide(&ctx, ifindex, port, &mut d);
+    let moved = rules && filter::dst_moved();
+    d.reason = decide(&ctx, ifindex, port, &mut d, moved);
     let mut rc = TCX_NEXT;
     if d.path != path::NONE && rules {
         let mut v = filter::netctl_filter(ctx.skb.skb, bridge, u32::from(d.path), d.out_if);
         if v == filter::REROUTE {
-            decide(&ctx, ifindex, port, &mut d);
+            d.reason = decide(&ctx, ifindex, port, &mut d, filter::dst_moved());
             v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 1);
         } else if v == filter::MORE {
             v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 0);
@@ -215,6 +221,12 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
             (d.reason, rc) = reject::answer(&ctx, ifindex, port, d.path, v);
             d.egress = 0;
         }
+    }
+    if d.reason == reason::DROP_NAT {
+        // A translated frame with nowhere to go that the kernel would take
+        // (bridged back out of its own port): the kernel drops it.
+        maps::account(Some(slot), len, d.reason);
+        return TC_ACT_SHOT;
     }
     if d.reason == reason::REDIRECT_L2 || d.reason == reason::REDIRECT_L3 {
         if d.rewrite && !l3::rewrite(&ctx, &d) {
@@ -299,18 +311,31 @@ pub fn netctl_local(ctx: TcContext) -> i32 {
 /// Where the frame goes, written to `d`. Not inlined: its locals then live
 /// in a frame of their own that is gone before the rules run, and every
 /// frame of a call chain shares one 512-byte stack.
+///
+/// `moved`: a destination NAT gave the packet a new destination address.
+/// A frame that came in by a bridge port is then routed by that address
+/// whatever its MAC, as br_netfilter does (`br_nf_pre_routing_finish`).
 #[inline(never)]
-fn decide(ctx: &TcContext, ifindex: u32, port: *const PortInfo, d: &mut Decision) {
+// Returns `d.reason`, which the caller stores again: with no result used,
+// LLVM may leave the pointer `d` in r0, and the verifier refuses a
+// function that returns a pointer to its caller's stack.
+fn decide(
+    ctx: &TcContext,
+    ifindex: u32,
+    port: *const PortInfo,
+    d: &mut Decision,
+    moved: bool,
+) -> u32 {
     // SAFETY: see the caller; the copy is what this packet is judged by.
     let port = unsafe { *port };
     // A frame shorter than its Ethernet header is the kernel's to drop.
     if !ensure_linear(ctx, ETH_HLEN) {
         *d = Decision::pass(reason::PASS_IP_SPECIAL, path::NONE, 0);
-        return;
+        return d.reason;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         *d = Decision::pass(reason::PASS_IP_SPECIAL, path::NONE, 0);
-        return;
+        return d.reason;
     };
     // SAFETY: bounds-checked by `ptr_at`; the fields are bytes.
     let (dst, src, proto) = unsafe { ((*eth).dst, (*eth).src, (*eth).proto) };
@@ -323,14 +348,17 @@ fn decide(ctx: &TcContext, ifindex: u32, port: *const PortInfo, d: &mut Decision
     }
     *d = if is_multicast(&dst) {
         Decision::pass(reason::PASS_MULTICAST, path::NONE, 0)
+    } else if moved && !uplink {
+        l3::route_moved(ctx, proto, now, &port, ifindex, src)
     } else if mac_u64(&dst) == mac_u64(&port.bridge_mac) {
-        l3::route(ctx, proto, now)
+        l3::route(ctx, proto, now, 0)
     } else if uplink {
         // Not bridged: a frame for another MAC is the kernel's to drop.
         Decision::pass(reason::PASS_UNKNOWN, path::NONE, 0)
     } else {
         l2::forward(&port, ifindex, dst, now)
     };
+    d.reason
 }
 
 /// Whether the frame is for a group (broadcast, multicast): the kernel

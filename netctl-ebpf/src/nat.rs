@@ -140,6 +140,9 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let orig = s.ct_key;
+    // The first packet's walk included the nat table, which later packets
+    // skip: its outcome is not theirs to replay.
+    s.cache.serial = 0;
     conntrack::confirm(&orig, s.ct_state, &s.orig_pkt, now, &s.cache, &mut s.entry);
     if let Some(e) = NETCTL_CT.get_ptr_mut(orig) {
         // SAFETY: the element just created; nothing else knows it yet
@@ -175,8 +178,14 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
         return -1;
     };
     let old = ports(&s.pkt).1;
+    // The kernel keeps a destination port already in the range, else takes
+    // the range's first (a destination's search starts at offset 0).
     let port = if a.flags & nat_range::PORTS != 0 && has_ports(s.pkt.proto) {
-        a.port_min
+        if old >= a.port_min && old <= a.port_max {
+            old
+        } else {
+            a.port_min
+        }
     } else {
         old
     };
@@ -433,11 +442,11 @@ pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
         _ => (0, 0),
     };
     let k = key(i.proto, i.saddr, isport, i.daddr, idport);
-    let (orig, quoted_translated) = if NETCTL_CT.get_ptr(k).is_some() {
-        (k, false)
+    let orig = if NETCTL_CT.get_ptr(k).is_some() {
+        k
     } else if let Some(o) = NETCTL_CT_NAT.get_ptr(k) {
         // SAFETY: a live element; copied at once.
-        (unsafe { *o }, true)
+        unsafe { *o }
     } else {
         return 0;
     };
@@ -463,10 +472,15 @@ pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
     } else {
         (ra, rp)
     };
-    // Quoted: an original-direction packet as translated (from the
-    // responder's side) becomes the originator's; a reply as the
-    // originator saw it becomes the responder's.
-    let ((qs, qsp), (qd, qdp), (outer_src, outer_dst)) = if quoted_translated {
+    // Which direction the quoted packet went, by its source: the
+    // originator's (as sent, or after SNAT) or the responder's. Which map
+    // found the entry cannot say: a binding that leaves the tuple as it was
+    // has no reply tuple of its own.
+    let original = (i.saddr == oa && isport == op) || (src && i.saddr == ta && isport == tp);
+    // Quoted: an original-direction packet (from wherever it was
+    // translated) becomes the originator's; a reply becomes the
+    // responder's.
+    let ((qs, qsp), (qd, qdp), (outer_src, outer_dst)) = if original {
         (
             (oa, op),
             (ra, rp),

@@ -404,7 +404,18 @@ fn profile_reports_what_each_program_costs_per_run() {
     assert!(ping(&a, "10.50.0.3"));
     // Traffic for the whole window: 40 pings 50 ms apart outlast it.
     let mut pinger = std::process::Command::new("ip")
-        .args(["netns", "exec", &a, "ping", "-q", "-c", "40", "-i", "0.05", "10.50.0.3"])
+        .args([
+            "netns",
+            "exec",
+            &a,
+            "ping",
+            "-q",
+            "-c",
+            "40",
+            "-i",
+            "0.05",
+            "10.50.0.3",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

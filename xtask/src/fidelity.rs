@@ -65,6 +65,9 @@ pub fn run(a: &FidelityArgs) -> Result<()> {
         "fidelity",
         "--",
         "--nocapture",
+        // The NAT test is ignored in the plain suite until netctl's NAT
+        // agrees with the kernel's (docs/nat.md).
+        "--include-ignored",
         "--test-threads",
         "1",
         "--exact",
