@@ -80,6 +80,12 @@ pub struct Scratch {
     pub binding: netctl_common::CtNat,
     /// A tuple NAT would translate to, for `nat::netctl_nat_taken`.
     pub candidate: netctl_common::CtKey,
+    /// The live entry's binding and originator, copied by `track`: the
+    /// NAT stages need them for every packet of a translated connection,
+    /// and the binding never changes once the entry exists.
+    pub live_nat: netctl_common::CtNat,
+    pub live_orig_addr: [u8; 4],
+    pub live_orig_port: u16,
 }
 
 #[map]

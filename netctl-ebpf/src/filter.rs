@@ -313,6 +313,14 @@ pub extern "C" fn netctl_track() -> u32 {
     s.ct_state = t.new_state;
     s.nat = [0, 0];
     s.binding = CtNat::default();
+    if let Some(e) = t.entry {
+        // SAFETY: a live conntrack element (see `conntrack::live`).
+        unsafe {
+            s.live_nat = (*e).nat;
+            s.live_orig_addr = (*e).orig_addr;
+            s.live_orig_port = (*e).orig_port;
+        }
+    }
     s.track = u32::from(t.ctstate)
         | ((t.dir as u32 & 1) << 8)
         | (u32::from(t.first) << 16)

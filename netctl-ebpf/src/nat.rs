@@ -49,12 +49,8 @@ pub extern "C" fn netctl_nat_dst(skb: *mut __sk_buff) -> i32 {
     if (t >> 24) & 1 == 0 {
         return 0;
     }
-    let Some(e) = NETCTL_CT.get_ptr(s.ct_key) else {
-        return 0;
-    };
-    // SAFETY: a live conntrack element; the binding never changes once
-    // the entry exists.
-    let (nat, orig_addr, orig_port) = unsafe { ((*e).nat, (*e).orig_addr, (*e).orig_port) };
+    // The live entry's binding, as `netctl_track` copied it.
+    let (nat, orig_addr, orig_port) = (s.live_nat, s.live_orig_addr, s.live_orig_port);
     let reply = (t >> 8) & 1 != 0;
     let (addr, port) = if !reply && nat.flags & nat_bit::DST != 0 {
         (nat.dnat_addr, nat.dnat_port)
@@ -95,11 +91,8 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     let t = s.track;
     let ctx = TcContext::new(skb);
     if (t >> 24) & 1 != 0 {
-        let Some(e) = NETCTL_CT.get_ptr(s.ct_key) else {
-            return 0;
-        };
-        // SAFETY: a live conntrack element (see `netctl_nat_dst`).
-        let (nat, orig_addr, orig_port) = unsafe { ((*e).nat, (*e).orig_addr, (*e).orig_port) };
+        // As in `netctl_nat_dst`.
+        let (nat, orig_addr, orig_port) = (s.live_nat, s.live_orig_addr, s.live_orig_port);
         let reply = (t >> 8) & 1 != 0;
         let (addr, port) = if !reply && nat.flags & nat_bit::SRC != 0 {
             (nat.snat_addr, nat.snat_port)
