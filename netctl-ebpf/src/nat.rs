@@ -192,6 +192,81 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
     0
 }
 
+/// Translates the ICMP error a REJECT has just written into `skb` about
+/// the refused packet, whose connection (or, for its first packet, the
+/// binding being built) has a destination NAT: the quoted packet gets its
+/// original destination back, and the error comes from it when it came
+/// from the translated one — what the kernel's nat hooks make of the
+/// answer (`nf_nat_icmp_reply_translation`). Returns 0 (nothing to do),
+/// 1 (translated) or -1.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_answer(skb: *mut __sk_buff) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element, still about the refused packet.
+    let s = unsafe { &mut *s };
+    if s.parsed == 0 {
+        return 0;
+    }
+    let t = s.track;
+    let (first, live, reply) = ((t >> 16) & 1 != 0, (t >> 24) & 1 != 0, (t >> 8) & 1 != 0);
+    let (orig, now) = if first && s.binding.flags & nat_bit::DST != 0 {
+        (
+            (s.orig_pkt.daddr, ports(&s.orig_pkt).1),
+            (s.binding.dnat_addr, s.binding.dnat_port),
+        )
+    } else if live && !reply && s.live_nat.flags & nat_bit::DST != 0 {
+        (
+            other_end(&s.ct_key, s.live_orig_addr, s.live_orig_port),
+            (s.live_nat.dnat_addr, s.live_nat.dnat_port),
+        )
+    } else {
+        return 0;
+    };
+    let ctx = TcContext::new(skb);
+    // The answer: IPv4 (no options, as `reject` writes it), ICMP, the
+    // quoted header and its first 8 bytes.
+    let iip = ETH_HLEN + 28;
+    let Ok(q) = ctx.load::<[u8; 28]>(iip) else {
+        return -1;
+    };
+    let Ok(outer_src) = ctx.load::<[u8; 4]>(ETH_HLEN + 12) else {
+        return -1;
+    };
+    let il4 = iip + usize::from(q[0] & 0x0f) * 4;
+    let (proto, qdst) = (q[9], [q[16], q[17], q[18], q[19]]);
+    let icsum = ETH_HLEN + 22;
+    let tcsum = match proto {
+        PROTO_TCP => il4 + 16,
+        PROTO_UDP => il4 + 6,
+        _ => 0,
+    };
+    if !quoted_addr(&ctx, iip, iip + 16, tcsum, icsum, qdst, orig.0) {
+        return -1;
+    }
+    if matches!(proto, PROTO_TCP | PROTO_UDP) {
+        let Ok(dp) = ctx.load::<[u8; 2]>(il4 + 2) else {
+            return -1;
+        };
+        if !quoted_port(&ctx, il4 + 2, tcsum, icsum, u16::from_be_bytes(dp), orig.1) {
+            return -1;
+        }
+    }
+    if outer_src == now.0 {
+        let mut p = Pkt {
+            saddr: outer_src,
+            proto: PROTO_ICMP,
+            ..Pkt::default()
+        };
+        if !rewrite(&ctx, &mut p, true, orig.0, 0) {
+            return -1;
+        }
+    }
+    1
+}
+
 /// The live generation's NAT action `idx1 - 1`.
 #[inline(always)]
 fn action(idx1: u32) -> Option<netctl_common::RsNat> {

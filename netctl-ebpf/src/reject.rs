@@ -76,7 +76,11 @@ pub fn answer(
         unsafe { bpf_redirect(ifindex, 0) };
         return (reason::REJECT_RULE, TC_ACT_REDIRECT);
     }
-    // The error is the host's own packet: OUTPUT and POSTROUTING judge it.
+    // Translated back as the kernel's nat hooks do, then, as the host's
+    // own packet, judged by OUTPUT and POSTROUTING.
+    if crate::nat::netctl_nat_answer(ctx.skb.skb) < 0 {
+        return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    }
     if netctl_filter_answer(ctx.skb.skb, bridge, 0) != u32::from(verdict::ACCEPT) {
         return (reason::DROP_RULE, TC_ACT_SHOT);
     }
