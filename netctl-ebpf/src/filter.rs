@@ -42,18 +42,8 @@ pub const MORE: u32 = 0xfd;
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_prepare(skb: *mut __sk_buff, in_if: u32, output: u32, out_if: u32) -> u32 {
     let accept = u32::from(verdict::ACCEPT);
-    let Some(s) = classify::scratch() else {
+    if !begin(skb) {
         return accept;
-    };
-    // SAFETY: this CPU's scratch element.
-    unsafe { (*s).parsed = 0 };
-    if netctl_parse(skb) == 0 {
-        return accept;
-    }
-    // SAFETY: as above.
-    unsafe {
-        (*s).parsed = 1;
-        (*s).orig_pkt = (*s).pkt;
     }
     let generation = maps::config(config::RULES_SERIAL) & 1;
     let first_hook = u32::from(if output != 0 {
@@ -282,6 +272,28 @@ fn answer_first_hook(generation: u32, hk: u32) -> u32 {
     netctl_classify(generation, hk, 0, raw_end, u32::MAX)
 }
 
+/// Starts judging the packet in `skb`: reads its fields into the scratch
+/// map and keeps them as it arrived. False (and the scratch map marked
+/// unparsed, so no later stage uses another packet's fields) if it is not
+/// IPv4.
+#[inline(always)]
+pub fn begin(skb: *mut __sk_buff) -> bool {
+    let Some(s) = classify::scratch() else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch element.
+    unsafe { (*s).parsed = 0 };
+    if netctl_parse(skb) == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*s).parsed = 1;
+        (*s).orig_pkt = (*s).pkt;
+    }
+    true
+}
+
 /// Reads the packet's fields into the scratch map; 0 if it is not IPv4.
 #[inline(never)]
 #[unsafe(no_mangle)]
@@ -474,7 +486,7 @@ fn set_route(in_if: u32, out_if: u32, path: u32, stamp: u32) {
 
 /// Sets an interface field between hooks.
 #[inline(always)]
-fn set(f: u8, ifindex: u32) {
+pub fn set(f: u8, ifindex: u32) {
     if let Some(s) = classify::scratch() {
         // SAFETY: this CPU's scratch element.
         unsafe { (*s).values[usize::from(f)] = ifindex.to_be_bytes() };

@@ -22,7 +22,7 @@ use netctl_common::{CtCache, config, field, hook, route_kind, verdict};
 use crate::{
     classify::{self, netctl_classify},
     conntrack,
-    filter::{LOOPBACK, netctl_load_fields, netctl_parse, netctl_track},
+    filter::{self, LOOPBACK, netctl_load_fields, netctl_track},
     l3,
     maps::{self, NETCTL_ROUTES, NETCTL_RS_HOOKS},
     nat,
@@ -43,15 +43,8 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     let Some(s) = classify::scratch() else {
         return PASS;
     };
-    // SAFETY: this CPU's scratch element.
-    unsafe { (*s).parsed = 0 };
-    if netctl_parse(skb) == 0 {
+    if !filter::begin(skb) {
         return PASS;
-    }
-    // SAFETY: as above.
-    unsafe {
-        (*s).parsed = 1;
-        (*s).orig_pkt = (*s).pkt;
     }
     let t = netctl_track();
     let first = (t >> 16) & 1 != 0;
@@ -84,7 +77,7 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     // SAFETY: this CPU's scratch element. What the entry will cache: none.
     unsafe { (*s).cache = CtCache::default() };
     netctl_load_fields(0, t & 0xff);
-    set_out(LOOPBACK);
+    filter::set(field::OUT, LOOPBACK);
     // The nat table cannot drop; its verdict is ACCEPT.
     let _ = netctl_classify(generation, output, 1, nat_start, nat_end);
     // SAFETY: this CPU's scratch element; the walk recorded its choices.
@@ -130,10 +123,10 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
         .map_or(0, |h| h.nat_end);
     let accept = u32::from(verdict::ACCEPT);
     netctl_load_fields(0, ctstate);
-    set_out(out);
+    filter::set(field::OUT, out);
     let mut v = netctl_classify(generation, output, 0, nat_end, u32::MAX);
     if v == accept {
-        set_out(out);
+        filter::set(field::OUT, out);
         v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, u32::MAX);
     }
     // A REJECT here answers nothing: the host's own connection is refused
@@ -176,12 +169,4 @@ fn confirm_plain() {
         &CtCache::default(),
         &mut s.entry,
     );
-}
-
-#[inline(always)]
-fn set_out(ifindex: u32) {
-    if let Some(s) = classify::scratch() {
-        // SAFETY: this CPU's scratch element.
-        unsafe { (*s).values[usize::from(field::OUT)] = ifindex.to_be_bytes() };
-    }
 }

@@ -143,24 +143,10 @@ fn attach_local(local_pin: &Path, links: &Path, attach: bool) -> Result<()> {
         return Ok(());
     }
     let _ = qdisc_detach_program(LOOPBACK, TcAttachType::Ingress, PROG_LOCAL);
-    match qdisc_add_clsact(LOOPBACK) {
-        Ok(()) => {}
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(err) => return Err(bpf_error("add clsact qdisc on lo", &err)),
-    }
+    add_clsact(LOOPBACK)?;
     let mut prog = SchedClassifier::from_pin(local_pin)
         .map_err(|err| bpf_error("open pinned lo program", &err))?;
-    let id = prog
-        .attach_with_options(
-            LOOPBACK,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
-        .map_err(|err| bpf_error(&format!("attaching {PROG_LOCAL} to lo"), &err))?;
-    let link = prog
-        .take_link(id)
-        .map_err(|err| bpf_error("taking the tc link", &err))?;
-    std::mem::forget(link);
+    attach_filter(&mut prog, PROG_LOCAL, LOOPBACK, TcAttachType::Ingress)?;
     let marker = links.join(pins::LOCAL_PIN);
     if marker.exists() {
         fs::remove_file(&marker).map_err(|err| Error::io("unpin lo marker", err))?;
@@ -195,39 +181,21 @@ pub fn load_program(topology: &str) -> Result<bool> {
         .default_map_pin_directory(&dir)
         .load(obj)
         .map_err(|err| bpf_error("loading the eBPF object", &err))?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROG_INGRESS)
-        .ok_or_else(|| Error::Bpf(format!("program {PROG_INGRESS} missing from the object")))?
-        .try_into()
-        .map_err(|err| bpf_error(PROG_INGRESS, &err))?;
-    prog.load()
-        .map_err(|err| bpf_error(&format!("loading program {PROG_INGRESS}"), &err))?;
-    prog.pin(&prog_pin)
-        .map_err(|err| bpf_error(&format!("pin {}", prog_pin.display()), &err))?;
-    let egress: &mut SchedClassifier = ebpf
-        .program_mut(PROG_EGRESS)
-        .ok_or_else(|| Error::Bpf(format!("program {PROG_EGRESS} missing from the object")))?
-        .try_into()
-        .map_err(|err| bpf_error(PROG_EGRESS, &err))?;
-    egress
-        .load()
-        .map_err(|err| bpf_error(&format!("loading program {PROG_EGRESS}"), &err))?;
-    let egress_pin = egress_pin_of(&prog_pin);
-    egress
-        .pin(&egress_pin)
-        .map_err(|err| bpf_error(&format!("pin {}", egress_pin.display()), &err))?;
-    let local: &mut SchedClassifier = ebpf
-        .program_mut(PROG_LOCAL)
-        .ok_or_else(|| Error::Bpf(format!("program {PROG_LOCAL} missing from the object")))?
-        .try_into()
-        .map_err(|err| bpf_error(PROG_LOCAL, &err))?;
-    local
-        .load()
-        .map_err(|err| bpf_error(&format!("loading program {PROG_LOCAL}"), &err))?;
-    let local_pin = local_pin_of(&prog_pin);
-    local
-        .pin(&local_pin)
-        .map_err(|err| bpf_error(&format!("pin {}", local_pin.display()), &err))?;
+    for (name, pin) in [
+        (PROG_INGRESS, prog_pin.clone()),
+        (PROG_EGRESS, egress_pin_of(&prog_pin)),
+        (PROG_LOCAL, local_pin_of(&prog_pin)),
+    ] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Bpf(format!("program {name} missing from the object")))?
+            .try_into()
+            .map_err(|err| bpf_error(name, &err))?;
+        prog.load()
+            .map_err(|err| bpf_error(&format!("loading program {name}"), &err))?;
+        prog.pin(&pin)
+            .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
+    }
     Ok(true)
 }
 
@@ -289,39 +257,9 @@ fn attach_all(
             let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
             let _ = qdisc_detach_program(&p.ifname, TcAttachType::Egress, PROG_EGRESS);
         }
-        match qdisc_add_clsact(&p.ifname) {
-            Ok(()) => {}
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(err) => {
-                return Err(bpf_error(
-                    &format!("add clsact qdisc on {}", p.ifname),
-                    &err,
-                ));
-            }
-        }
-        let id = prog
-            .attach_with_options(
-                &p.ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::Netlink(NlOptions::default()),
-            )
-            .map_err(|err| bpf_error(&format!("attaching {PROG_INGRESS} to {}", p.ifname), &err))?;
-        let link = prog
-            .take_link(id)
-            .map_err(|err| bpf_error("taking the tc link", &err))?;
-        // The filter lives on the qdisc; dropping the handle would delete it.
-        std::mem::forget(link);
-        let id = egress
-            .attach_with_options(
-                &p.ifname,
-                TcAttachType::Egress,
-                TcAttachOptions::Netlink(NlOptions::default()),
-            )
-            .map_err(|err| bpf_error(&format!("attaching {PROG_EGRESS} to {}", p.ifname), &err))?;
-        let link = egress
-            .take_link(id)
-            .map_err(|err| bpf_error("taking the tc link", &err))?;
-        std::mem::forget(link);
+        add_clsact(&p.ifname)?;
+        attach_filter(&mut prog, PROG_INGRESS, &p.ifname, TcAttachType::Ingress)?;
+        attach_filter(&mut egress, PROG_EGRESS, &p.ifname, TcAttachType::Egress)?;
         let marker = links.join(link_pin_name(&p.ifname, p.ifindex));
         prog.pin(&marker)
             .map_err(|err| bpf_error(&format!("pin {}", marker.display()), &err))?;
@@ -329,6 +267,34 @@ fn attach_all(
     }
     done.sort();
     Ok(done)
+}
+
+/// Adds the clsact qdisc to `ifname` unless it has one.
+fn add_clsact(ifname: &str) -> Result<()> {
+    match qdisc_add_clsact(ifname) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(err) => Err(bpf_error(&format!("add clsact qdisc on {ifname}"), &err)),
+    }
+}
+
+/// Attaches `prog` (called `name`) to `ifname`'s clsact qdisc as a
+/// direct-action cls_bpf filter.
+fn attach_filter(
+    prog: &mut SchedClassifier,
+    name: &str,
+    ifname: &str,
+    at: TcAttachType,
+) -> Result<()> {
+    let id = prog
+        .attach_with_options(ifname, at, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(|err| bpf_error(&format!("attaching {name} to {ifname}"), &err))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|err| bpf_error("taking the tc link", &err))?;
+    // The filter lives on the qdisc; dropping the handle would delete it.
+    std::mem::forget(link);
+    Ok(())
 }
 
 fn nr_cpus() -> Result<usize> {

@@ -90,3 +90,24 @@ impl Ipt {
         Ok(String::from_utf8_lossy(&o.stdout).to_string())
     }
 }
+
+/// Which side of a kernel-against-netctl benchmark a sample is from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Kernel,
+    Netctl,
+}
+
+pub(super) const SIDES: [Side; 2] = [Side::Kernel, Side::Netctl];
+
+impl Side {
+    pub(super) fn key(self) -> &'static str {
+        match self {
+            Side::Kernel => "kernel",
+            Side::Netctl => "netctl",
+        }
+    }
+    pub(super) fn idx(self) -> usize {
+        SIDES.iter().position(|s| *s == self).unwrap()
+    }
+}

@@ -67,7 +67,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::iperf;
-use super::ipt::Ipt;
+use super::ipt::{Ipt, SIDES, Side};
 use super::ns::{enter, in_ns, ns_command, open_ns, ping};
 use super::{
     Cleanup, check_interrupted, failed, finite, kernel_release, median, nan_low, netctl_bin,
@@ -138,26 +138,6 @@ const FULL_SHARE: f64 = 0.95;
 /// The share of the datapath ports' received packets the programs must
 /// have redirected for the measurement to count as the datapath's.
 const MIN_REDIRECTED: f64 = 0.9;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Kernel,
-    Netctl,
-}
-
-const SIDES: [Side; 2] = [Side::Kernel, Side::Netctl];
-
-impl Side {
-    fn key(self) -> &'static str {
-        match self {
-            Side::Kernel => "kernel",
-            Side::Netctl => "netctl",
-        }
-    }
-    fn idx(self) -> usize {
-        SIDES.iter().position(|s| *s == self).unwrap()
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Metric {

@@ -55,7 +55,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::iperf::{self, UDP_LEN};
-use super::ipt::Ipt;
+use super::ipt::{Ipt, SIDES, Side};
 use super::ns::{open_ns, ping};
 use super::{
     Cleanup, check_interrupted, failed, finite, kernel_release, median, netctl_bin, netctl_stats,
@@ -117,26 +117,6 @@ const MAX_RULES: usize = 131_072;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 81, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 82, 0, 2);
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Kernel,
-    Netctl,
-}
-
-const SIDES: [Side; 2] = [Side::Kernel, Side::Netctl];
-
-impl Side {
-    fn key(self) -> &'static str {
-        match self {
-            Side::Kernel => "kernel",
-            Side::Netctl => "netctl",
-        }
-    }
-    fn idx(self) -> usize {
-        SIDES.iter().position(|s| *s == self).unwrap()
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Metric {
