@@ -82,6 +82,22 @@ pub const MAP_NEIGH: &str = "NETCTL_NEIGH";
 pub const MAP_NEIGH_MAX: u32 = 65536;
 /// Per-CPU array of `u64` indexed by `reason::*`.
 pub const MAP_STATS: &str = "NETCTL_STATS";
+/// Per-CPU array of `u64` indexed by `flow_stat::*`: how the rule
+/// classifier's flow cache fares.
+pub const MAP_FLOW_STATS: &str = "NETCTL_FLOW_STATS";
+
+/// Indexes of `MAP_FLOW_STATS`.
+pub mod flow_stat {
+    /// A hook's walk replayed from the flow cache.
+    pub const HIT: u32 = 0;
+    /// A cacheable walk (a program of one block) not in the cache.
+    pub const MISS: u32 = 1;
+    /// A walk's outcome stored (a miss that did not log).
+    pub const STORED: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["hit", "miss", "stored"];
+}
+
 /// Per-CPU array of `PortStats` indexed by `PortInfo::slot` (an array
 /// lookup is much cheaper per packet than a hash lookup).
 pub const MAP_PORT_STATS: &str = "NETCTL_PORT_STATS";
@@ -506,8 +522,15 @@ pub const MAP_RS_WORDS_MAX: u32 = 1048576;
 pub const MAP_RS_ENTRIES: &str = "NETCTL_RS_ENTRIES";
 /// Array of `[u8; RS_LOG_LEN]`, index `gen * RS_LOG_MAX + log`.
 pub const MAP_RS_LOG: &str = "NETCTL_RS_LOG";
-/// Per-CPU array of `IfCounters` (packets, bytes) by counter slot.
+/// Per-CPU hash of `IfCounters` (packets, bytes) by counter slot, for
+/// slots from `RS_SLOTS_LOW` on.
 pub const MAP_RS_COUNTERS: &str = "NETCTL_RS_COUNTERS";
+/// Per-CPU array of `IfCounters` for the slots below `RS_SLOTS_LOW`: where
+/// nearly every rule's counter lives (slots are the smallest free numbers),
+/// bumped per packet at the cost of an array access instead of a hash
+/// lookup. Small, because a per-CPU array holds every slot on every CPU.
+pub const MAP_RS_COUNTERS_LOW: &str = "NETCTL_RS_COUNTERS_LOW";
+pub const RS_SLOTS_LOW: u32 = 4096;
 
 const _: () = assert!(core::mem::size_of::<RuleEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RsHook>() == 16);

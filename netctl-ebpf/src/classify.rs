@@ -23,6 +23,7 @@ use netctl_common::{
     verdict,
 };
 
+use crate::flows;
 use crate::maps::{
     self, NETCTL_RS_CLASS, NETCTL_RS_ENTRIES, NETCTL_RS_HOOKS, NETCTL_RS_SUMMARY, NETCTL_RS_WORDS,
 };
@@ -74,6 +75,8 @@ pub struct Scratch {
     pub track: u32,
     /// Whether `netctl_prepare` found an IPv4 packet to judge.
     pub parsed: u32,
+    /// The packet's clock reading (by `track`; 0: none yet).
+    pub now: u64,
     /// The packet as it arrived, before any NAT (what a new entry records).
     pub orig_pkt: crate::packet::Pkt,
     /// The binding a first packet's NAT is building.
@@ -86,6 +89,17 @@ pub struct Scratch {
     pub live_nat: netctl_common::CtNat,
     pub live_orig_addr: [u8; 4],
     pub live_orig_port: u16,
+    /// The live entry's cache for the packet's direction, copied by
+    /// `track` too (saves `netctl_lookup_cache` a lookup).
+    pub live_cache: netctl_common::CtCache,
+    /// A one-block walk's per-field words: the entries each field's value
+    /// allows, and the entries that constrain the field at all (see
+    /// `flows`).
+    pub blk_match: [u64; FIELDS],
+    pub blk_cons: [u64; FIELDS],
+    /// The flow cache's key and outcome being looked up or stored.
+    pub flow_key: flows::FlowKey,
+    pub flow_out: flows::FlowOutcome,
 }
 
 #[map]
@@ -248,27 +262,61 @@ pub fn lowest_bit(x: u64) -> u32 {
 /// The walk over one hook's matching entries, stepped by `bpf_loop`.
 #[repr(C)]
 pub struct Walk {
-    generation: u32,
-    hk: u32,
-    first: u32,
-    entries: u32,
-    nat_start: u32,
-    nat_end: u32,
+    pub generation: u32,
+    pub hk: u32,
+    pub first: u32,
+    pub start: u32,
+    pub entries: u32,
+    pub nat_start: u32,
+    pub nat_end: u32,
     base: u32,
     cursor: u32,
     block: u32,
     result: u32,
     stop: u32,
+    /// The program fits in block 0, whose matching entries are
+    /// `block_bits` (no summary, no block reads while walking).
+    pub single: u32,
     bits: u64,
+    block_bits: u64,
+    /// One-block walks: the entries passed over as not matching, and those
+    /// matched and acted on (what `flows` caches by).
+    pub nonmatch: u64,
+    pub matched: u64,
+    /// The packet's NAT choice and counter count before this walk.
+    pub nat_before: u32,
+    pub slots_from: u32,
 }
 
 /// Runs entries `[start, end)` of one hook's program (`end` is clamped to
 /// its length) for the packet in the scratch map: returns a `verdict::*`
 /// (REJECT with its `reject::*` in bits 8..16). `first` says whether the
 /// packet starts a connection (only then is nat walked).
+///
+/// Holds nothing across its calls: it lies on the deepest call chain (a
+/// walk's step logging), whose frames share one 512-byte stack.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_classify(
+    generation: u32,
+    hk: u32,
+    first: u32,
+    start: u32,
+    end: u32,
+) -> u32 {
+    let v = netctl_rs_begin(generation, hk, first, start, end);
+    if v != flows::MISS {
+        return v;
+    }
+    flows::netctl_flow_store(netctl_rs_walk())
+}
+
+/// Sets up the walk `netctl_classify` asked for, or settles it at once:
+/// returns its verdict (an empty range, a cached flow), else `flows::MISS`
+/// with the walk ready in the scratch map.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_begin(
     generation: u32,
     hk: u32,
     first: u32,
@@ -284,29 +332,81 @@ pub extern "C" fn netctl_classify(
     if start >= entries {
         return accept;
     }
+    // A program of one block: its outcome may be cached by the fields it
+    // consulted, and its words are read once, without a summary.
+    let single = h.entries <= 64;
+    if single {
+        let v = flows::netctl_flow_lookup(generation, hk, first, start, entries);
+        if v != flows::MISS {
+            return v;
+        }
+    }
     netctl_rs_classes(generation, hk);
-    netctl_rs_summary(generation, hk);
+    let block_bits = if single {
+        netctl_rs_block0(generation, hk)
+    } else {
+        netctl_rs_summary(generation, hk);
+        0
+    };
     let Some(s) = scratch() else {
         return accept;
     };
     // SAFETY: this CPU's scratch element.
     unsafe {
-        (*s).walk = Walk {
-            generation,
-            hk,
-            first,
-            entries,
-            nat_start: h.nat_start,
-            nat_end: h.nat_end,
-            base: idx * RS_ENTRIES_MAX,
-            cursor: start,
-            block: u32::MAX,
-            result: accept,
-            stop: 0,
-            bits: 0,
-        };
+        let w = &mut (*s).walk;
+        w.generation = generation;
+        w.hk = hk;
+        w.first = first;
+        w.start = start;
+        w.entries = entries;
+        w.nat_start = h.nat_start;
+        w.nat_end = h.nat_end;
+        w.base = idx * RS_ENTRIES_MAX;
+        w.cursor = start;
+        w.block = if single { 0 } else { u32::MAX };
+        w.result = accept;
+        w.stop = 0;
+        w.single = u32::from(single);
+        w.bits = 0;
+        w.block_bits = block_bits;
+        w.nonmatch = 0;
+        w.matched = 0;
+        w.nat_before = (*s).nat[flows::nat_side(hk)];
+        w.slots_from = (*s).nslots;
     }
-    netctl_rs_walk()
+    flows::MISS
+}
+
+/// Marks `netctl_rs_walk`'s verdict when the walk was cut off at its bound
+/// rather than finished (never cached).
+pub const WALK_CUT: u32 = 1 << 31;
+
+/// Block 0's words of every field for a one-block program: keeps them for
+/// `flows`, and returns the entries all fields allow.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_block0(generation: u32, hk: u32) -> u64 {
+    let Some(s) = scratch() else { return 0 };
+    let mut bits = u64::MAX;
+    let mut f = 0usize;
+    while f < FIELDS {
+        // SAFETY: this CPU's scratch element.
+        let class = unsafe { (*s).classes[f] };
+        let mut k = word_key(generation, hk, f, class, 0);
+        // SAFETY: copies of live hash elements (see `netctl_rs_block`).
+        let own = unsafe { NETCTL_RS_WORDS.get(k).copied().unwrap_or(0) };
+        k.class = RS_CLASS_WILD;
+        // SAFETY: as above.
+        let wild = unsafe { NETCTL_RS_WORDS.get(k).copied().unwrap_or(0) };
+        // SAFETY: this CPU's scratch element.
+        unsafe {
+            (*s).blk_match[f] = own | wild;
+            (*s).blk_cons[f] = !wild;
+        }
+        bits &= own | wild;
+        f += 1;
+    }
+    bits
 }
 
 /// Steps the walk set up in the scratch map to its verdict. A global
@@ -324,7 +424,7 @@ pub extern "C" fn netctl_rs_walk() -> u32 {
     if n >= i64::from(MAX_STEPS) {
         // The compiler bounds the walk below MAX_STEPS; should a packet
         // still get here, it is dropped rather than let through unjudged.
-        return u32::from(verdict::DROP);
+        return u32::from(verdict::DROP) | WALK_CUT;
     }
     let Some(s) = scratch() else {
         return u32::from(verdict::DROP);
@@ -360,30 +460,41 @@ pub extern "C" fn netctl_rs_step() -> i32 {
         w.stop = 1;
         return 1;
     }
-    if w.cursor / 64 != w.block || w.bits == 0 {
-        let b = netctl_rs_next_block(w.cursor);
-        if b == u32::MAX || b.saturating_mul(64) >= w.entries {
+    let i = if w.single != 0 {
+        let i = netctl_rs_next_single();
+        if i >= w.entries {
             w.result = accept;
             w.stop = 1;
             return 1;
         }
-        w.block = b;
-        w.bits = netctl_rs_block(w.generation, w.hk, b);
-        if b * 64 < w.cursor {
-            w.bits &= u64::MAX << (w.cursor % 64);
+        i
+    } else {
+        if w.cursor / 64 != w.block || w.bits == 0 {
+            let b = netctl_rs_next_block(w.cursor);
+            if b == u32::MAX || b.saturating_mul(64) >= w.entries {
+                w.result = accept;
+                w.stop = 1;
+                return 1;
+            }
+            w.block = b;
+            w.bits = netctl_rs_block(w.generation, w.hk, b);
+            if b * 64 < w.cursor {
+                w.bits &= u64::MAX << (w.cursor % 64);
+            }
+            if w.bits == 0 {
+                w.cursor = (b + 1) * 64;
+                return 0;
+            }
         }
-        if w.bits == 0 {
-            w.cursor = (b + 1) * 64;
-            return 0;
+        let i = w.block * 64 + lowest_bit(w.bits);
+        w.bits &= w.bits - 1;
+        if i >= w.entries {
+            w.result = accept;
+            w.stop = 1;
+            return 1;
         }
-    }
-    let i = w.block * 64 + lowest_bit(w.bits);
-    w.bits &= w.bits - 1;
-    if i >= w.entries {
-        w.result = accept;
-        w.stop = 1;
-        return 1;
-    }
+        i
+    };
     if w.first == 0 && i >= w.nat_start && i < w.nat_end {
         w.cursor = w.nat_end;
         w.bits = 0;
@@ -395,6 +506,7 @@ pub extern "C" fn netctl_rs_step() -> i32 {
         return 1;
     };
     let (kind, target, slot, reject, log) = (e.kind, e.target, e.slot, e.reject, e.log);
+    w.matched |= 1u64 << (i & 63);
     if slot != RS_NO_SLOT {
         count(slot);
     }
@@ -444,6 +556,28 @@ pub extern "C" fn netctl_rs_step() -> i32 {
     0
 }
 
+/// The next matching entry at or after the cursor of a one-block walk
+/// (`entries` if none), noting the entries before it as passed over (see
+/// `flows`). A function of its own, so that its frame is not part of
+/// `netctl_rs_step`'s, which lies on the deepest call chain.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_rs_next_single() -> u32 {
+    let Some(s) = scratch() else {
+        return u32::MAX;
+    };
+    // SAFETY: this CPU's scratch element.
+    let w = unsafe { &mut (*s).walk };
+    let bits = w.block_bits & !flows::range(0, w.cursor);
+    let i = if bits == 0 {
+        w.entries
+    } else {
+        lowest_bit(bits).min(w.entries)
+    };
+    w.nonmatch |= flows::range(w.cursor, i);
+    i
+}
+
 /// Runs the raw table's block `[0, raw_end)` of `hk`, before conntrack.
 /// A block that is only its ACCEPT policy (the usual case) costs one entry
 /// read instead of a classification.
@@ -474,7 +608,7 @@ pub extern "C" fn netctl_raw(generation: u32, hk: u32, raw_end: u32) -> u32 {
 
 /// Bumps a rule counter and remembers it for the connection's cache.
 #[inline(always)]
-fn count(slot: u32) {
+pub fn count(slot: u32) {
     let Some(s) = scratch() else { return };
     // SAFETY: this CPU's scratch element.
     unsafe {

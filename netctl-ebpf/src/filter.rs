@@ -220,8 +220,10 @@ pub extern "C" fn netctl_filter_answer(skb: *mut __sk_buff, out_if: u32, flags: 
         return accept;
     };
     // SAFETY: this CPU's scratch element, still holding the refused
-    // packet's fields.
-    let refused = unsafe { (*s).values[field::CTSTATE as usize][0] };
+    // packet's tracking. (Not its CTSTATE field value: a refusal replayed
+    // from the connection's cache leaves there what the raw table was
+    // shown, INVALID.)
+    let refused = unsafe { (*s).track } as u8;
     let tracked = refused & ctbit::INVALID == 0;
     let ctstate = u32::from(if tracked {
         ctbit::RELATED
@@ -281,8 +283,13 @@ pub fn begin(skb: *mut __sk_buff) -> bool {
     let Some(s) = classify::scratch() else {
         return false;
     };
-    // SAFETY: this CPU's scratch element.
-    unsafe { (*s).parsed = 0 };
+    // SAFETY: this CPU's scratch element. A packet refused before
+    // conntrack saw it (in raw) is INVALID.
+    unsafe {
+        (*s).parsed = 0;
+        (*s).track = u32::from(ctbit::INVALID);
+        (*s).now = 0;
+    }
     if netctl_parse(skb) == 0 {
         return false;
     }
@@ -320,17 +327,20 @@ pub extern "C" fn netctl_track() -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: as in `netctl_parse`.
     let s = unsafe { &mut *s };
+    s.now = now;
     let t = conntrack::track(&s.pkt, now);
     s.ct_key = t.key;
     s.ct_state = t.new_state;
     s.nat = [0, 0];
     s.binding = CtNat::default();
     if let Some(e) = t.entry {
-        // SAFETY: a live conntrack element (see `conntrack::live`).
+        // SAFETY: a live conntrack element (see `conntrack::live`); both
+        // sides are plain data of the sizes `copy_words` is given.
         unsafe {
-            s.live_nat = (*e).nat;
+            copy_words(&mut s.live_nat, &(*e).nat);
             s.live_orig_addr = (*e).orig_addr;
             s.live_orig_port = (*e).orig_port;
+            copy_words(&mut s.live_cache, &(*e).cache[t.dir & 1]);
         }
     }
     s.track = u32::from(t.ctstate)
@@ -338,6 +348,25 @@ pub extern "C" fn netctl_track() -> u32 {
         | (u32::from(t.first) << 16)
         | (u32::from(t.entry.is_some()) << 24);
     s.track
+}
+
+/// Copies a `T` word by word. Between two map values LLVM cannot rule out
+/// an overlap and calls `memmove`, which eBPF runs as a subprogram byte by
+/// byte; volatile word accesses stay what they are.
+///
+/// # Safety
+/// Both pointers must be valid and 4-aligned for a `T` whose size is a
+/// multiple of 4, and `T` must be plain data.
+#[inline(always)]
+unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    let n = core::mem::size_of::<T>() / 4;
+    let (d, s) = (dst as *mut u32, src as *const u32);
+    let mut i = 0;
+    while i < n {
+        // SAFETY: within both objects (see the contract above).
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
 }
 
 /// Replays the cached outcome of the packet's connection direction, if it
@@ -352,16 +381,13 @@ pub extern "C" fn netctl_lookup_cache(t: u32) -> u32 {
         return MISS;
     };
     // SAFETY: as in `netctl_parse`.
-    let (key, len) = unsafe { ((*s).ct_key, (*s).pkt.ip_len) };
+    let len = unsafe { (*s).pkt.ip_len };
     // SAFETY: as above.
     let (in_if, out_if, path, stamp) = unsafe { ((*s).in_if, (*s).out_if, (*s).path, (*s).stamp) };
-    let Some(e) = NETCTL_CT.get_ptr(key) else {
-        return MISS;
-    };
-    // SAFETY: a live conntrack element, valid until the program returns. A
-    // cache another CPU is rewriting can be read torn; at worst one
-    // packet's counters are off.
-    let c = unsafe { &(*e).cache[((t >> 8) & 1) as usize] };
+    // SAFETY: as above; `track` copied the direction's cache from the live
+    // entry. A cache another CPU was rewriting can be copied torn; at
+    // worst one packet's counters are off.
+    let c = unsafe { &(*s).live_cache };
     if c.serial != stamp
         || u32::from(c.ctstate) != t & 0xff
         || c.in_if != in_if
@@ -468,6 +494,17 @@ pub fn dst_moved() -> bool {
         // `parsed` is set (the caller ran `netctl_prepare` for it).
         unsafe { (*s).parsed != 0 && (*s).pkt.daddr != (*s).orig_pkt.daddr }
     })
+}
+
+/// The clock reading conntrack took for the packet `netctl_prepare`
+/// readied, if it got that far.
+#[inline(always)]
+pub fn packet_time() -> Option<u64> {
+    let s = classify::scratch()?;
+    // SAFETY: this CPU's scratch element; `begin` cleared the time for
+    // this packet, so a non-zero one is this packet's.
+    let now = unsafe { (*s).now };
+    (now != 0).then_some(now)
 }
 
 /// Records the route the packet takes, which its cache is keyed by.

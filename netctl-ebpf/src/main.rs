@@ -17,6 +17,7 @@
 mod classify;
 mod conntrack;
 mod filter;
+mod flows;
 mod l2;
 mod l3;
 mod local;
@@ -179,21 +180,28 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
     let accept = u32::from(verdict::ACCEPT);
     // raw, conntrack and a translated connection's new destination come
     // before the route decision, as in the kernel.
-    if rules && !multicast_frame(&ctx) {
+    let prepared = rules && !multicast_frame(&ctx);
+    if prepared {
         let v = filter::netctl_prepare(ctx.skb.skb, bridge, 0, 0);
         if v != accept {
             maps::account(Some(slot), len, reason::DROP_RULE);
             return TC_ACT_SHOT;
         }
     }
+    // One clock read per packet: conntrack's, when it ran.
+    let now = match prepared.then(filter::packet_time).flatten() {
+        Some(t) => t,
+        // SAFETY: the helper takes no arguments and only reads the clock.
+        None => unsafe { bpf_ktime_get_ns() },
+    };
     let mut d = Decision::pass(reason::PASS_NOT_PORT, path::NONE, 0);
     let moved = rules && filter::dst_moved();
-    d.reason = decide(&ctx, ifindex, port, &mut d, moved);
+    d.reason = decide(&ctx, port, &mut d, moved, now);
     let mut rc = TCX_NEXT;
     if d.path != path::NONE && rules {
         let mut v = filter::netctl_filter(ctx.skb.skb, bridge, u32::from(d.path), d.out_if);
         if v == filter::REROUTE {
-            d.reason = decide(&ctx, ifindex, port, &mut d, filter::dst_moved());
+            d.reason = decide(&ctx, port, &mut d, filter::dst_moved(), now);
             v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 1);
         } else if v == filter::MORE {
             v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 0);
@@ -319,13 +327,10 @@ pub fn netctl_local(ctx: TcContext) -> i32 {
 // Returns `d.reason`, which the caller stores again: with no result used,
 // LLVM may leave the pointer `d` in r0, and the verifier refuses a
 // function that returns a pointer to its caller's stack.
-fn decide(
-    ctx: &TcContext,
-    ifindex: u32,
-    port: *const PortInfo,
-    d: &mut Decision,
-    moved: bool,
-) -> u32 {
+fn decide(ctx: &TcContext, port: *const PortInfo, d: &mut Decision, moved: bool, now: u64) -> u32 {
+    // SAFETY: as in `netctl_ingress` (read again here: eBPF passes at
+    // most five arguments).
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // SAFETY: see the caller; the copy is what this packet is judged by.
     let port = unsafe { *port };
     // A frame shorter than its Ethernet header is the kernel's to drop.
@@ -339,9 +344,6 @@ fn decide(
     };
     // SAFETY: bounds-checked by `ptr_at`; the fields are bytes.
     let (dst, src, proto) = unsafe { ((*eth).dst, (*eth).src, (*eth).proto) };
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
-
     let uplink = port.flags & PORT_F_UPLINK != 0;
     if !uplink {
         l2::learn(&port, ifindex, src, now);

@@ -12,9 +12,10 @@ use netctl_common::{
     CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG_MAX, MAP_CT_MAX, MAP_FDB_MAX,
     MAP_NEIGH_MAX, MAP_PORTS_MAX, MAP_ROUTES_MAX, MAP_RS_CLASS_MAX, MAP_RS_SUMMARY_MAX,
     MAP_RS_WORDS_MAX, NeighEntry, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
-    RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, ct_timeout, hook, reason,
+    RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, ct_timeout, flow_stat, hook,
+    reason,
 };
-use netctl_common::{MAP_IFADDR_MAX, RS_NAT_MAX, RsNat};
+use netctl_common::{MAP_IFADDR_MAX, RS_NAT_MAX, RS_SLOTS_LOW, RsNat};
 
 #[map]
 pub static NETCTL_PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAP_PORTS_MAX, 0);
@@ -30,6 +31,10 @@ pub static NETCTL_NEIGH: HashMap<[u8; 4], NeighEntry> = HashMap::pinned(MAP_NEIG
 
 #[map]
 pub static NETCTL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
+
+/// The flow cache's counters (`netctl_common::MAP_FLOW_STATS`).
+#[map]
+pub static NETCTL_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::pinned(flow_stat::COUNT, 0);
 
 #[map]
 pub static NETCTL_PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::pinned(MAP_PORTS_MAX, 0);
@@ -81,6 +86,10 @@ pub static NETCTL_RS_LOG: Array<[u8; RS_LOG_LEN]> = Array::pinned(2 * RS_LOG_MAX
 #[map]
 pub static NETCTL_RS_COUNTERS: PerCpuHashMap<u32, IfCounters> =
     PerCpuHashMap::pinned(RS_SLOTS_MAX, NO_PREALLOC);
+
+/// The counters of slots below `RS_SLOTS_LOW` (`MAP_RS_COUNTERS_LOW`).
+#[map]
+pub static NETCTL_RS_COUNTERS_LOW: PerCpuArray<IfCounters> = PerCpuArray::pinned(RS_SLOTS_LOW, 0);
 
 #[map]
 pub static NETCTL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAP_CT_MAX, 0);
@@ -169,9 +178,28 @@ pub fn account_xdp(ifindex: u32, len: u64) {
     }
 }
 
+/// Counts one `flow_stat::*` event.
+#[inline(always)]
+pub fn count_flow(what: u32) {
+    if let Some(n) = NETCTL_FLOW_STATS.get_ptr_mut(what) {
+        // SAFETY: this CPU's slot of an array element (see `account`).
+        unsafe { *n = (*n).wrapping_add(1) };
+    }
+}
+
 /// Adds one packet of `len` bytes to rule counter `slot`.
 #[inline(always)]
 pub fn count_rule(slot: u32, len: u32) {
+    if slot < RS_SLOTS_LOW {
+        if let Some(c) = NETCTL_RS_COUNTERS_LOW.get_ptr_mut(slot) {
+            // SAFETY: this CPU's copy of an array element (see `account`).
+            unsafe {
+                (*c).packets = (*c).packets.wrapping_add(1);
+                (*c).bytes = (*c).bytes.wrapping_add(u64::from(len));
+            }
+        }
+        return;
+    }
     if let Some(c) = NETCTL_RS_COUNTERS.get_ptr_mut(slot) {
         // SAFETY: as in `account`: this CPU's copy of a live element.
         unsafe {

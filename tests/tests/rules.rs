@@ -93,6 +93,17 @@ fn count_of(name: &str, rule: &str) -> u64 {
 /// Connects from `ns` to `addr:port` with a 2 s timeout: "connected",
 /// "refused" or "timeout". A listener answers in `server_ns` when given.
 fn connect(ns: &str, server_ns: Option<&str>, addr: &str, port: u16) -> String {
+    connect_with(ns, None, server_ns, addr, port)
+}
+
+/// `connect`, from source port `sport` when given.
+fn connect_with(
+    ns: &str,
+    sport: Option<u16>,
+    server_ns: Option<&str>,
+    addr: &str,
+    port: u16,
+) -> String {
     let server = server_ns.map(|s| {
         spawn_ready(
             s,
@@ -103,8 +114,11 @@ fn connect(ns: &str, server_ns: Option<&str>, addr: &str, port: u16) -> String {
             ),
         )
     });
+    let bind = sport
+        .map(|p| format!("s.bind(('0.0.0.0',{p}))\n"))
+        .unwrap_or_default();
     let client = format!(
-        "import socket\ns=socket.socket();s.settimeout(2)\ntry:\n  s.connect(('{addr}',{port}));print('connected')\n\
+        "import socket\ns=socket.socket()\n{bind}s.settimeout(2)\ntry:\n  s.connect(('{addr}',{port}));print('connected')\n\
          except ConnectionRefusedError:\n  print('refused')\nexcept socket.timeout:\n  print('timeout')\n\
          except OSError as e:\n  print('unreachable' if e.errno == 113 else 'errno %d' % e.errno)"
     );
@@ -439,4 +453,64 @@ COMMIT
     );
     // Containers talking to each other never pass OUTPUT.
     assert!(ping(&a, "10.72.0.2"));
+}
+
+/// New connections are judged from the flow cache by only the fields the
+/// rules looked at: a rule on the source port keeps judging every source
+/// port, the cache serves what does not depend on it (the replies), and
+/// the counters are those of a walk per packet.
+#[test]
+fn the_flow_cache_keys_walks_by_the_fields_the_rules_consulted() {
+    let name = unique("rfc");
+    let _g = Cleanup::new(&name);
+    apply(&name, None);
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    let new_rule = "-A FORWARD -i br-a -o br-b -p tcp -m tcp --dport 8080 -m conntrack --ctstate NEW -j ACCEPT";
+    let sport_rule = "-A FORWARD -i br-a -o br-b -p tcp -m tcp --sport 40000:40999 -j DROP";
+    restore(
+        &name,
+        &format!(
+            "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+{sport_rule}
+{new_rule}
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"
+        ),
+    );
+    let hits = || stats(&name)["flow_cache"]["hit"].as_u64().unwrap();
+    let before = hits();
+    for sport in [41001, 41002, 41003] {
+        assert_eq!(
+            connect_with(&a, Some(sport), Some(&b), "10.72.0.2", 8080),
+            "connected",
+            "from port {sport}"
+        );
+    }
+    assert!(
+        hits() > before,
+        "later connections' replies were not served from the flow cache"
+    );
+    // The source-port rule was refuted by the port for the connections
+    // above; a port in its range must not be served their outcome.
+    assert_eq!(
+        connect_with(&a, Some(40500), Some(&b), "10.72.0.2", 8080),
+        "timeout"
+    );
+    assert_eq!(
+        connect_with(&a, Some(41004), Some(&b), "10.72.0.2", 8080),
+        "connected"
+    );
+    assert_eq!(count_of(&name, new_rule), 4);
+    assert!(count_of(&name, sport_rule) >= 1);
+    // Every connection's SYN-ACK and ACK at least, cached or not.
+    assert!(
+        count_of(
+            &name,
+            "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ) >= 8
+    );
 }

@@ -482,6 +482,13 @@ pub async fn stats(t: TopoOpt, json: bool) -> Result<()> {
     for (k, v) in &s.decisions {
         println!("  {k:<22} {v}");
     }
+    let f = |k| s.flow_cache.get(k).copied().unwrap_or(0);
+    println!(
+        "rule flow cache: {} hit, {} miss, {} stored",
+        f("hit"),
+        f("miss"),
+        f("stored")
+    );
     println!();
     print_port_stats(&s.ports);
     Ok(())

@@ -8,12 +8,13 @@ use std::net::Ipv4Addr;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use netctl_common::{
-    CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG, MAP_CT, MAP_FDB, MAP_NEIGH,
-    MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES,
-    MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS, MAP_STATS, MAP_XDP_STATS, NeighEntry,
-    PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
-    RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ctbit, entry,
-    field, hook, reason, reject, route_kind, tcp_state,
+    CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG, MAP_CT, MAP_FDB, MAP_FLOW_STATS,
+    MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS,
+    MAP_RS_COUNTERS_LOW, MAP_RS_ENTRIES, MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS,
+    MAP_STATS, MAP_XDP_STATS, NeighEntry, PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD,
+    RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey,
+    RuleEntry, config, ct_flag, ctbit, entry, field, flow_stat, hook, reason, reject, route_kind,
+    tcp_state,
 };
 use netctl_common::{
     MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, ct_timeout, nat_bit,
@@ -146,6 +147,8 @@ pub struct PortStatsRow {
 #[derive(Debug, Serialize)]
 pub struct Stats {
     pub decisions: BTreeMap<&'static str, u64>,
+    /// The rule classifier's flow cache: walks replayed, missed, stored.
+    pub flow_cache: BTreeMap<&'static str, u64>,
     pub ports: Vec<PortStatsRow>,
 }
 
@@ -300,12 +303,27 @@ pub fn neigh(topology: &str, names: &Names) -> Result<Vec<NeighRow>> {
 }
 
 pub fn decisions(topology: &str) -> Result<BTreeMap<&'static str, u64>> {
+    named_counts(topology, MAP_STATS, &reason::NAMES)
+}
+
+/// The rule classifier's flow cache counters (hit, miss, stored).
+pub fn flow_stats(topology: &str) -> Result<BTreeMap<&'static str, u64>> {
+    named_counts(topology, MAP_FLOW_STATS, &flow_stat::NAMES)
+}
+
+/// A per-CPU array of counters whose indexes are named by `names`,
+/// summed over CPUs.
+fn named_counts(
+    topology: &str,
+    map: &str,
+    names: &[&'static str],
+) -> Result<BTreeMap<&'static str, u64>> {
     let m: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(open(topology, MAP_STATS)?).map_err(me(MAP_STATS))?;
+        PerCpuArray::try_from(open(topology, map)?).map_err(me(map))?;
     let mut out = BTreeMap::new();
-    for i in 0..reason::COUNT {
-        let per_cpu = m.get(&i, 0).map_err(me(MAP_STATS))?;
-        out.insert(reason::NAMES[i as usize], per_cpu.iter().sum());
+    for (i, name) in (0u32..).zip(names) {
+        let per_cpu = m.get(&i, 0).map_err(me(map))?;
+        out.insert(*name, per_cpu.iter().sum());
     }
     Ok(out)
 }
@@ -340,6 +358,7 @@ pub fn port_stats(topology: &str, names: &Names) -> Result<Vec<PortStatsRow>> {
 pub fn stats(topology: &str, names: &Names) -> Result<Stats> {
     Ok(Stats {
         decisions: decisions(topology)?,
+        flow_cache: flow_stats(topology)?,
         ports: port_stats(topology, names)?,
     })
 }
@@ -1008,18 +1027,8 @@ fn rs_counters_in(topology: &str, live: &Live) -> Result<Vec<CounterRow>> {
                 .push(format!("{}#{i}", hook_name(*h)));
         }
     }
-    let m: PerCpuHashMap<MapData, u32, IfCounters> =
-        PerCpuHashMap::try_from(open(topology, MAP_RS_COUNTERS)?).map_err(me(MAP_RS_COUNTERS))?;
+    let all = super::rule_counters::RuleCounters::open(&topology_dir(topology))?.nonzero()?;
     let mut v = Vec::new();
-    let mut all: Vec<(u32, IfCounters)> = Vec::new();
-    for item in m.iter() {
-        let (slot, per_cpu) = item.map_err(me(MAP_RS_COUNTERS))?;
-        all.push((
-            slot,
-            per_cpu.iter().fold(IfCounters::default(), |a, c| a.add(*c)),
-        ));
-    }
-    all.sort_by_key(|(slot, _)| *slot);
     for (slot, s) in all {
         if s == IfCounters::default() {
             continue;
@@ -1054,6 +1063,7 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
         MAP_ROUTES => Dump::Routes(routes(topology, names)?),
         MAP_NEIGH => Dump::Neigh(neigh(topology, names)?),
         MAP_STATS => Dump::Decisions(decisions(topology)?),
+        MAP_FLOW_STATS => Dump::Decisions(flow_stats(topology)?),
         MAP_PORT_STATS => Dump::PortStats(port_stats(topology, names)?),
         MAP_CONFIG => Dump::Config(config_values(topology)?),
         MAP_XDP_STATS => Dump::IfCounters(xdp_counters(topology, names)?),
@@ -1064,7 +1074,9 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
         MAP_RS_SUMMARY => Dump::RsSummary(rs_summary(topology)?),
         MAP_RS_WORDS => Dump::RsWords(rs_words(topology)?),
         MAP_RS_LOG => Dump::RsLog(rs_log_in(topology, live(topology, cache)?)?),
-        MAP_RS_COUNTERS => Dump::RsCounters(rs_counters_in(topology, live(topology, cache)?)?),
+        MAP_RS_COUNTERS | MAP_RS_COUNTERS_LOW => {
+            Dump::RsCounters(rs_counters_in(topology, live(topology, cache)?)?)
+        }
         MAP_CT_NAT => Dump::CtNat(ct_nat(topology)?),
         MAP_RS_NAT => Dump::RsNat(rs_nat(topology)?),
         MAP_IFADDR => Dump::IfAddr(ifaddrs(topology, names)?),

@@ -26,6 +26,7 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
         (MAP_ROUTES, 8, size_of::<RouteValue>(), MAP_ROUTES_MAX),
         (MAP_NEIGH, 4, size_of::<NeighEntry>(), MAP_NEIGH_MAX),
         (MAP_STATS, 4, 8, reason::COUNT),
+        (MAP_FLOW_STATS, 4, 8, flow_stat::COUNT),
         (MAP_PORT_STATS, 4, size_of::<PortStats>(), MAP_PORTS_MAX),
         (MAP_CONFIG, 4, 4, MAP_CONFIG_MAX),
         (MAP_XDP_STATS, 4, size_of::<IfCounters>(), MAP_PORTS_MAX),
@@ -46,6 +47,12 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
         ),
         (MAP_RS_LOG, 4, RS_LOG_LEN, 2 * RS_LOG_MAX),
         (MAP_RS_COUNTERS, 4, size_of::<IfCounters>(), RS_SLOTS_MAX),
+        (
+            MAP_RS_COUNTERS_LOW,
+            4,
+            size_of::<IfCounters>(),
+            RS_SLOTS_LOW,
+        ),
         (MAP_CT, size_of::<CtKey>(), size_of::<CtEntry>(), MAP_CT_MAX),
         (MAP_CT_TIMEOUTS, 4, 4, ct_timeout::CLASSES),
         (

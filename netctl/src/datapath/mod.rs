@@ -20,6 +20,7 @@ pub mod install;
 mod layout;
 pub mod pins;
 pub mod profile;
+mod rule_counters;
 pub mod ruleset;
 pub mod trace;
 pub mod verify;

@@ -5,18 +5,18 @@
 //! (`GenerationKeys`). Map elements are written and deleted in batches, on
 //! every CPU (see `batch`). Also reads and clears the rule counters.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
-use aya::maps::{Array, IterableMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, MapData};
 use netctl_common::{
-    IfCounters, MAP_CONFIG, MAP_RS_CLASS, MAP_RS_COUNTERS, MAP_RS_ENTRIES, MAP_RS_HOOKS,
-    MAP_RS_LOG, MAP_RS_NAT, MAP_RS_SUMMARY, MAP_RS_WORDS, RS_LOG_LEN, RsClassKey, RsHook, RsNat,
-    RsSummary, RsWordKey, config, hook,
+    MAP_CONFIG, MAP_RS_CLASS, MAP_RS_ENTRIES, MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_NAT, MAP_RS_SUMMARY,
+    MAP_RS_WORDS, RS_LOG_LEN, RsClassKey, RsHook, RsNat, RsSummary, RsWordKey, config, hook,
 };
 
 use super::install::map_at;
 use super::pins::topology_dir;
+use super::rule_counters::RuleCounters;
 use super::{batch, bpf_error};
 use crate::error::{Error, Result};
 use crate::rules::compile::MapImage;
@@ -178,7 +178,7 @@ struct Maps {
     hooks: Array<MapData, RsHook>,
     logs: Array<MapData, [u8; RS_LOG_LEN]>,
     nat: Array<MapData, RsNat>,
-    counters: PerCpuHashMap<MapData, u32, IfCounters>,
+    counters: RuleCounters,
     /// Written and deleted in batches through the raw map (see `batch`).
     entries: MapData,
     class: MapData,
@@ -209,8 +209,7 @@ impl Maps {
             hooks: Array::try_from(map_at(&dir, MAP_RS_HOOKS)?).map_err(e(MAP_RS_HOOKS))?,
             logs: Array::try_from(map_at(&dir, MAP_RS_LOG)?).map_err(e(MAP_RS_LOG))?,
             nat: Array::try_from(map_at(&dir, MAP_RS_NAT)?).map_err(e(MAP_RS_NAT))?,
-            counters: PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?)
-                .map_err(e(MAP_RS_COUNTERS))?,
+            counters: RuleCounters::open(&dir)?,
             entries: pin(MAP_RS_ENTRIES)?,
             class,
             summary,
@@ -352,7 +351,7 @@ pub fn swap(
     }
 
     let t0 = Instant::now();
-    forget_counters(&mut m.counters, fresh_slots)?;
+    m.counters.forget(fresh_slots)?;
     // `RULES_DIRTY` says the generation that is not live may hold
     // leftovers: set while it is written and until the old one is cleared
     // after the switch, so a swap cut short anywhere leaves it set. Then
@@ -401,56 +400,29 @@ pub fn swap(
     ))
 }
 
-/// Removes the counters of `slots` that exist (a missing one reads as
-/// zero, and the datapath creates it with its first count). Only existing
-/// elements are looked at, which are few next to the slots of a ruleset.
-fn forget_counters(m: &mut PerCpuHashMap<MapData, u32, IfCounters>, slots: &[u32]) -> Result<()> {
-    if slots.is_empty() {
-        return Ok(());
-    }
-    let wanted: HashSet<u32> = slots.iter().copied().collect();
-    let map = m.map();
-    let mut present = batch::hash_keys::<u32, IfCounters>(map, MAP_RS_COUNTERS, true)?;
-    present.retain(|k| wanted.contains(k));
-    batch::delete(map, MAP_RS_COUNTERS, &present)?;
-    Ok(())
-}
-
 /// The rule counters of `slots`, summed over CPUs.
 pub fn counters(
     topology: &str,
     slots: &BTreeSet<u32>,
 ) -> Result<std::collections::BTreeMap<u32, Counters>> {
-    let dir = topology_dir(topology);
-    let m: PerCpuHashMap<MapData, u32, IfCounters> =
-        PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
-    let mut out = std::collections::BTreeMap::new();
-    for item in m.iter() {
-        let (slot, values) = item.map_err(e("read rule counters"))?;
-        if !slots.contains(&slot) {
-            continue;
-        }
-        let sum = values.iter().fold(IfCounters::default(), |a, b| a.add(*b));
-        out.insert(
-            slot,
-            Counters {
-                packets: sum.packets,
-                bytes: sum.bytes,
-            },
-        );
-    }
-    for &s in slots {
-        out.entry(s).or_default();
-    }
-    Ok(out)
+    let read = RuleCounters::open(&topology_dir(topology))?.read(slots)?;
+    Ok(read
+        .into_iter()
+        .map(|(slot, c)| {
+            (
+                slot,
+                Counters {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Zeroes the counters of `slots` (`-Z`).
 pub fn zero_counters(topology: &str, slots: &[u32]) -> Result<()> {
-    let dir = topology_dir(topology);
-    let mut m: PerCpuHashMap<MapData, u32, IfCounters> =
-        PerCpuHashMap::try_from(map_at(&dir, MAP_RS_COUNTERS)?).map_err(e(MAP_RS_COUNTERS))?;
-    forget_counters(&mut m, slots)
+    RuleCounters::open(&topology_dir(topology))?.forget(slots)
 }
 
 #[cfg(test)]

@@ -511,6 +511,11 @@ pub struct Coverage {
     pub answered: u64,
     /// Replies that arrived with other addresses or ports than sent.
     pub reversed: u64,
+    /// netctl's rule flow cache over the run (`netctl stats`): walks
+    /// replayed from it, and walks it missed. Hits are walks whose
+    /// agreement with the kernel rests on the cache.
+    pub flow_hits: u64,
+    pub flow_misses: u64,
 }
 
 impl Coverage {
@@ -568,6 +573,13 @@ impl fmt::Display for Coverage {
         )?;
         for (k, v) in &self.by_chain {
             write!(f, " {k}={v}")?;
+        }
+        if self.flow_hits + self.flow_misses > 0 {
+            write!(
+                f,
+                "; netctl's rule flow cache: {} hits, {} misses",
+                self.flow_hits, self.flow_misses
+            )?;
         }
         if self.nat_rules > 0 {
             write!(
@@ -854,6 +866,11 @@ pub fn run(cfg: &Config) -> Result<Report> {
             report.cases += 1;
         }
         report.secs = t0.elapsed().as_secs_f64();
+        if let Some(topo) = labs.netctl.as_ref().and_then(|l| l.topo.as_deref()) {
+            let f = &crate::stats(topo)["flow_cache"];
+            report.coverage.flow_hits = f["hit"].as_u64().unwrap_or(0);
+            report.coverage.flow_misses = f["miss"].as_u64().unwrap_or(0);
+        }
         Ok(report)
     })();
     sock::set_affinity(&old)?;
