@@ -216,10 +216,7 @@ fn replay(s: *mut classify::Scratch, hk: u32, o: *const FlowOutcome) {
 /// entry in `classify::netctl_rs_step`).
 #[inline(always)]
 pub fn nat_side(hk: u32) -> usize {
-    usize::from(
-        hk == u32::from(netctl_common::hook::POSTROUTING)
-            || hk == u32::from(netctl_common::hook::INPUT),
-    )
+    usize::from(hk == u32::from(netctl_common::hook::POSTROUTING))
 }
 
 /// Caches the outcome of the walk just done (see `classify::Walk`), if it

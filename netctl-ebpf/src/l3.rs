@@ -116,11 +116,13 @@ pub fn route_moved(
     src: [u8; 6],
 ) -> Decision {
     let mut d = route(ctx, proto, now, port.bridge);
-    if d.path == path::INPUT {
-        // Up to the host: the kernel bridge passes a frame up only when it
-        // is addressed to the bridge, so it gets the bridge's MAC. (Before
-        // the rules: an answer to it then comes from that MAC, as the
-        // kernel's would.)
+    if d.egress == 0 {
+        // The kernel's to deliver: up to the host, or routed on (or
+        // dropped, or answered) by its new address. The kernel bridge
+        // passes a frame up only when it is addressed to the bridge, and
+        // would otherwise switch it by its old MAC, so it gets the
+        // bridge's. (Before the rules: an answer to it then comes from
+        // that MAC, as the kernel's would.)
         let _ = ctx_store_mac(ctx, port.bridge_mac);
         return d;
     }

@@ -121,12 +121,17 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
         let Some(port) = free_port(s, addr, &a) else {
             return -1;
         };
-        if !rewrite(&ctx, &mut s.pkt, true, addr, port) {
-            return -1;
+        // A translation to what the packet already has binds nothing, as
+        // in the kernel (`nf_nat_setup_info` sets no NAT status then): the
+        // connection's replies and ICMP errors stay as they are.
+        if (addr, port) != (s.pkt.saddr, ports(&s.pkt).0) {
+            if !rewrite(&ctx, &mut s.pkt, true, addr, port) {
+                return -1;
+            }
+            s.binding.flags |= nat_bit::SRC;
+            s.binding.snat_addr = addr;
+            s.binding.snat_port = port;
         }
-        s.binding.flags |= nat_bit::SRC;
-        s.binding.snat_addr = addr;
-        s.binding.snat_port = port;
     }
     // The entry holds the original tuple; the reply tuple (the packet as it
     // now is, turned around) finds it through NETCTL_CT_NAT.
@@ -182,6 +187,11 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
     } else {
         old
     };
+    // As in `netctl_nat_src`: a translation to what the packet has binds
+    // nothing.
+    if (addr, port) == (s.pkt.daddr, old) {
+        return 0;
+    }
     let ctx = TcContext::new(skb);
     if !rewrite(&ctx, &mut s.pkt, false, addr, port) {
         return -1;

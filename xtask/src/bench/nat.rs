@@ -712,6 +712,11 @@ fn summary(s: &Sample) -> String {
             get("redirect_l3"),
             get("redirect_neigh")
         ));
+        v.push(format!(
+            "rule flow cache hit/miss +{}/+{}",
+            get("flow_hit"),
+            get("flow_miss")
+        ));
         if get("drop_nat") != 0 {
             v.push(format!("drop_nat +{}", get("drop_nat")));
         }
@@ -1643,6 +1648,10 @@ fn datapath(topology: &str) -> Option<BTreeMap<String, i64>> {
             .map(|ps| ps.iter().map(|p| p[f].as_i64().unwrap_or(0)).sum())
             .unwrap_or(0);
         d.insert(k.to_string(), sum);
+    }
+    for k in ["hit", "miss"] {
+        let n = v["flow_cache"][k].as_i64().unwrap_or(0);
+        d.insert(format!("flow_{k}"), n);
     }
     Some(d)
 }
