@@ -418,6 +418,16 @@ pub fn confirm(
         cache: [*cache, CtCache::default()],
         nat: CtNat::default(),
     };
+    // A connection reopening its tuple (a SYN on TIME_WAIT, a client port
+    // used again) is rewritten in place: a new element would take a node
+    // from the LRU's free lists and give the old one back, under their
+    // locks, for every connection. Another CPU may read it half written
+    // for a packet of the connection it replaces, which is over.
+    if let Some(e) = NETCTL_CT.get_ptr_mut(key) {
+        // SAFETY: a live element and scratch memory, both `CtEntry`.
+        unsafe { crate::maps::copy_words(e, entry) };
+        return;
+    }
     // A full table evicts the least recently used entry (LRU); a failure
     // only means the next packet is NEW again.
     let _ = NETCTL_CT.insert(key, entry, 0);

@@ -9,7 +9,7 @@
 //! multiplying (checked inline, they cost ~0.4 s of verification per load).
 //! Stages talk through the per-CPU scratch map.
 
-use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netctl_common::{CtCache, CtNat, config, ctbit, field, hook, verdict};
 
 use crate::{
@@ -323,8 +323,7 @@ pub extern "C" fn netctl_track() -> u32 {
     let Some(s) = classify::scratch() else {
         return u32::from(netctl_common::ctbit::INVALID);
     };
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     // SAFETY: as in `netctl_parse`.
     let s = unsafe { &mut *s };
     s.now = now;
@@ -335,12 +334,12 @@ pub extern "C" fn netctl_track() -> u32 {
     s.binding = CtNat::default();
     if let Some(e) = t.entry {
         // SAFETY: a live conntrack element (see `conntrack::live`); both
-        // sides are plain data of the sizes `copy_words` is given.
+        // sides are plain data of the sizes `maps::copy_words` is given.
         unsafe {
-            copy_words(&mut s.live_nat, &(*e).nat);
+            maps::copy_words(&mut s.live_nat, &(*e).nat);
             s.live_orig_addr = (*e).orig_addr;
             s.live_orig_port = (*e).orig_port;
-            copy_words(&mut s.live_cache, &(*e).cache[t.dir & 1]);
+            maps::copy_words(&mut s.live_cache, &(*e).cache[t.dir & 1]);
         }
     }
     s.track = u32::from(t.ctstate)
@@ -348,25 +347,6 @@ pub extern "C" fn netctl_track() -> u32 {
         | (u32::from(t.first) << 16)
         | (u32::from(t.entry.is_some()) << 24);
     s.track
-}
-
-/// Copies a `T` word by word. Between two map values LLVM cannot rule out
-/// an overlap and calls `memmove`, which eBPF runs as a subprogram byte by
-/// byte; volatile word accesses stay what they are.
-///
-/// # Safety
-/// Both pointers must be valid and 4-aligned for a `T` whose size is a
-/// multiple of 4, and `T` must be plain data.
-#[inline(always)]
-unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
-    let n = core::mem::size_of::<T>() / 4;
-    let (d, s) = (dst as *mut u32, src as *const u32);
-    let mut i = 0;
-    while i < n {
-        // SAFETY: within both objects (see the contract above).
-        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
-        i += 1;
-    }
 }
 
 /// Replays the cached outcome of the packet's connection direction, if it
@@ -478,8 +458,7 @@ pub extern "C" fn netctl_store_cache(t: u32, v: u32) -> i32 {
         // The first packet's walk included the nat table, which later
         // packets skip: its outcome is not theirs, so nothing is cached yet.
         s.cache.serial = 0;
-        // SAFETY: the helper takes no arguments and only reads the clock.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = crate::clock::now();
         conntrack::confirm(&s.ct_key, s.ct_state, &s.pkt, now, &s.cache, &mut s.entry);
     }
     0

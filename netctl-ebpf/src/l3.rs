@@ -75,22 +75,28 @@ pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64, bridged_in: u32) -> Deci
         }
     };
 
+    // Not a neighbour the datapath knows: the kernel's to forward, or the
+    // datapath's to send through the kernel's neighbour table, towards the
+    // next hop found here (given to `bpf_redirect_neigh`, it spares the
+    // kernel a route lookup per packet).
+    let mut unknown = Decision::pass(reason::PASS_NO_NEIGH, path::FORWARD, out_bridge);
+    unknown.nexthop = nexthop;
     // SAFETY: the pointer is to a live hash element, valid until the program
     // returns; a concurrent rewrite by userspace can tear the copy, which at
     // worst misdirects one packet the way a stale entry would.
     let Some(neigh) = NETCTL_NEIGH.get_ptr(nexthop).map(|p| unsafe { *p }) else {
-        return Decision::pass(reason::PASS_NO_NEIGH, path::FORWARD, out_bridge);
+        return unknown;
     };
     if neigh.bridge != out_bridge {
-        return Decision::pass(reason::PASS_NO_NEIGH, path::FORWARD, out_bridge);
+        return unknown;
     }
     let Some(entry) = maps::fdb(neigh.bridge, neigh.mac) else {
-        return Decision::pass(reason::PASS_NO_NEIGH, path::FORWARD, out_bridge);
+        return unknown;
     };
     // The FDB key holds the bridge, so the entry's port is on the route's
     // bridge (netctl drops entries of ports that left it).
     if now.saturating_sub(entry.last_seen_ns) > ageing_ns {
-        return Decision::pass(reason::PASS_NO_NEIGH, path::FORWARD, out_bridge);
+        return unknown;
     }
     let mut d = Decision::redirect(reason::REDIRECT_L3, entry.port, out_bridge);
     d.rewrite = true;

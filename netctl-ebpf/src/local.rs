@@ -159,8 +159,7 @@ fn confirm_plain() {
     };
     // SAFETY: this CPU's scratch element.
     let s = unsafe { &mut *s };
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     conntrack::confirm(
         &s.ct_key,
         s.ct_state,

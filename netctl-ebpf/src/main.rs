@@ -15,6 +15,7 @@
 #![no_main]
 
 mod classify;
+mod clock;
 mod conntrack;
 mod filter;
 mod flows;
@@ -30,7 +31,6 @@ mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::PerCpuHashMap,
     programs::{TcContext, XdpContext},
@@ -191,8 +191,7 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
     // One clock read per packet: conntrack's, when it ran.
     let now = match prepared.then(filter::packet_time).flatten() {
         Some(t) => t,
-        // SAFETY: the helper takes no arguments and only reads the clock.
-        None => unsafe { bpf_ktime_get_ns() },
+        None => clock::now(),
     };
     let mut d = Decision::pass(reason::PASS_NOT_PORT, path::NONE, 0);
     let moved = rules && filter::dst_moved();

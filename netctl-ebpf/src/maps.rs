@@ -110,6 +110,25 @@ pub static NETCTL_RS_NAT: Array<RsNat> = Array::pinned(2 * RS_NAT_MAX, 0);
 #[map]
 pub static NETCTL_IFADDR: HashMap<u32, [u8; 4]> = HashMap::pinned(MAP_IFADDR_MAX, 0);
 
+/// Copies a `T` word by word. Between two map values LLVM cannot rule out
+/// an overlap and calls `memmove`, which eBPF runs as a subprogram byte by
+/// byte; volatile word accesses stay what they are.
+///
+/// # Safety
+/// Both pointers must be valid and 4-aligned for a `T` whose size is a
+/// multiple of 4, and `T` must be plain data.
+#[inline(always)]
+pub unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    let n = core::mem::size_of::<T>() / 4;
+    let (d, s) = (dst as *mut u32, src as *const u32);
+    let mut i = 0;
+    while i < n {
+        // SAFETY: within both objects (see the contract above).
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
+
 /// `NETCTL_CONFIG[index]`; a missing slot reads as 0 (off).
 #[inline(always)]
 pub fn config(index: u32) -> u32 {

@@ -135,8 +135,7 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     }
     // The entry holds the original tuple; the reply tuple (the packet as it
     // now is, turned around) finds it through NETCTL_CT_NAT.
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let orig = s.ct_key;
     // The first packet's walk included the nat table, which later packets
     // skip: its outcome is not theirs to replay.
@@ -151,8 +150,20 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     let p = &s.pkt;
     let rk = key(p.proto, p.saddr, ports(p).0, p.daddr, ports(p).1);
     if rk != orig {
-        // A full table evicts its least recently used element (LRU).
-        let _ = NETCTL_CT_NAT.insert(rk, orig, 0);
+        // A reused reply tuple usually leads to the same key already, and
+        // is otherwise rewritten in place (see `conntrack::confirm`).
+        match NETCTL_CT_NAT.get_ptr_mut(rk) {
+            // SAFETY: a live element, a `CtKey` written whole by this CPU.
+            Some(p) => unsafe {
+                if *p != orig {
+                    *p = orig;
+                }
+            },
+            // A full table evicts its least recently used element (LRU).
+            None => {
+                let _ = NETCTL_CT_NAT.insert(rk, orig, 0);
+            }
+        }
     }
     i32::from(s.binding.flags & nat_bit::SRC != 0)
 }
@@ -346,8 +357,7 @@ fn free_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat)
     // SAFETY: this CPU's scratch element; only `candidate` is written
     // below, through the pointer, while `p` reads another field.
     let p = unsafe { &(*s).pkt };
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let (sport, dport) = ports(p);
     let (lo, hi) = if a.flags & nat_range::PORTS != 0 && has_ports(p.proto) {
         (a.port_min, a.port_max.max(a.port_min))
