@@ -12,9 +12,9 @@ use netctl_common::{
     MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS,
     MAP_RS_COUNTERS_LOW, MAP_RS_ENTRIES, MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS,
     MAP_STATS, MAP_XDP_STATS, NeighEntry, PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD,
-    RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NO_SLOT, RouteValue, RsHook, RsSummary, RsWordKey,
-    RuleEntry, config, ct_flag, ctbit, entry, field, flow_stat, hook, reason, reject, route_kind,
-    tcp_state,
+    RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NO_SLOT, RS_SLOTS_LOW, RouteValue, RsHook,
+    RsSummary, RsWordKey, RuleEntry, config, ct_flag, ctbit, entry, field, flow_stat, hook, reason,
+    reject, route_kind, tcp_state,
 };
 use netctl_common::{
     MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, ct_timeout, nat_bit,
@@ -1011,13 +1011,17 @@ pub struct CounterRow {
     pub entries: Vec<String>,
 }
 
-/// Non-zero rule counters, summed over CPUs (the map holds only the slots
-/// that have counted something).
+/// Non-zero rule counters, summed over CPUs, of both counter maps.
 pub fn rs_counters(topology: &str) -> Result<Vec<CounterRow>> {
-    rs_counters_in(topology, live(topology, &mut None)?)
+    rs_counters_in(topology, live(topology, &mut None)?, 0..u32::MAX)
 }
 
-fn rs_counters_in(topology: &str, live: &Live) -> Result<Vec<CounterRow>> {
+/// The non-zero counters of the slots in `slots` (one map's share).
+fn rs_counters_in(
+    topology: &str,
+    live: &Live,
+    slots: std::ops::Range<u32>,
+) -> Result<Vec<CounterRow>> {
     let mut users: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for (h, i, e) in &live.entries {
         if e.slot != RS_NO_SLOT {
@@ -1027,7 +1031,8 @@ fn rs_counters_in(topology: &str, live: &Live) -> Result<Vec<CounterRow>> {
                 .push(format!("{}#{i}", hook_name(*h)));
         }
     }
-    let all = super::rule_counters::RuleCounters::open(&topology_dir(topology))?.nonzero()?;
+    let mut all = super::rule_counters::RuleCounters::open(&topology_dir(topology))?.nonzero()?;
+    all.retain(|(slot, _)| slots.contains(slot));
     let mut v = Vec::new();
     for (slot, s) in all {
         if s == IfCounters::default() {
@@ -1074,9 +1079,16 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
         MAP_RS_SUMMARY => Dump::RsSummary(rs_summary(topology)?),
         MAP_RS_WORDS => Dump::RsWords(rs_words(topology)?),
         MAP_RS_LOG => Dump::RsLog(rs_log_in(topology, live(topology, cache)?)?),
-        MAP_RS_COUNTERS | MAP_RS_COUNTERS_LOW => {
-            Dump::RsCounters(rs_counters_in(topology, live(topology, cache)?)?)
-        }
+        MAP_RS_COUNTERS => Dump::RsCounters(rs_counters_in(
+            topology,
+            live(topology, cache)?,
+            RS_SLOTS_LOW..u32::MAX,
+        )?),
+        MAP_RS_COUNTERS_LOW => Dump::RsCounters(rs_counters_in(
+            topology,
+            live(topology, cache)?,
+            0..RS_SLOTS_LOW,
+        )?),
         MAP_CT_NAT => Dump::CtNat(ct_nat(topology)?),
         MAP_RS_NAT => Dump::RsNat(rs_nat(topology)?),
         MAP_IFADDR => Dump::IfAddr(ifaddrs(topology, names)?),
