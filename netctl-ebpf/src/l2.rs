@@ -1,7 +1,9 @@
 //! The bridge: source learning and forwarding to a known port.
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer};
-use netctl_common::{FdbEntry, FdbKey, PORT_F_HAIRPIN, PortInfo, reason};
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, macros::map, maps::PerCpuArray,
+};
+use netctl_common::{FdbEntry, FdbKey, MAP_PORTS_MAX, PORT_F_HAIRPIN, PortInfo, reason};
 
 use crate::{
     Decision,
@@ -14,16 +16,57 @@ use crate::{
 /// its port, which keeps map writes off most packets.
 const LEARN_REFRESH_NS: u64 = 1_000_000_000;
 
+/// What this CPU last learned on a port (by `PortInfo::slot`): the FDB
+/// entry it found or wrote, and when that entry was refreshed. While that
+/// is recent, the next frame from the same MAC needs no FDB lookup to know
+/// there is nothing to refresh.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Learned {
+    refreshed_ns: u64,
+    ifindex: u32,
+    bridge: u32,
+    mac: [u8; 6],
+    _pad: [u8; 2],
+}
+
+#[map]
+static NETCTL_LEARNED: PerCpuArray<Learned> = PerCpuArray::with_max_entries(MAP_PORTS_MAX, 0);
+
 /// Records that `src` was seen on `ifindex`.
 #[inline(always)]
 pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
     if is_multicast(&src) || mac_u64(&src) == 0 {
         return;
     }
-    let fresh = maps::fdb(port.bridge, src).is_some_and(|e| {
-        e.port == ifindex && now.saturating_sub(e.last_seen_ns) <= LEARN_REFRESH_NS
-    });
-    if fresh {
+    let Some(l) = NETCTL_LEARNED.get_ptr_mut(u32::from(port.slot)) else {
+        return;
+    };
+    // SAFETY: this CPU's copy of an array element, used by this CPU only.
+    let l = unsafe { &mut *l };
+    // The same MAC on the same port of the same bridge as this CPU last
+    // saw, with the entry refreshed less than LEARN_REFRESH_NS ago: the
+    // lookup below would find it fresh. (Should the MAC have been learned
+    // on another port since, it comes back here within that time, as a
+    // flapping MAC's entry would on the kernel bridge at its next frame.)
+    if l.ifindex == ifindex
+        && l.bridge == port.bridge
+        && mac_u64(&l.mac) == mac_u64(&src)
+        && now.saturating_sub(l.refreshed_ns) <= LEARN_REFRESH_NS
+    {
+        return;
+    }
+    let found = maps::fdb(port.bridge, src)
+        .filter(|e| e.port == ifindex && now.saturating_sub(e.last_seen_ns) <= LEARN_REFRESH_NS);
+    let remember = |refreshed_ns| Learned {
+        refreshed_ns,
+        ifindex,
+        bridge: port.bridge,
+        mac: src,
+        _pad: [0; 2],
+    };
+    if let Some(e) = found {
+        *l = remember(e.last_seen_ns);
         return;
     }
     let key = FdbKey {
@@ -37,7 +80,9 @@ pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
         last_seen_ns: now,
     };
     // A failed update (no memory) only means the next frame tries again.
-    let _ = NETCTL_FDB.insert(key, entry, 0);
+    if NETCTL_FDB.insert(key, entry, 0).is_ok() {
+        *l = remember(now);
+    }
 }
 
 /// Switches a unicast frame for `dst`, which is not the bridge itself, to
