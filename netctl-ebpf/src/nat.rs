@@ -45,18 +45,7 @@ pub extern "C" fn netctl_nat_dst(skb: *mut __sk_buff) -> i32 {
     };
     // SAFETY: this CPU's scratch element.
     let s = unsafe { &mut *s };
-    let t = s.track;
-    if (t >> 24) & 1 == 0 {
-        return 0;
-    }
-    // The live entry's binding, as `netctl_track` copied it.
-    let (nat, orig_addr, orig_port) = (s.live_nat, s.live_orig_addr, s.live_orig_port);
-    let reply = (t >> 8) & 1 != 0;
-    let (addr, port) = if !reply && nat.flags & nat_bit::DST != 0 {
-        (nat.dnat_addr, nat.dnat_port)
-    } else if reply && nat.flags & nat_bit::SRC != 0 {
-        (orig_addr, orig_port)
-    } else {
+    let Some((addr, port)) = live_rewrite(s, false) else {
         return 0;
     };
     let ctx = TcContext::new(skb);
@@ -64,6 +53,41 @@ pub extern "C" fn netctl_nat_dst(skb: *mut __sk_buff) -> i32 {
         1
     } else {
         -1
+    }
+}
+
+/// What the live entry's binding (as `netctl_track` copied it) makes of
+/// the packet's source (`src`) or destination: the original direction's
+/// translation of that half, or the reply direction's undoing of the
+/// other half's. None: the packet has no live entry, or nothing to change.
+#[inline(always)]
+fn live_rewrite(s: &classify::Scratch, src: bool) -> Option<([u8; 4], u16)> {
+    let t = s.track;
+    if (t >> 24) & 1 == 0 {
+        return None;
+    }
+    let nat = s.live_nat;
+    let reply = (t >> 8) & 1 != 0;
+    let (own, other) = if src {
+        (nat_bit::SRC, nat_bit::DST)
+    } else {
+        (nat_bit::DST, nat_bit::SRC)
+    };
+    if !reply && nat.flags & own != 0 {
+        Some(if src {
+            (nat.snat_addr, nat.snat_port)
+        } else {
+            (nat.dnat_addr, nat.dnat_port)
+        })
+    } else if reply && nat.flags & other != 0 {
+        // Back to the originator, or from where it first sent to.
+        Some(if src {
+            other_end(&s.ct_key, s.live_orig_addr, s.live_orig_port)
+        } else {
+            (s.live_orig_addr, s.live_orig_port)
+        })
+    } else {
+        None
     }
 }
 
@@ -91,14 +115,7 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     let t = s.track;
     let ctx = TcContext::new(skb);
     if (t >> 24) & 1 != 0 {
-        // As in `netctl_nat_dst`.
-        let (nat, orig_addr, orig_port) = (s.live_nat, s.live_orig_addr, s.live_orig_port);
-        let reply = (t >> 8) & 1 != 0;
-        let (addr, port) = if !reply && nat.flags & nat_bit::SRC != 0 {
-            (nat.snat_addr, nat.snat_port)
-        } else if reply && nat.flags & nat_bit::DST != 0 {
-            other_end(&s.ct_key, orig_addr, orig_port)
-        } else {
+        let Some((addr, port)) = live_rewrite(s, true) else {
             return 0;
         };
         return if rewrite(&ctx, &mut s.pkt, true, addr, port) {

@@ -46,10 +46,24 @@ gateway = "10.74.0.1"
 }
 
 fn apply(name: &str, rules: &str) -> PathBuf {
-    let f = write_file(name, "t.toml", &topology(name, rules));
+    apply_text(name, &topology(name, rules))
+}
+
+/// Applies topology `text` (a variant of `topology`'s).
+fn apply_text(name: &str, text: &str) -> PathBuf {
+    let f = write_file(name, "t.toml", text);
     let o = netctl(&["apply", f.to_str().unwrap()]);
     assert!(o.status.success(), "apply: {}", stderr(&o));
     f
+}
+
+/// The namespaces of `topology`'s containers a, a2 and b.
+fn containers(name: &str) -> (String, String, String) {
+    (
+        format!("{name}-a"),
+        format!("{name}-a2"),
+        format!("{name}-b"),
+    )
 }
 
 /// A server in `ns` on `port` (tcp or udp) that answers each of `n`
@@ -186,14 +200,8 @@ fn snat_to_a_range_picks_the_kernels_address_per_client() {
         r#"addresses = ["10.74.0.1/24", "10.74.0.2/24", "10.74.0.3/24", "10.74.0.4/24"]"#,
     )
     .replace("10.74.0.2/24\"]\ngateway", "10.74.0.9/24\"]\ngateway");
-    let f = write_file(&name, "t.toml", &text);
-    let o = netctl(&["apply", f.to_str().unwrap()]);
-    assert!(o.status.success(), "apply: {}", stderr(&o));
-    let (a, a2, b) = (
-        format!("{name}-a"),
-        format!("{name}-a2"),
-        format!("{name}-b"),
-    );
+    apply_text(&name, &text);
+    let (a, a2, b) = containers(&name);
     let s = peer_server(&b, "tcp", 8080, 2);
     let one = ask(&a, "tcp", "10.74.0.9", 8080, 47000, false);
     let two = ask(&a2, "tcp", "10.74.0.9", 8080, 47001, false);
@@ -214,11 +222,7 @@ fn two_containers_with_the_same_source_port_get_two_translations() {
     let name = unique("npt");
     let _g = Cleanup::new(&name);
     apply(&name, MASQ);
-    let (a, a2, b) = (
-        format!("{name}-a"),
-        format!("{name}-a2"),
-        format!("{name}-b"),
-    );
+    let (a, a2, b) = containers(&name);
     let s = peer_server(&b, "tcp", 8080, 3);
     let one = ask(&a, "tcp", "10.74.0.2", 8080, 42000, false);
     let two = ask(&a2, "tcp", "10.74.0.2", 8080, 42000, false);
@@ -256,14 +260,8 @@ COMMIT\n";
         "addresses = [\"10.73.0.3/24\"]",
         "addresses = [\"10.73.0.3/24\"]\nhairpin = true",
     );
-    let f = write_file(&name, "t.toml", &text);
-    let o = netctl(&["apply", f.to_str().unwrap()]);
-    assert!(o.status.success(), "apply: {}", stderr(&o));
-    let (a, a2, b) = (
-        format!("{name}-a"),
-        format!("{name}-a2"),
-        format!("{name}-b"),
-    );
+    apply_text(&name, &text);
+    let (a, a2, b) = containers(&name);
     // From another bridge: the published port leads to a2, which sees
     // the client's own address.
     let s = peer_server(&a2, "tcp", 80, 3);
@@ -317,9 +315,7 @@ fn docker_defaults_masquerade_outbound_and_publish_ports_through_the_uplink() {
     let name = unique("ndk");
     let _g = Cleanup::new(&name);
     let before = footprint(&name);
-    let f = write_file(&name, "t.toml", &docker(&name));
-    let o = netctl(&["apply", f.to_str().unwrap()]);
-    assert!(o.status.success(), "apply: {}", stderr(&o));
+    apply_text(&name, &docker(&name));
     let (c1, c2, out) = (
         format!("{name}-c1"),
         format!("{name}-c2"),
@@ -382,9 +378,7 @@ fn the_host_reaches_its_own_published_ports() {
     let name = unique("nho");
     let _g = Cleanup::new(&name);
     let before = footprint(&name);
-    let f = write_file(&name, "t.toml", &docker(&name));
-    let o = netctl(&["apply", f.to_str().unwrap()]);
-    assert!(o.status.success(), "apply: {}", stderr(&o));
+    apply_text(&name, &docker(&name));
     let (host, c1) = (format!("{name}-h"), format!("{name}-c1"));
 
     // nat OUTPUT (`-d HOSTADDR -j DOCKER`) sends the host's connections to

@@ -90,29 +90,56 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, name: &str, items: &[(K, V)]) -> Re
         values.clear();
         keys.extend(chunk.iter().map(|(k, _)| *k));
         values.extend(chunk.iter().map(|(_, v)| *v));
-        let mut done = 0usize;
-        while done < chunk.len() {
-            // SAFETY: `keys` and `values` hold `chunk.len()` elements of
-            // the map's key and value types (its Pod types).
-            let (n, err) = unsafe {
-                call(
-                    BPF_MAP_UPDATE_BATCH,
-                    map,
-                    keys[done..].as_ptr().cast(),
-                    values[done..].as_ptr().cast(),
-                    chunk.len() - done,
-                )
-            };
-            if let Some(err) = err {
-                return Err(Error::io(format!("batch update of map {name}"), err));
-            }
-            if n == 0 {
-                return Err(Error::Invalid(format!(
-                    "batch update of map {name} made no progress"
-                )));
-            }
-            done += n;
+        update_chunk(map, name, &keys, &values, 1)?;
+    }
+    Ok(())
+}
+
+/// Sets the values of `keys` in the per-CPU map `map` (hash or array) to
+/// `V::default()` on every CPU, in chunks. `V`'s size must be a multiple
+/// of 8, the kernel's per-CPU value stride.
+pub fn zero_per_cpu<K: Pod, V: Pod + Default>(map: &MapData, name: &str, keys: &[K]) -> Result<()> {
+    debug_assert_eq!(std::mem::size_of::<V>() % 8, 0);
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| Error::io(format!("batch update of map {name}"), e))?;
+    let zeros = vec![V::default(); keys.len().min(CHUNK) * cpus];
+    for chunk in keys.chunks(CHUNK) {
+        update_chunk(map, name, chunk, &zeros[..chunk.len() * cpus], cpus)?;
+    }
+    Ok(())
+}
+
+/// One chunk of an update: `keys`, with `per_key` values each in `values`
+/// (1, or one per possible CPU for a per-CPU map).
+fn update_chunk<K: Pod, V: Pod>(
+    map: &MapData,
+    name: &str,
+    keys: &[K],
+    values: &[V],
+    per_key: usize,
+) -> Result<()> {
+    let mut done = 0usize;
+    while done < keys.len() {
+        // SAFETY: `keys` and `values` hold the map's keys and, `per_key`
+        // to a key, its values (its Pod types), from `done` on.
+        let (n, err) = unsafe {
+            call(
+                BPF_MAP_UPDATE_BATCH,
+                map,
+                keys[done..].as_ptr().cast(),
+                values[done * per_key..].as_ptr().cast(),
+                keys.len() - done,
+            )
+        };
+        if let Some(err) = err {
+            return Err(Error::io(format!("batch update of map {name}"), err));
         }
+        if n == 0 {
+            return Err(Error::Invalid(format!(
+                "batch update of map {name} made no progress"
+            )));
+        }
+        done += n;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-use aya::maps::{IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap, MapData, PerCpuArray, PerCpuHashMap};
 use netctl_common::{IfCounters, MAP_RS_COUNTERS, MAP_RS_COUNTERS_LOW, RS_SLOTS_LOW};
 
 use super::install::map_at;
@@ -38,15 +38,7 @@ impl RuleCounters {
     /// the slots of a ruleset.
     pub fn forget(&mut self, slots: &[u32]) -> Result<()> {
         let (low, high): (Vec<u32>, Vec<u32>) = slots.iter().partition(|&&s| s < RS_SLOTS_LOW);
-        if !low.is_empty() {
-            let cpus =
-                aya::util::nr_cpus().map_err(|(what, err)| Error::io(what.to_string(), err))?;
-            for s in low {
-                let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
-                    .map_err(|err| Error::io("per-CPU zeroes".to_string(), err))?;
-                self.low.set(s, zero, 0).map_err(e(MAP_RS_COUNTERS_LOW))?;
-            }
-        }
+        batch::zero_per_cpu::<u32, IfCounters>(self.low.map(), MAP_RS_COUNTERS_LOW, &low)?;
         if high.is_empty() {
             return Ok(());
         }

@@ -745,11 +745,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
     let prefix = crate::unique("fid");
     let _cleanup = Cleanup::new(&prefix);
     // One CPU for everything the harness sends, so frames queue in order.
-    let old = sock::affinity()?;
-    let cpu = (0..libc::CPU_SETSIZE as usize)
-        .find(|&c| unsafe { libc::CPU_ISSET(c, &old) })
-        .unwrap_or(0);
-    sock::pin_to_cpu(cpu)?;
+    let old = sock::pin_to_first_cpu()?;
     let mut cfg = cfg.clone();
     let mut skipped = None;
     if cfg.netctl && !lab::netctl_has_rules() {
@@ -890,11 +886,7 @@ pub fn replay(
 ) -> Result<(Outcome, Outcome, Delta)> {
     let prefix = crate::unique("fidr");
     let _cleanup = Cleanup::new(&prefix);
-    let old = sock::affinity()?;
-    let cpu = (0..libc::CPU_SETSIZE as usize)
-        .find(|&c| unsafe { libc::CPU_ISSET(c, &old) })
-        .unwrap_or(0);
-    sock::pin_to_cpu(cpu)?;
+    let old = sock::pin_to_first_cpu()?;
     let res = (|| {
         let mut labs = Labs {
             scope,

@@ -375,46 +375,31 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                 .pick(&[Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 2, 0, 1)]),
         ),
     };
+    // Between two containers: to the other's MAC on a shared bridge,
+    // else through the gateway, and the same way back.
+    let between = |to: usize, bridged: bool| {
+        let via = |c| {
+            if bridged {
+                L2Dst::Container(c)
+            } else {
+                L2Dst::Gateway
+            }
+        };
+        (via(to), Some((to, via(from))))
+    };
     let (dst, l2, back) = match peer {
         // What the host forwards to a service address reaches its owner,
         // which answers as if it were that address.
         Peer::Virtual(a, Some(to)) if to != from => {
             // On the sender's subnet: sent to the owner's MAC.
-            let bridged = a.octets()[..3] == me.ip.octets()[..3];
-            (
-                a,
-                if bridged {
-                    L2Dst::Container(to)
-                } else {
-                    L2Dst::Gateway
-                },
-                Some((
-                    to,
-                    if bridged {
-                        L2Dst::Container(from)
-                    } else {
-                        L2Dst::Gateway
-                    },
-                )),
-            )
+            let (l2, back) = between(to, a.octets()[..3] == me.ip.octets()[..3]);
+            (a, l2, back)
         }
         Peer::Virtual(a, _) => (a, L2Dst::Gateway, None),
-        Peer::Container(to, bridged) => (
-            cx.specs[to].ip,
-            if bridged {
-                L2Dst::Container(to)
-            } else {
-                L2Dst::Gateway
-            },
-            Some((
-                to,
-                if bridged {
-                    L2Dst::Container(from)
-                } else {
-                    L2Dst::Gateway
-                },
-            )),
-        ),
+        Peer::Container(to, bridged) => {
+            let (l2, back) = between(to, bridged);
+            (cx.specs[to].ip, l2, back)
+        }
         Peer::Host(a) => (a, L2Dst::Gateway, None),
     };
     let src = if back.is_none() && cx.rng.chance(10) {

@@ -210,6 +210,18 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Pins the calling thread to the first CPU it may run on (see
+/// `pin_to_cpu`); returns the affinity it had, to restore afterwards.
+pub fn pin_to_first_cpu() -> io::Result<libc::cpu_set_t> {
+    let old = affinity()?;
+    // SAFETY: CPU_ISSET reads the set within its bounds (c < CPU_SETSIZE).
+    let cpu = (0..libc::CPU_SETSIZE as usize)
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &old) })
+        .unwrap_or(0);
+    pin_to_cpu(cpu)?;
+    Ok(old)
+}
+
 /// Flushes the IPv4 conntrack table of namespace `ns` (what `conntrack -F`
 /// does: an `IPCTNL_MSG_CT_DELETE` without attributes).
 pub fn flush_conntrack(ns: &str) -> anyhow::Result<()> {
