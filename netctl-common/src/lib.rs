@@ -554,7 +554,14 @@ pub const MAP_CT_MAX: u32 = 65536;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// 1: the second connection of this pair of endpoints. A translated
+    /// connection's original tuple turned around is not its reply tuple,
+    /// so a packet with it starts a connection of its own (the kernel's
+    /// tuples are directional) and, its own reply tuple being the first
+    /// one's original, gets its source port remapped. Both share the
+    /// canonical key; the second is filed under this one.
+    pub clash: u8,
+    pub _pad: [u8; 2],
     /// The lower of the two (address, port) pairs.
     pub a_addr: [u8; 4],
     pub b_addr: [u8; 4],
@@ -595,6 +602,12 @@ pub mod tcp_state {
 pub mod ct_flag {
     /// A packet went in the reply direction (`IPS_SEEN_REPLY`).
     pub const SEEN_REPLY: u8 = 1;
+    /// Stands for the kernel's unconfirmed conntrack of a packet it drops
+    /// after PREROUTING (TTL expiry, no route): it is in no table, so the
+    /// connection's next packet is NEW again, but the ICMP error the host
+    /// sends about the packet is attached to it (`nf_ct_attach`), RELATED
+    /// and translated by its binding. Only such errors find the entry.
+    pub const UNCONFIRMED: u8 = 2;
 }
 
 /// A cached classification of one direction of a connection: the verdict

@@ -97,6 +97,8 @@ pub struct Scratch {
     /// `flows`).
     pub blk_match: [u64; FIELDS],
     pub blk_cons: [u64; FIELDS],
+    /// An ICMP error's translation still to do at the source NAT hook.
+    pub icmp_src_half: crate::nat::IcmpSrcHalf,
     /// The flow cache's key and outcome being looked up or stored.
     pub flow_key: flows::FlowKey,
     pub flow_out: flows::FlowOutcome,

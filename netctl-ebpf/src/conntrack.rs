@@ -154,7 +154,8 @@ pub fn key(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) ->
     if s <= d {
         CtKey {
             proto,
-            _pad: [0; 3],
+            clash: 0,
+            _pad: [0; 2],
             a_addr: saddr,
             b_addr: daddr,
             a_port: sport,
@@ -163,7 +164,8 @@ pub fn key(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) ->
     } else {
         CtKey {
             proto,
-            _pad: [0; 3],
+            clash: 0,
+            _pad: [0; 2],
             a_addr: daddr,
             b_addr: saddr,
             a_port: dport,
@@ -203,11 +205,22 @@ pub fn nat_owner(k: &CtKey, now: u64) -> Option<(CtKey, *mut CtEntry)> {
     Some((o, e))
 }
 
-/// The key of the reply tuple of connection `o`: answers come from its
-/// DNAT target (else its destination) and go to its SNAT source (else its
-/// source). An ICMP query's identifier stands for both "ports".
+/// One end of a tuple: address and port (ICMP: query identifier).
+pub type End = ([u8; 4], u16);
+
+/// The key of the reply tuple of connection `o` (see `reply_ends`).
 #[inline(always)]
 pub fn reply_key(o: &CtKey, e: &CtEntry) -> CtKey {
+    let ((rs, rsp), (rd, rdp)) = reply_ends(o, e);
+    key(o.proto, rs, rsp, rd, rdp)
+}
+
+/// The source and destination of the reply tuple of connection `o`:
+/// answers come from its DNAT target (else its destination) and go to its
+/// SNAT source (else its source). An ICMP query's identifier stands for
+/// both "ports".
+#[inline(always)]
+pub fn reply_ends(o: &CtKey, e: &CtEntry) -> (End, End) {
     let (src, sport) = (e.orig_addr, e.orig_port);
     let (dst, dport) = if o.a_addr == src && o.a_port == sport {
         (o.b_addr, o.b_port)
@@ -228,35 +241,66 @@ pub fn reply_key(o: &CtKey, e: &CtEntry) -> CtKey {
     if o.proto == PROTO_ICMP {
         rsp = rdp;
     }
-    key(o.proto, rs, rsp, rd, rdp)
+    ((rs, rsp), (rd, rdp))
+}
+
+/// Whether the live entry `e` is a connection conntrack knows (not one
+/// standing for an unconfirmed one, see `ct_flag::UNCONFIRMED`).
+#[inline(always)]
+pub fn confirmed(e: *mut CtEntry) -> bool {
+    // SAFETY: a live element (see `live`); a byte, read whole.
+    unsafe { (*e).flags & ct_flag::UNCONFIRMED == 0 }
+}
+
+/// Whether the connection of live entry `e` was opened from `addr`/`port`.
+#[inline(always)]
+fn opened(e: *mut CtEntry, addr: [u8; 4], port: u16) -> bool {
+    // SAFETY: a live element (see `live`); fields read whole.
+    unsafe { (*e).orig_addr == addr && (*e).orig_port == port }
+}
+
+/// Whether a packet from `addr`/`port` under key `k` has one of the
+/// tuples of the connection of live entry `e` (whose key is `k`): its
+/// original, or its reply if that is the original turned around (nothing
+/// translated it).
+#[inline(always)]
+fn has_tuple(k: &CtKey, e: *mut CtEntry, addr: [u8; 4], port: u16) -> bool {
+    // SAFETY: as in `opened`.
+    opened(e, addr, port) || unsafe { (*e).nat.flags == 0 || reply_key(k, &*e) == *k }
 }
 
 /// The live entry for `key`, unless it timed out.
 #[inline(always)]
 pub fn live(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
-    let e = NETCTL_CT.get_ptr_mut(key)?;
+    NETCTL_CT
+        .get_ptr_mut(key)
+        .filter(|e| fresh(key.proto, *e, now))
+}
+
+/// Whether the element `e` (of a connection of protocol `proto`) has not
+/// timed out.
+#[inline(always)]
+fn fresh(proto: u8, e: *mut CtEntry, now: u64) -> bool {
     // SAFETY: a live LRU element, valid until the program returns; fields
     // another CPU updates concurrently are read whole (no tearing within a
     // u64) and at worst one packet is judged by a neighbour's timestamp.
     let last = unsafe { (*e).last_seen_ns };
-    let t = unsafe { timeout_ns(key.proto, &*e) };
-    if now.saturating_sub(last) > t {
-        return None;
-    }
-    Some(e)
+    let t = unsafe { timeout_ns(proto, &*e) };
+    now.saturating_sub(last) <= t
 }
 
 /// Looks the packet's connection up, works out its state and updates an
 /// existing entry. Later fragments and ICMP errors quoting nothing known
 /// are INVALID, as the kernel (which reassembles first) would call them
-/// when it cannot tie them to a connection.
+/// when it cannot tie them to a connection. `local`: the host sent the
+/// packet.
 #[inline(always)]
-pub fn track(p: &Pkt, now: u64) -> Track {
+pub fn track(p: &Pkt, now: u64, local: bool) -> Track {
     if p.later_fragment || !p.l4 {
         return Track::invalid();
     }
     if p.proto == PROTO_ICMP && icmp_is_error(p.icmp_type) {
-        return related(p, now);
+        return related(p, now, local);
     }
     if p.proto == PROTO_TCP && !tcp_flags_valid(p.tcp_flags) {
         return Track::invalid();
@@ -284,13 +328,35 @@ pub fn track(p: &Pkt, now: u64) -> Track {
     };
 
     // A translated connection's reply direction has a tuple of its own,
-    // which leads to the entry's key.
-    let (found, translated) = match live(&k, now) {
+    // which leads to the entry's key. The entry under the packet's key is
+    // its connection only if the packet has one of that connection's
+    // tuples.
+    let at_key = NETCTL_CT.get_ptr_mut(k);
+    let holder = at_key.filter(|e| fresh(k.proto, *e, now) && confirmed(*e));
+    let canonical = holder.filter(|e| has_tuple(&k, *e, p.saddr, sport));
+    let (found, translated) = match canonical {
         Some(e) => (Some(e), false),
-        None => match nat_owner(&k, now) {
+        None => match nat_owner(&k, now).filter(|(_, e)| confirmed(*e)) {
             Some((orig, e)) => {
                 t.key = orig;
                 (Some(e), true)
+            }
+            None if at_key.is_some() => {
+                // The connection may be the one filed beside the holder
+                // (`CtKey::clash`); a new one is, while the holder lives.
+                let second = CtKey { clash: 1, ..k };
+                match live(&second, now).filter(|e| confirmed(*e) && opened(*e, p.saddr, sport)) {
+                    Some(e) => {
+                        t.key = second;
+                        (Some(e), false)
+                    }
+                    None => {
+                        if holder.is_some() {
+                            t.key = second;
+                        }
+                        (None, false)
+                    }
+                }
             }
             None => (None, false),
         },
@@ -370,9 +436,14 @@ fn icmp_request(t: u8) -> bool {
     matches!(t, 8 | 13 | 15 | 17)
 }
 
-/// An ICMP error is RELATED when it quotes a packet of a known connection.
+/// An ICMP error is RELATED when it quotes a packet of a known connection,
+/// or, sent by the host (`local`), one it dropped unconfirmed. As the
+/// kernel does, the quoted tuple is looked up turned around: the error
+/// must travel as a packet with one of the connection's tuples would (a
+/// translated connection's original tuple quoted as it is, for one, is
+/// not). The key of the connection goes to the answer.
 #[inline(always)]
-fn related(p: &Pkt, now: u64) -> Track {
+fn related(p: &Pkt, now: u64, local: bool) -> Track {
     if !p.has_inner {
         return Track::invalid();
     }
@@ -382,25 +453,36 @@ fn related(p: &Pkt, now: u64) -> Track {
         _ => (0, 0),
     };
     let k = key(i.proto, i.saddr, sport, i.daddr, dport);
-    let known = live(&k, now).is_some() || nat_owner(&k, now).is_some();
-    if !known {
+    let usable = |e: *mut CtEntry| local || confirmed(e);
+    // The error's direction starts where the quoted packet was going.
+    let from = (i.daddr, dport);
+    let owner = match live(&k, now).filter(|e| usable(*e) && has_tuple(&k, *e, from.0, from.1)) {
+        Some(_) => Some(k),
+        None => nat_owner(&k, now)
+            // SAFETY: a live element (see `live`).
+            .filter(|(o, e)| usable(*e) && reply_ends(o, unsafe { &**e }).0 == from)
+            .map(|(o, _)| o),
+    };
+    let Some(owner) = owner else {
         return Track::invalid();
-    }
+    };
     let mut t = Track::invalid();
     t.ctstate = ctbit::RELATED;
+    t.key = owner;
     t
 }
 
 /// Creates the entry of a connection whose first packet the rules
-/// accepted; `cache` is what that packet's classification was. The entry
-/// is built in `entry` (scratch map memory: it is too big for the stack).
+/// accepted; `cache` is what that packet's classification was, `flags`
+/// its `ct_flag`s (UNCONFIRMED or none). The entry is built in `entry`
+/// (scratch map memory: it is too big for the stack).
 #[inline(always)]
 pub fn confirm(
     key: &CtKey,
     tcp_state: u8,
     p: &Pkt,
     now: u64,
-    cache: &CtCache,
+    (cache, flags): (&CtCache, u8),
     entry: &mut CtEntry,
 ) {
     *entry = CtEntry {
@@ -410,7 +492,7 @@ pub fn confirm(
             _ => 0,
         },
         tcp_state,
-        flags: 0,
+        flags,
         created_ns: now,
         last_seen_ns: now,
         packets: [1, 0],

@@ -10,7 +10,7 @@
 //! Stages talk through the per-CPU scratch map.
 
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
-use netctl_common::{CtCache, CtNat, config, ctbit, field, hook, verdict};
+use netctl_common::{CtCache, CtNat, config, ct_flag, ctbit, field, hook, verdict};
 
 use crate::{
     classify::{self, CACHE_SLOTS, netctl_classify, netctl_raw},
@@ -58,7 +58,7 @@ pub extern "C" fn netctl_prepare(skb: *mut __sk_buff, in_if: u32, output: u32, o
     };
     let raw_end = h.raw_end;
     if raw_end > 0 {
-        netctl_load_fields(in_if, u32::from(ctbit::INVALID));
+        netctl_load_fields(in_if, u32::from(ctbit::INVALID), 1);
         if output != 0 {
             set(field::OUT, out_if);
         }
@@ -67,7 +67,7 @@ pub extern "C" fn netctl_prepare(skb: *mut __sk_buff, in_if: u32, output: u32, o
             return v;
         }
     }
-    let t = netctl_track();
+    let t = netctl_track(output);
     let nat = if t & 0xff == u32::from(ctbit::RELATED) {
         crate::nat::netctl_nat_icmp(skb)
     } else {
@@ -125,11 +125,24 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     let raw_end = h.raw_end;
 
     // What is cached is what comes after raw (raw runs for every packet).
-    netctl_load_fields(in_if, ctstate);
+    // The kernel's mangle and nat see the packet as it arrived: a live
+    // binding's destination half (`netctl_prepare`) is its nat hook's
+    // doing. So does the rest of PREROUTING (nothing follows nat there);
+    // filter OUTPUT, after nat OUTPUT, sees it translated.
+    netctl_load_fields(in_if, ctstate, 1);
     if output {
         set(field::OUT, out_if);
     }
-    let v = netctl_classify(generation, first_hook, first, raw_end, u32::MAX);
+    let split = if output && translated() {
+        h.nat_end.max(raw_end)
+    } else {
+        u32::MAX
+    };
+    let mut v = netctl_classify(generation, first_hook, first, raw_end, split);
+    if v == accept && split != u32::MAX {
+        reload_header();
+        v = netctl_classify(generation, first_hook, first, split, u32::MAX);
+    }
     if v != accept {
         netctl_store_cache(t, v);
         return v;
@@ -171,12 +184,10 @@ pub extern "C" fn netctl_filter_rest(in_if: u32, route: u32, out_if: u32, rerout
         s.in_if = in_if;
         s.out_if = out;
         s.path = path;
-        s.values[field::DST as usize] = s.pkt.daddr;
-        if matches!(s.pkt.proto, PROTO_TCP | PROTO_UDP) && s.pkt.l4 {
-            let dp = s.pkt.dport.to_be_bytes();
-            s.values[field::DPORT as usize] = [dp[0], dp[1], 0, 0];
-        }
     }
+    // The first hook saw the packet as it arrived; these see it after the
+    // destination half of its NAT.
+    reload_header();
     let all = u32::MAX;
     let mut v = accept;
     if path == u32::from(path::INPUT) {
@@ -236,7 +247,7 @@ pub extern "C" fn netctl_filter_answer(skb: *mut __sk_buff, out_if: u32, flags: 
     }
     let generation = maps::config(config::RULES_SERIAL) & 1;
     let all = u32::MAX;
-    netctl_load_fields(0, ctstate);
+    netctl_load_fields(0, ctstate, 0);
     set(field::OUT, out_if);
     let output = u32::from(hook::OUTPUT);
     let mut v = answer_first_hook(generation, output);
@@ -244,7 +255,7 @@ pub extern "C" fn netctl_filter_answer(skb: *mut __sk_buff, out_if: u32, flags: 
         v = netctl_classify(generation, u32::from(hook::POSTROUTING), nat, 0, all);
     }
     if v == accept && flags & ANSWER_LOCAL != 0 {
-        netctl_load_fields(LOOPBACK, ctstate);
+        netctl_load_fields(LOOPBACK, ctstate, 0);
         v = answer_first_hook(generation, u32::from(hook::PREROUTING));
         if v == accept {
             v = netctl_classify(generation, u32::from(hook::INPUT), 0, 0, all);
@@ -289,6 +300,7 @@ pub fn begin(skb: *mut __sk_buff) -> bool {
         (*s).parsed = 0;
         (*s).track = u32::from(ctbit::INVALID);
         (*s).now = 0;
+        (*s).icmp_src_half.pending = 0;
     }
     if netctl_parse(skb) == 0 {
         return false;
@@ -314,12 +326,13 @@ pub extern "C" fn netctl_parse(skb: *mut __sk_buff) -> u32 {
     u32::from(packet::parse(&ctx, unsafe { &mut (*s).pkt }))
 }
 
-/// Tracks the packet's connection. Returns its conntrack state in bits
-/// 0..8, the direction in bit 8, "starts a connection" in bit 16 and "has
-/// a live entry" in bit 24; the key and new TCP state go to the scratch map.
+/// Tracks the packet's connection (`local`: one the host sent). Returns
+/// its conntrack state in bits 0..8, the direction in bit 8, "starts a
+/// connection" in bit 16 and "has a live entry" in bit 24; the key and new
+/// TCP state go to the scratch map.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn netctl_track() -> u32 {
+pub extern "C" fn netctl_track(local: u32) -> u32 {
     let Some(s) = classify::scratch() else {
         return u32::from(netctl_common::ctbit::INVALID);
     };
@@ -327,7 +340,7 @@ pub extern "C" fn netctl_track() -> u32 {
     // SAFETY: as in `netctl_parse`.
     let s = unsafe { &mut *s };
     s.now = now;
-    let t = conntrack::track(&s.pkt, now);
+    let t = conntrack::track(&s.pkt, now, local != 0);
     s.ct_key = t.key;
     s.ct_state = t.new_state;
     s.nat = [0, 0];
@@ -388,32 +401,24 @@ pub extern "C" fn netctl_lookup_cache(t: u32) -> u32 {
 }
 
 /// Fills the scratch map with the packet's field values for the
-/// classifier; PREROUTING sees no output interface.
+/// classifier: as it arrived (`as_arrived`, before any NAT `begin` saw it
+/// undergo) or as it now is. PREROUTING sees no output interface.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn netctl_load_fields(in_if: u32, ctstate: u32) -> i32 {
+pub extern "C" fn netctl_load_fields(in_if: u32, ctstate: u32, as_arrived: u32) -> i32 {
     let Some(s) = classify::scratch() else {
         return -1;
     };
     // SAFETY: as in `netctl_parse`.
     let s = unsafe { &mut *s };
-    let p = &s.pkt;
-    let (sport, dport) = match p.proto {
-        PROTO_TCP | PROTO_UDP if p.l4 => (p.sport, p.dport),
-        _ => (0, 0),
-    };
+    let p = if as_arrived != 0 { &s.orig_pkt } else { &s.pkt };
+    header_values(&mut s.values, p);
     let icmp = if p.proto == PROTO_ICMP && p.l4 {
         [p.icmp_type, p.icmp_code]
     } else {
         [0, 0]
     };
-    let sp = sport.to_be_bytes();
-    let dp = dport.to_be_bytes();
-    s.values[field::SRC as usize] = p.saddr;
-    s.values[field::DST as usize] = p.daddr;
     s.values[field::PROTO as usize] = [p.proto, 0, 0, 0];
-    s.values[field::SPORT as usize] = [sp[0], sp[1], 0, 0];
-    s.values[field::DPORT as usize] = [dp[0], dp[1], 0, 0];
     s.values[field::ICMP as usize] = [icmp[0], icmp[1], 0, 0];
     s.values[field::IN as usize] = in_if.to_be_bytes();
     s.values[field::OUT as usize] = [0; 4];
@@ -422,6 +427,42 @@ pub extern "C" fn netctl_load_fields(in_if: u32, ctstate: u32) -> i32 {
     s.nslots = 0;
     s.uncacheable = 0;
     0
+}
+
+/// Addresses and ports of `p` as field values (NAT changes nothing else).
+#[inline(always)]
+fn header_values(values: &mut [[u8; 4]; field::COUNT as usize], p: &packet::Pkt) {
+    let (sport, dport) = match p.proto {
+        PROTO_TCP | PROTO_UDP if p.l4 => (p.sport, p.dport),
+        _ => (0, 0),
+    };
+    let sp = sport.to_be_bytes();
+    let dp = dport.to_be_bytes();
+    values[field::SRC as usize] = p.saddr;
+    values[field::DST as usize] = p.daddr;
+    values[field::SPORT as usize] = [sp[0], sp[1], 0, 0];
+    values[field::DPORT as usize] = [dp[0], dp[1], 0, 0];
+}
+
+/// Sets the address and port fields to the packet as it now is, keeping
+/// the rest (and the counters bumped so far).
+#[inline(always)]
+fn reload_header() {
+    if let Some(s) = classify::scratch() {
+        // SAFETY: this CPU's scratch element.
+        let s = unsafe { &mut *s };
+        header_values(&mut s.values, &s.pkt);
+    }
+}
+
+/// Whether NAT has changed the packet's addresses or ports since `begin`.
+#[inline(always)]
+fn translated() -> bool {
+    classify::scratch().is_some_and(|s| {
+        // SAFETY: this CPU's scratch element.
+        let (p, o) = unsafe { (&(*s).pkt, &(*s).orig_pkt) };
+        p.saddr != o.saddr || p.daddr != o.daddr || p.sport != o.sport || p.dport != o.dport
+    })
 }
 
 /// Records the outcome `v` in the connection's entry, or creates the entry
@@ -452,14 +493,32 @@ pub extern "C" fn netctl_store_cache(t: u32, v: u32) -> i32 {
             // SAFETY: a live conntrack element; the cache is replaced whole.
             unsafe { (*e).cache[((t >> 8) & 1) as usize] = s.cache };
         }
-    } else if (t >> 16) & 1 != 0 && v == u32::from(verdict::ACCEPT) && s.nat == [0, 0] {
-        // (A connection the nat table translates is confirmed with its
-        // binding, by `nat::netctl_nat_src`.)
+    } else if (t >> 16) & 1 != 0
+        && v == u32::from(verdict::ACCEPT)
+        && s.nat == [0, 0]
+        && s.ct_key.clash == 0
+    {
+        // (A connection the nat table translates, or whose tuple clashes,
+        // is confirmed with its binding, by `nat::netctl_nat_src`.)
         // The first packet's walk included the nat table, which later
         // packets skip: its outcome is not theirs, so nothing is cached yet.
         s.cache.serial = 0;
         let now = crate::clock::now();
-        conntrack::confirm(&s.ct_key, s.ct_state, &s.pkt, now, &s.cache, &mut s.entry);
+        // A packet the kernel drops after PREROUTING never reaches
+        // conntrack's confirmation (see `ct_flag::UNCONFIRMED`).
+        let flags = if s.path == u32::from(path::PRE) {
+            ct_flag::UNCONFIRMED
+        } else {
+            0
+        };
+        conntrack::confirm(
+            &s.ct_key,
+            s.ct_state,
+            &s.pkt,
+            now,
+            (&s.cache, flags),
+            &mut s.entry,
+        );
     }
     0
 }

@@ -2,9 +2,14 @@
 //! topology's bridges as the host namespace's IPv4 stack would.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::bpf_redirect_neigh,
-    maps::lpm_trie::Key,
+    bindings::{
+        __sk_buff, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
+        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+    },
+    cty::c_void,
+    helpers::{bpf_fib_lookup, bpf_redirect_neigh},
+    macros::map,
+    maps::{PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use netctl_common::{PORT_F_HAIRPIN, PortInfo, config, reason, route_kind};
@@ -84,23 +89,39 @@ pub fn route(ctx: &TcContext, proto: [u8; 2], now: u64, bridged_in: u32) -> Deci
     // SAFETY: the pointer is to a live hash element, valid until the program
     // returns; a concurrent rewrite by userspace can tear the copy, which at
     // worst misdirects one packet the way a stale entry would.
-    let Some(neigh) = NETCTL_NEIGH.get_ptr(nexthop).map(|p| unsafe { *p }) else {
-        return unknown;
-    };
-    if neigh.bridge != out_bridge {
-        return unknown;
-    }
-    let Some(entry) = maps::fdb(neigh.bridge, neigh.mac) else {
-        return unknown;
+    let known = NETCTL_NEIGH
+        .get_ptr(nexthop)
+        .map(|p| unsafe { *p })
+        .filter(|n| n.bridge == out_bridge)
+        .map(|n| n.mac);
+    // Bridged again, a frame goes to whatever MAC the host's neighbour
+    // table gives its next hop, as br_netfilter sends it
+    // (`br_nf_pre_routing_finish_bridge`): a neighbour that is not a
+    // container, or one the datapath has not been told of.
+    let mac = match known {
+        Some(m) => m,
+        None if again => match kernel_neigh(ctx, out_bridge, nexthop) {
+            Some(m) => m,
+            None => return unknown,
+        },
+        None => return unknown,
     };
     // The FDB key holds the bridge, so the entry's port is on the route's
     // bridge (netctl drops entries of ports that left it).
-    if now.saturating_sub(entry.last_seen_ns) > ageing_ns {
+    let Some(entry) =
+        maps::fdb(out_bridge, mac).filter(|e| now.saturating_sub(e.last_seen_ns) <= ageing_ns)
+    else {
+        if again {
+            // The kernel bridge floods it, as it would the frame
+            // br_netfilter hands it, to every port but this one.
+            unknown.dst_mac = mac;
+            unknown.bridged = true;
+        }
         return unknown;
-    }
+    };
     let mut d = Decision::redirect(reason::REDIRECT_L3, entry.port, out_bridge);
     d.rewrite = true;
-    d.dst_mac = neigh.mac;
+    d.dst_mac = mac;
     d.src_mac = out_mac;
     d.bridged = again;
     d
@@ -128,8 +149,14 @@ pub fn route_moved(
         // passes a frame up only when it is addressed to the bridge, and
         // would otherwise switch it by its old MAC, so it gets the
         // bridge's. (Before the rules: an answer to it then comes from
-        // that MAC, as the kernel's would.)
-        let _ = ctx_store_mac(ctx, port.bridge_mac);
+        // that MAC, as the kernel's would.) Bridged again to a MAC no
+        // port is known for, it gets that MAC, for the bridge to flood.
+        let mac = if d.bridged {
+            d.dst_mac
+        } else {
+            port.bridge_mac
+        };
+        let _ = ctx_store_mac(ctx, mac);
         return d;
     }
     if !d.bridged {
@@ -141,6 +168,60 @@ pub fn route_moved(
     d.reason = reason::REDIRECT_L2;
     d.src_mac = src;
     d
+}
+
+/// The MAC the host's neighbour table has for `nexthop` (network order)
+/// on bridge `out_if`, if it has a usable one.
+#[inline(always)]
+fn kernel_neigh(ctx: &TcContext, out_if: u32, nexthop: [u8; 4]) -> Option<[u8; 6]> {
+    let m = netctl_kernel_neigh(ctx.skb.skb, out_if, u32::from_ne_bytes(nexthop));
+    (m >> 48 != 0).then(|| {
+        let b = m.to_be_bytes();
+        [b[2], b[3], b[4], b[5], b[6], b[7]]
+    })
+}
+
+/// `netctl_kernel_neigh`'s parameter block: in map memory, since the
+/// frames of the deepest call chain through `decide` leave no room for
+/// its 64 bytes on the stack.
+#[map]
+static NETCTL_FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// `kernel_neigh`'s lookup: the MAC in the low 48 bits and bit 48 set, or
+/// 0. The lookup is the kernel's route lookup out of `out_if` (which the
+/// datapath's route agrees with), and fails when the neighbour is not
+/// resolved (`BPF_FIB_LKUP_RET_NO_NEIGH`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_kernel_neigh(skb: *mut __sk_buff, out_if: u32, nexthop: u32) -> u64 {
+    let Some(q) = NETCTL_FIB_PARAMS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's element, used by nothing else while the program
+    // runs; all-zero is a valid `bpf_fib_lookup` (plain integers and
+    // unions of them).
+    let q = unsafe {
+        core::ptr::write_bytes(q, 0, 1);
+        &mut *q
+    };
+    q.family = 2; // AF_INET
+    q.ifindex = out_if;
+    q.__bindgen_anon_4.ipv4_dst = nexthop;
+    // SAFETY: `q` is a valid parameter block for the call, with its size;
+    // `skb` is the program's context.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            skb as *mut c_void,
+            q,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || q.ifindex != out_if {
+        return 0;
+    }
+    let m = q.dmac;
+    u64::from_be_bytes([0, 1, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 
 /// Rewrites a routed frame for its next hop: MACs, TTL, header checksum.

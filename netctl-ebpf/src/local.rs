@@ -46,7 +46,7 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     if !filter::begin(skb) {
         return PASS;
     }
-    let t = netctl_track();
+    let t = netctl_track(1);
     let first = (t >> 16) & 1 != 0;
     let live = (t >> 24) & 1 != 0;
     if live {
@@ -57,7 +57,7 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
         if d == 0 {
             // Not translated here: the reply direction's undoing of a
             // source NAT (if any) is the only change.
-            return if nat::netctl_nat_src(skb, LOOPBACK) < 0 {
+            return if nat::netctl_nat_src(skb, LOOPBACK, 0) < 0 {
                 DROP
             } else {
                 PASS
@@ -76,7 +76,7 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     let (nat_start, nat_end) = (h.nat_start, h.nat_end);
     // SAFETY: this CPU's scratch element. What the entry will cache: none.
     unsafe { (*s).cache = CtCache::default() };
-    netctl_load_fields(0, t & 0xff);
+    netctl_load_fields(0, t & 0xff, 0);
     filter::set(field::OUT, LOOPBACK);
     // The nat table cannot drop; its verdict is ACCEPT.
     let _ = netctl_classify(generation, output, 1, nat_start, nat_end);
@@ -122,7 +122,7 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
         .get(generation * u32::from(hook::COUNT) + output)
         .map_or(0, |h| h.nat_end);
     let accept = u32::from(verdict::ACCEPT);
-    netctl_load_fields(0, ctstate);
+    netctl_load_fields(0, ctstate, 0);
     filter::set(field::OUT, out);
     let mut v = netctl_classify(generation, output, 0, nat_end, u32::MAX);
     if v == accept {
@@ -131,7 +131,7 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
     }
     // A REJECT here answers nothing: the host's own connection is refused
     // by dropping its packet.
-    if v != accept || nat::netctl_nat_src(skb, out) < 0 {
+    if v != accept || nat::netctl_nat_src(skb, out, 0) < 0 {
         return DROP;
     }
     if local {
@@ -165,7 +165,7 @@ fn confirm_plain() {
         s.ct_state,
         &s.orig_pkt,
         now,
-        &CtCache::default(),
+        (&CtCache::default(), 0),
         &mut s.entry,
     );
 }

@@ -206,7 +206,7 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
             v = filter::netctl_filter_rest(bridge, u32::from(d.path), d.out_if, 0);
         }
         if v == accept {
-            let n = nat::netctl_nat_src(ctx.skb.skb, d.out_if);
+            let n = nat::netctl_nat_src(ctx.skb.skb, d.out_if, u32::from(d.path == path::PRE));
             if n < 0 {
                 maps::account(Some(slot), len, reason::DROP_NAT);
                 return TC_ACT_SHOT;
@@ -283,7 +283,7 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
     if v == filter::MORE {
         v = filter::netctl_filter_rest(0, output, bridge, 0);
     }
-    if v == accept && nat::netctl_nat_src(ctx.skb.skb, bridge) < 0 {
+    if v == accept && nat::netctl_nat_src(ctx.skb.skb, bridge, 0) < 0 {
         v = u32::from(verdict::DROP);
     }
     if v == accept {

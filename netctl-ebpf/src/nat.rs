@@ -20,7 +20,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use netctl_common::{CtKey, RS_NAT_MAX, config, nat_bit, nat_kind, nat_range};
+use netctl_common::{CtKey, RS_NAT_MAX, config, ct_flag, nat_bit, nat_kind, nat_range};
 
 use crate::{
     classify,
@@ -96,12 +96,15 @@ fn live_rewrite(s: &classify::Scratch, src: bool) -> Option<([u8; 4], u16)> {
 /// For a connection's first packet, the nat table's choices (in the
 /// scratch map) become its binding first, and its entry is created.
 /// `out_if` is the outgoing interface (MASQUERADE takes its address).
+/// `dropped`: the kernel drops the packet after PREROUTING; it gets no
+/// source half, and a first packet's entry is left unconfirmed
+/// (`ct_flag::UNCONFIRMED`).
 /// Returns 1 if the source was rewritten, 0 if not, or -1 if the packet
 /// must be dropped (no address to masquerade to, no free port, a failed
 /// rewrite).
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
+pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32, dropped: u32) -> i32 {
     let Some(s) = classify::scratch() else {
         return 0;
     };
@@ -112,9 +115,15 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     if s.parsed == 0 {
         return 0;
     }
+    if s.icmp_src_half.pending != 0 && dropped == 0 {
+        return netctl_nat_icmp_src(skb);
+    }
     let t = s.track;
     let ctx = TcContext::new(skb);
     if (t >> 24) & 1 != 0 {
+        if dropped != 0 {
+            return 0;
+        }
         let Some((addr, port)) = live_rewrite(s, true) else {
             return 0;
         };
@@ -125,11 +134,27 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
         };
     }
     // A connection's first packet: only it gets a binding.
-    if (t >> 16) & 1 == 0 || s.nat[0] | s.nat[1] == 0 {
+    let clash = s.ct_key.clash != 0;
+    if (t >> 16) & 1 == 0 || s.nat[0] | s.nat[1] == 0 && !clash {
         return 0;
     }
-    if s.nat[1] != 0 {
-        let Some(a) = action(s.nat[1]) else {
+    if dropped == 0 {
+        // Without a source NAT rule, the kernel's null binding: the
+        // source as it is, its port remapped if the reply tuple is taken
+        // (which it is for a clashing tuple, see `CtKey::clash`, unless a
+        // destination NAT moved the connection; or after a destination
+        // NAT, by another connection to the same new destination).
+        let a = if s.nat[1] != 0 {
+            action(s.nat[1])
+        } else {
+            Some(netctl_common::RsNat {
+                kind: nat_kind::SNAT,
+                addr_min: s.pkt.saddr,
+                addr_max: s.pkt.saddr,
+                ..Default::default()
+            })
+        };
+        let Some(a) = a else {
             return -1;
         };
         let Some(addr) = to_addr(&a, out_if, &s.pkt) else {
@@ -157,13 +182,42 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
     // The first packet's walk included the nat table, which later packets
     // skip: its outcome is not theirs to replay.
     s.cache.serial = 0;
-    conntrack::confirm(&orig, s.ct_state, &s.orig_pkt, now, &s.cache, &mut s.entry);
+    let flags = if dropped != 0 {
+        ct_flag::UNCONFIRMED
+    } else {
+        0
+    };
+    conntrack::confirm(
+        &orig,
+        s.ct_state,
+        &s.orig_pkt,
+        now,
+        (&s.cache, flags),
+        &mut s.entry,
+    );
     if let Some(e) = NETCTL_CT.get_ptr_mut(orig) {
         // SAFETY: the element just created; nothing else knows it yet
         // but this connection's packets on other CPUs, which read the
         // binding only once it is complete.
         unsafe { (*e).nat = s.binding };
     }
+    netctl_nat_reply_tuple();
+    i32::from(s.binding.flags & nat_bit::SRC != 0)
+}
+
+/// Files the reply tuple of the connection `netctl_nat_src` has just
+/// created (the packet as it now is, turned around) under its key. A
+/// function of its own, to keep the keys off `netctl_nat_src`'s frame,
+/// which lies on the deepest call chains.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_reply_tuple() -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &*s };
+    let orig = s.ct_key;
     let p = &s.pkt;
     let rk = key(p.proto, p.saddr, ports(p).0, p.daddr, ports(p).1);
     if rk != orig {
@@ -182,7 +236,7 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32) -> i32 {
             }
         }
     }
-    i32::from(s.binding.flags & nat_bit::SRC != 0)
+    0
 }
 
 /// Applies the destination NAT the nat table chose at PREROUTING for a
@@ -368,7 +422,8 @@ fn other_end(k: &CtKey, orig_addr: [u8; 4], orig_port: u16) -> ([u8; 4], u16) {
 /// `addr` whose reply tuple no other connection uses: the packet's own if
 /// it is free and allowed, else one of the range (`--to-ports`, or the
 /// kernel's default class of the original port: 1–511, 600–1023,
-/// 1024–65535).
+/// 1024–65535). None if there is none (for a protocol without ports:
+/// if its one tuple is taken).
 #[inline(always)]
 fn free_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat) -> Option<u16> {
     // SAFETY: this CPU's scratch element; only `candidate` is written
@@ -381,7 +436,12 @@ fn free_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat)
     } else if p.proto == PROTO_ICMP {
         (0, u16::MAX)
     } else if !has_ports(p.proto) {
-        return Some(0);
+        // Nothing to remap: a taken tuple clashes, and the kernel drops
+        // the packet when it confirms the connection.
+        let rk = key(p.proto, addr, 0, p.daddr, 0);
+        // SAFETY: this CPU's scratch element.
+        unsafe { (*s).candidate = rk };
+        return (netctl_nat_taken(now) == 0).then_some(0);
     } else if sport < 512 {
         (1, 511)
     } else if sport < 1024 {
@@ -430,10 +490,13 @@ pub extern "C" fn netctl_nat_taken(now: u64) -> u32 {
     };
     // SAFETY: this CPU's scratch element.
     let (k, own) = unsafe { ((*s).candidate, (*s).ct_key) };
-    if k != own && conntrack::live(&k, now).is_some() {
+    // Unconfirmed connections are in no table: they take nothing.
+    if k != own && conntrack::live(&k, now).is_some_and(conntrack::confirmed) {
         return 1;
     }
-    u32::from(conntrack::nat_owner(&k, now).is_some_and(|(o, _)| o != own))
+    u32::from(
+        conntrack::nat_owner(&k, now).is_some_and(|(o, e)| o != own && conntrack::confirmed(e)),
+    )
 }
 
 /// Rewrites the packet's source (`src`) or destination address and port
@@ -523,12 +586,33 @@ fn rewrite(ctx: &TcContext, p: &mut Pkt, src: bool, addr: [u8; 4], port: u16) ->
     true
 }
 
+/// The half of an ICMP error's translation that belongs to the source
+/// NAT hook (nat POSTROUTING, or INPUT), worked out with the other half
+/// at the first hook and applied by `netctl_nat_src`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct IcmpSrcHalf {
+    /// 1 while there is one to apply.
+    pub pending: u32,
+    /// The quoted packet's new destination and port.
+    pub quoted: [u8; 4],
+    pub quoted_port: u16,
+    _pad: u16,
+    /// The error's new source.
+    pub outer: [u8; 4],
+}
+
 /// An ICMP error about a translated connection, translated as the
 /// kernel's nf_nat_icmp_reply_translation does: the quoted packet is
 /// turned back into what its sender sent (or saw), and the error's own
 /// addresses get the binding of the direction it travels. Checksums of the
-/// quoted header and transport and of the ICMP message follow. Returns 1
-/// if the packet changed, 0 if not, -1 if it must be dropped.
+/// quoted header and transport and of the ICMP message follow.
+///
+/// As in the kernel, each nat hook does its own half: this one, at the
+/// first hook (PREROUTING, OUTPUT), the quoted source and the error's
+/// destination; the quoted destination and the error's source wait for
+/// `netctl_nat_src`, so that the hooks between see what the kernel's do.
+/// Returns 1 if the packet changed, 0 if not, -1 if it must be dropped.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
@@ -542,19 +626,9 @@ pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
         return 0;
     }
     let i = p.inner;
-    let (isport, idport) = match i.proto {
-        PROTO_TCP | PROTO_UDP | PROTO_ICMP => (i.sport, i.dport),
-        _ => (0, 0),
-    };
-    let k = key(i.proto, i.saddr, isport, i.daddr, idport);
-    let orig = if NETCTL_CT.get_ptr(k).is_some() {
-        k
-    } else if let Some(o) = NETCTL_CT_NAT.get_ptr(k) {
-        // SAFETY: a live element; copied at once.
-        unsafe { *o }
-    } else {
-        return 0;
-    };
+    let (isport, _) = quoted_ports(&p);
+    // The connection tracking tied the error to.
+    let orig = s.ct_key;
     let Some(e) = NETCTL_CT.get_ptr(orig) else {
         return 0;
     };
@@ -604,6 +678,71 @@ pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
             ),
         )
     };
+    s.icmp_src_half = IcmpSrcHalf {
+        pending: 1,
+        quoted: qd,
+        quoted_port: qdp,
+        _pad: 0,
+        outer: outer_src,
+    };
+    icmp_half(skb, s, false, (qs, qsp), outer_dst)
+}
+
+/// The source half of the ICMP error translation `netctl_nat_icmp` began
+/// (see there). Returns 1 if the error's source changed, 0 if not, -1 if
+/// it must be dropped.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_icmp_src(skb: *mut __sk_buff) -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let s = unsafe { &mut *s };
+    let h = s.icmp_src_half;
+    s.icmp_src_half.pending = 0;
+    let before = s.pkt.saddr;
+    let rc = icmp_half(skb, s, true, (h.quoted, h.quoted_port), h.outer);
+    if rc < 0 {
+        return rc;
+    }
+    i32::from(s.pkt.saddr != before)
+}
+
+/// The quoted "ports" of an ICMP error: TCP's and UDP's, or an ICMP
+/// query's identifier (both ends).
+#[inline(always)]
+fn quoted_ports(p: &Pkt) -> (u16, u16) {
+    match p.inner.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP => (p.inner.sport, p.inner.dport),
+        _ => (0, 0),
+    }
+}
+
+/// One half of an ICMP error's translation: the quoted packet's source
+/// and the error's destination (`src` false), or the quoted destination
+/// and the error's source, to `quoted` and `outer`. Returns 1 if the
+/// packet changed, 0 if not, -1 if it must be dropped.
+#[inline(always)]
+fn icmp_half(
+    skb: *mut __sk_buff,
+    s: &mut classify::Scratch,
+    src: bool,
+    quoted: ([u8; 4], u16),
+    outer: [u8; 4],
+) -> i32 {
+    let p = s.pkt;
+    let i = p.inner;
+    let (isport, idport) = quoted_ports(&p);
+    let (old, old_port) = if src {
+        (i.daddr, idport)
+    } else {
+        (i.saddr, isport)
+    };
+    let outer_old = if src { p.saddr } else { p.daddr };
+    if (old, old_port) == quoted && outer_old == outer {
+        return 0;
+    }
     let ctx = TcContext::new(skb);
     let Ok(ver_ihl) = ctx.load::<u8>(ETH_HLEN) else {
         return -1;
@@ -615,7 +754,7 @@ pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
     };
     let il4 = iip + usize::from(iv & 0x0f) * 4;
     let icsum = icmp + 2;
-    // The quoted addresses: the quoted header's checksum, the quoted
+    // The quoted address: the quoted header's checksum, the quoted
     // transport checksum (TCP/UDP, when quoted and not zero) and the ICMP
     // checksum all follow.
     let tcsum = match i.proto {
@@ -623,28 +762,39 @@ pub extern "C" fn netctl_nat_icmp(skb: *mut __sk_buff) -> i32 {
         PROTO_UDP => il4 + 6,
         _ => 0,
     };
-    if !quoted_addr(&ctx, iip, iip + 12, tcsum, icsum, i.saddr, qs)
-        || !quoted_addr(&ctx, iip, iip + 16, tcsum, icsum, i.daddr, qd)
+    let (addr_off, port_off) = if src {
+        (iip + 16, il4 + 2)
+    } else {
+        (iip + 12, il4)
+    };
+    if !quoted_addr(&ctx, iip, addr_off, tcsum, icsum, old, quoted.0) {
+        return -1;
+    }
+    if matches!(i.proto, PROTO_TCP | PROTO_UDP)
+        && !quoted_port(&ctx, port_off, tcsum, icsum, old_port, quoted.1)
     {
         return -1;
     }
-    let ported = matches!(i.proto, PROTO_TCP | PROTO_UDP);
-    if ported
-        && (!quoted_port(&ctx, il4, tcsum, icsum, isport, qsp)
-            || !quoted_port(&ctx, il4 + 2, tcsum, icsum, idport, qdp))
+    // A quoted query's identifier stands for both ends; it goes with the
+    // quoted source.
+    if i.proto == PROTO_ICMP
+        && !src
+        && !quoted_port(&ctx, il4 + 4, il4 + 2, icsum, isport, quoted.1)
     {
         return -1;
     }
-    if i.proto == PROTO_ICMP && !quoted_port(&ctx, il4 + 4, il4 + 2, icsum, isport, qsp) {
-        return -1;
-    }
-    // The error's own addresses (ICMP has no pseudo-header).
+    // The error's own address (ICMP has no pseudo-header).
     let mut q = s.pkt;
-    if !rewrite(&ctx, &mut q, false, outer_dst, 0) || !rewrite(&ctx, &mut q, true, outer_src, 0) {
+    if !rewrite(&ctx, &mut q, src, outer, 0) {
         return -1;
     }
-    q.inner.saddr = qs;
-    q.inner.daddr = qd;
+    if src {
+        q.inner.daddr = quoted.0;
+        q.inner.dport = quoted.1;
+    } else {
+        q.inner.saddr = quoted.0;
+        q.inner.sport = quoted.1;
+    }
     s.pkt = q;
     1
 }

@@ -436,3 +436,119 @@ fn the_host_reaches_its_own_published_ports() {
     drop(_g);
     assert_eq!(footprint(&name), before);
 }
+
+#[test]
+fn a_translated_connections_reversed_tuple_is_a_connection_of_its_own() {
+    let name = unique("nrv");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    apply(&name, MASQ);
+    let (a, _, b) = containers(&name);
+    // b learns where a's masqueraded datagram came from, then writes to
+    // a's own address from the port a wrote to: the first connection's
+    // original tuple turned around, which is not its reply tuple (that
+    // goes to the bridge's address). The kernel makes it a connection of
+    // its own and, its reply tuple being the first one's original, remaps
+    // its source port; a's answer to that port reaches b's socket.
+    let server = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0',6000));s.settimeout(5);print('ready',flush=True)\n\
+         try:\n  d,x=s.recvfrom(100);print(x[0],x[1],flush=True)\n\
+         \x20 s.sendto(b'rev',('10.73.0.2',43000));d,y=s.recvfrom(100);print(y[0],y[1],flush=True)\n\
+         except OSError as e:\n  print('error',e,flush=True)";
+    let (mut child, mut out) = spawn_ready(&b, server);
+    let client = "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         c.bind(('0.0.0.0',43000));c.settimeout(5)\n\
+         try:\n  c.sendto(b'hi',('10.74.0.2',6000));d,x=c.recvfrom(100);print(x[0],x[1]);c.sendto(b'back',x)\n\
+         except OSError as e:\n  print('error',e)";
+    let seen_by_a = stdout(&in_ns(&a, &["python3", "-c", client]));
+    let mut seen_by_b = String::new();
+    std::io::Read::read_to_string(&mut out, &mut seen_by_b).unwrap();
+    let _ = child.wait();
+    let b_lines: Vec<&str> = seen_by_b.lines().collect();
+    assert_eq!(
+        b_lines,
+        ["10.74.0.1 43000", "10.73.0.2 43000"],
+        "b's view (a's datagram masqueraded; a's answer to b's second connection)"
+    );
+    let (addr, port) = seen_by_a
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("{seen_by_a}"));
+    assert_eq!(addr, "10.74.0.2");
+    let port: u16 = port.parse().unwrap();
+    assert_ne!(port, 6000, "the reversed tuple's source port is remapped");
+    assert!(port >= 1024, "from the same class of ports: {port}");
+
+    // Two connections, the second with its source translated.
+    let o = netctl(&["conntrack", "list", "--topology", &name]);
+    let list = stdout(&o);
+    let second = format!("dport={port}");
+    assert!(
+        list.lines().any(|l| l.contains("src=10.74.0.2")
+            && l.contains("sport=6000")
+            && l.contains(&second)
+            && l.contains("nat=snat")),
+        "{list}"
+    );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
+fn a_packet_the_kernel_drops_after_prerouting_confirms_no_connection() {
+    let name = unique("nun");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let rules = "*nat\n\
+:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+-A PREROUTING -d 10.73.0.1/32 -p udp -m udp --dport 7000 -j DNAT --to-destination 10.74.0.2:7000\n\
+COMMIT\n";
+    apply(&name, rules);
+    let (a, _, _) = containers(&name);
+    // TTL 1: DNAT'd towards b, the datagram expires at the host. Its
+    // connection is never confirmed, so the next datagram walks nat
+    // again; the time-exceeded error is still tied to it (the kernel
+    // attaches the dropped packet's connection to it), turned back into
+    // one about a's own datagram, and reaches a's connected socket.
+    // (11 is IP_RECVERR, which Python does not name.)
+    let client = "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         c.setsockopt(socket.IPPROTO_IP,11,1);c.setsockopt(socket.IPPROTO_IP,socket.IP_TTL,1)\n\
+         c.bind(('0.0.0.0',44000));c.connect(('10.73.0.1',7000));c.settimeout(3)\n\
+         for _ in range(2):\n  c.send(b'x')\n  try:\n    c.recv(10);print('answer')\n  except OSError as e:\n    print('error',e.errno)";
+    let seen = stdout(&in_ns(&a, &["python3", "-c", client]));
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["error 113", "error 113"],
+        "time exceeded (EHOSTUNREACH) for both datagrams"
+    );
+    let dnat_count = || {
+        let o = netctl(&["rules", "--topology", &name, "save", "-c", "-t", "nat"]);
+        let saved = stdout(&o);
+        saved
+            .lines()
+            .find(|l| l.contains("-j DNAT"))
+            .and_then(|l| l.strip_prefix('['))
+            .and_then(|l| l.split(':').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or_else(|| panic!("{saved}"))
+    };
+    assert_eq!(dnat_count(), 2, "each unconfirmed datagram walked nat");
+    let list = |name: &str| stdout(&netctl(&["conntrack", "list", "--topology", name]));
+    assert!(!list(&name).contains("dport=7000"), "{}", list(&name));
+
+    // With a TTL to spare, the datagram reaches b and its connection is
+    // confirmed, translated.
+    let client = "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         c.bind(('0.0.0.0',44000));c.sendto(b'x',('10.73.0.1',7000))";
+    in_ns(&a, &["python3", "-c", client]);
+    assert_eq!(dnat_count(), 3);
+    let now = list(&name);
+    assert!(
+        now.lines().any(|l| l.contains("sport=44000")
+            && l.contains("dport=7000")
+            && l.contains("nat=dnat")),
+        "{now}"
+    );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}

@@ -80,7 +80,8 @@ mod tests {
     fn key(proto: u8, a: [u8; 4], ap: u16, b: [u8; 4], bp: u16) -> CtKey {
         CtKey {
             proto,
-            _pad: [0; 3],
+            clash: 0,
+            _pad: [0; 2],
             a_addr: a,
             b_addr: b,
             a_port: ap,

@@ -152,6 +152,11 @@ impl Timeouts {
 /// The entry as a connection at monotonic time `now` (ns), or `None` if it
 /// has timed out (the datapath's test: idle longer than the timeout).
 pub fn connection(k: &CtKey, e: &CtEntry, now: u64, t: &Timeouts) -> Option<Connection> {
+    // What stands for a packet the kernel dropped unconfirmed is no
+    // connection (`conntrack -L` does not list those either).
+    if e.flags & ct_flag::UNCONFIRMED != 0 {
+        return None;
+    }
     let idle = now.saturating_sub(e.last_seen_ns);
     let timeout = t.ns(k.proto, e);
     if idle > timeout {
@@ -362,7 +367,8 @@ mod tests {
     fn key(proto: u8, a: [u8; 4], ap: u16, b: [u8; 4], bp: u16) -> CtKey {
         CtKey {
             proto,
-            _pad: [0; 3],
+            clash: 0,
+            _pad: [0; 2],
             a_addr: a,
             b_addr: b,
             a_port: ap,

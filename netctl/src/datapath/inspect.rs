@@ -492,7 +492,9 @@ fn ct_row(k: &CtKey, e: &CtEntry, now: u64, t: &Timeouts) -> CtRow {
         }
     };
     let seen_reply = e.flags & ct_flag::SEEN_REPLY != 0;
-    let state = if k.proto == PROTO_TCP {
+    let state = if e.flags & ct_flag::UNCONFIRMED != 0 {
+        "unconfirmed".into()
+    } else if k.proto == PROTO_TCP {
         tcp_state::NAMES
             .get(usize::from(e.tcp_state))
             .map_or_else(|| format!("state{}", e.tcp_state), |n| (*n).to_string())

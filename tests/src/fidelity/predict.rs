@@ -61,17 +61,28 @@ pub fn pools() -> Pools {
 /// the nat table, translating to `nat::pool()`; the profiles all have the
 /// nat table: everything; no DROP policies; nat and filter without DROP
 /// policies; nat alone.
-pub fn ruleset(seed: u64, scope: Scope, nat: Option<bool>) -> Ruleset {
+/// What NAT cases generate beyond what netctl and the kernel are known
+/// to do alike (docs/nat.md, "Not yet").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatCases {
+    /// Address ranges, and port ranges for DNAT and REDIRECT.
+    pub ranges: bool,
+    /// SNAT in nat INPUT.
+    pub input_snat: bool,
+}
+
+pub fn ruleset(seed: u64, scope: Scope, nat: Option<NatCases>) -> Ruleset {
     let mut rng = rgen::Rng::new(seed);
     let mut cfg = gen_config();
     if scope == Scope::Inbound {
         cfg.hooks = vec![Hook::Prerouting, Hook::Input, Hook::Forward];
     }
-    if let Some(ranges) = nat {
+    if let Some(n) = nat {
         cfg.nat = true;
         cfg.nat_weight = 8;
         cfg.nat_addrs = super::nat::pool();
-        cfg.nat_ranges = ranges;
+        cfg.nat_ranges = n.ranges;
+        cfg.nat_input_snat = n.input_snat;
         cfg.nat_matches = 40;
         // Matches on the service addresses flows go to.
         cfg.subnets.extend(
@@ -517,13 +528,18 @@ fn cidr(s: &str) -> (Ipv4Addr, u32) {
     (a.parse().unwrap(), l.parse().unwrap())
 }
 
-/// The bridge a destination is routed out of.
+/// The bridge a destination is routed out of: a bridge's subnet, or the
+/// outside network behind br-b (`lab::OUTSIDE`).
 fn route(dst: Ipv4Addr) -> Option<&'static str> {
-    BRIDGES.iter().find_map(|(b, a)| {
-        let (addr, len) = cidr(a);
+    let within = |net: &str| {
+        let (addr, len) = cidr(net);
         let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        (u32::from(addr) & mask == u32::from(dst) & mask).then_some(*b)
-    })
+        u32::from(addr) & mask == u32::from(dst) & mask
+    };
+    BRIDGES
+        .iter()
+        .find_map(|(b, a)| within(a).then_some(*b))
+        .or_else(|| within(lab::OUTSIDE.0).then_some("br-b"))
 }
 
 fn local(dst: Ipv4Addr) -> Option<Ipv4Addr> {
