@@ -534,22 +534,12 @@ pub extern "C" fn netctl_rs_step() -> i32 {
             return 1;
         }
         // A NAT target ends its table's walk; which manipulation it is
-        // follows from the hook, as in the kernel.
-        //
-        // Except SNAT at INPUT, which is counted and ends the walk but is
-        // not applied: the kernel rewrites the source only for its own
-        // stack, after the input route, and turns the host's answers back
-        // before they are routed; rewritten at TC ingress, the packet would
-        // be a martian (a host address) or the host would answer the
-        // translated address, elsewhere. Local sockets see the original
-        // source instead (docs/nat.md).
+        // follows from the hook, as in the kernel (source at POSTROUTING
+        // and INPUT).
         entry::NAT => {
-            let src = w.hk == u32::from(hook::POSTROUTING);
-            if w.hk != u32::from(hook::INPUT)
-                && let Some(s) = scratch()
-            {
+            if let Some(s) = scratch() {
                 // SAFETY: this CPU's scratch element.
-                unsafe { (*s).nat[usize::from(src)] = log.saturating_add(1) };
+                unsafe { (*s).nat[flows::nat_side(w.hk)] = log.saturating_add(1) };
             }
             w.cursor = target;
         }

@@ -140,6 +140,8 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     };
     let mut v = netctl_classify(generation, first_hook, first, raw_end, split);
     if v == accept && split != u32::MAX {
+        // (Routed again by its new destination, but filter OUTPUT still
+        // names the first route's device: the hook's `state->out`.)
         reload_header();
         v = netctl_classify(generation, first_hook, first, split, u32::MAX);
     }
@@ -200,6 +202,12 @@ pub extern "C" fn netctl_filter_rest(in_if: u32, route: u32, out_if: u32, rerout
             v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
         }
     } else if path == u32::from(path::OUTPUT) {
+        // POSTROUTING takes the route nat OUTPUT's translation chose.
+        if let Some((out, _)) = crate::l3::route_out(s.pkt.daddr)
+            && s.pkt.daddr != s.orig_pkt.daddr
+        {
+            set(field::OUT, out);
+        }
         v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
     }
     netctl_store_cache(t, v);
@@ -556,6 +564,15 @@ fn set_route(in_if: u32, out_if: u32, path: u32, stamp: u32) {
             (*s).path = path;
             (*s).stamp = stamp;
         }
+    }
+}
+
+/// Sets the conntrack state field (after raw, which sees INVALID).
+#[inline(always)]
+pub fn set_ctstate(ctstate: u32) {
+    if let Some(s) = classify::scratch() {
+        // SAFETY: this CPU's scratch element.
+        unsafe { (*s).values[usize::from(field::CTSTATE)] = [ctstate as u8, 0, 0, 0] };
     }
 }
 

@@ -216,7 +216,8 @@ fn replay(s: *mut classify::Scratch, hk: u32, o: *const FlowOutcome) {
 /// entry in `classify::netctl_rs_step`).
 #[inline(always)]
 pub fn nat_side(hk: u32) -> usize {
-    usize::from(hk == u32::from(netctl_common::hook::POSTROUTING))
+    use netctl_common::hook;
+    usize::from(hk == u32::from(hook::POSTROUTING) || hk == u32::from(hook::INPUT))
 }
 
 /// Caches the outcome of the walk just done (see `classify::Walk`), if it

@@ -224,6 +224,71 @@ pub extern "C" fn netctl_kernel_neigh(skb: *mut __sk_buff, out_if: u32, nexthop:
     u64::from_be_bytes([0, 1, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 
+/// `__sk_buff::tc_index` of a packet `netctl_reroute` sent on: the egress
+/// program of the port it leaves by has nothing more to judge. (tc_index
+/// is otherwise unused since the kernel dropped cls_tcindex and dsmark.)
+const REROUTED: u32 = 0x6e63;
+
+/// Whether `netctl_reroute` sent the packet on; clears the mark.
+#[inline(always)]
+pub fn rerouted(ctx: &TcContext) -> bool {
+    // SAFETY: the program's `__sk_buff`; `tc_index` is readable and
+    // writable for TC programs.
+    unsafe {
+        if (*ctx.skb.skb).tc_index != REROUTED {
+            return false;
+        }
+        (*ctx.skb.skb).tc_index = 0;
+    }
+    true
+}
+
+/// Sends a packet of the host's, whose destination nat OUTPUT changed,
+/// along the route to its new destination, as the kernel's
+/// `ip_route_me_harder`. Returns the program's verdict: redirected, or
+/// left as it is when the new destination is the host's own or beyond the
+/// topology's routes (the kernel's route then; not followed), or dropped
+/// when the neighbour cannot be reached.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_reroute(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Ok(daddr) = ctx.load::<[u8; 4]>(ETH_HLEN + 16) else {
+        return aya_ebpf::bindings::TC_ACT_SHOT;
+    };
+    let (out_if, nexthop) = match route_out(daddr) {
+        Some(r) => r,
+        None => return netctl_common::TCX_NEXT,
+    };
+    // SAFETY: as in `rerouted`.
+    unsafe { (*skb).tc_index = REROUTED };
+    if netctl_out_by_neigh(skb, out_if, nexthop, 0) {
+        aya_ebpf::bindings::TC_ACT_REDIRECT
+    } else {
+        // SAFETY: as in `rerouted`.
+        unsafe { (*skb).tc_index = 0 };
+        aya_ebpf::bindings::TC_ACT_SHOT
+    }
+}
+
+/// The device and next hop (network order, 0: on-link) of the route to
+/// `daddr` through the topology; None for the host's own addresses and
+/// routes the datapath does not mirror.
+#[inline(always)]
+pub fn route_out(daddr: [u8; 4]) -> Option<(u32, u32)> {
+    let r = NETCTL_ROUTES.get(Key::new(32, daddr))?;
+    let (kind, out_if, gateway) = (r.kind, r.bridge, r.gateway);
+    if out_if == 0 || !matches!(kind, route_kind::CONNECTED | route_kind::GATEWAY) {
+        return None;
+    }
+    let nexthop = if kind == route_kind::GATEWAY {
+        u32::from_ne_bytes(gateway)
+    } else {
+        0
+    };
+    Some((out_if, nexthop))
+}
+
 /// Rewrites a routed frame for its next hop: MACs, TTL, header checksum.
 /// False if the headers are no longer where `route` saw them.
 #[inline(always)]

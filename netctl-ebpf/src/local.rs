@@ -17,7 +17,7 @@
 //! `accept_local` lets in.
 
 use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key};
-use netctl_common::{CtCache, config, field, hook, route_kind, verdict};
+use netctl_common::{CtCache, config, ctbit, field, hook, route_kind, verdict};
 
 use crate::{
     classify::{self, netctl_classify},
@@ -49,6 +49,22 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     let t = netctl_track(1);
     let first = (t >> 16) & 1 != 0;
     let live = (t >> 24) & 1 != 0;
+    if t & 0xff == u32::from(ctbit::RELATED) {
+        // An ICMP error the host sends itself about a translated
+        // connection (one SNAT'd in INPUT to a host address): nat OUTPUT's
+        // half of its translation may send it elsewhere.
+        if nat::netctl_nat_icmp(skb) < 0 {
+            return DROP;
+        }
+        if filter::dst_moved() {
+            return netctl_local_leave(skb, 0);
+        }
+        return if nat::netctl_nat_src(skb, LOOPBACK, 0) < 0 {
+            DROP
+        } else {
+            PASS
+        };
+    }
     if live {
         let d = nat::netctl_nat_dst(skb);
         if d < 0 {
@@ -118,13 +134,28 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
     let out = if local { LOOPBACK } else { out_if };
     let generation = maps::config(config::RULES_SERIAL) & 1;
     let output = u32::from(hook::OUTPUT);
-    let nat_end = NETCTL_RS_HOOKS
+    let (raw_end, nat_start, nat_end) = NETCTL_RS_HOOKS
         .get(generation * u32::from(hook::COUNT) + output)
-        .map_or(0, |h| h.nat_end);
+        .map_or((0, 0, 0), |h| (h.raw_end, h.nat_start, h.nat_end));
     let accept = u32::from(verdict::ACCEPT);
-    netctl_load_fields(0, ctstate, 0);
-    filter::set(field::OUT, out);
-    let mut v = netctl_classify(generation, output, 0, nat_end, u32::MAX);
+    // raw and mangle OUTPUT saw the packet as the host sent it, to lo
+    // (raw before conntrack: INVALID).
+    netctl_load_fields(0, u32::from(ctbit::INVALID), 1);
+    filter::set(field::OUT, LOOPBACK);
+    // (Not `netctl_raw`: one call deeper, the chain through a walk's
+    // logging step would exceed the verifier's eight frames.)
+    let mut v = netctl_classify(generation, output, 0, 0, raw_end);
+    if v == accept && nat_start > raw_end {
+        filter::set_ctstate(ctstate);
+        v = netctl_classify(generation, output, 0, raw_end, nat_start);
+    }
+    // filter OUTPUT, after nat OUTPUT, sees it translated, but still out
+    // of the first route's device (the hook's `state->out`).
+    if v == accept {
+        netctl_load_fields(0, ctstate, 0);
+        filter::set(field::OUT, LOOPBACK);
+        v = netctl_classify(generation, output, 0, nat_end, u32::MAX);
+    }
     if v == accept {
         filter::set(field::OUT, out);
         v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, u32::MAX);

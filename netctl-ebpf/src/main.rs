@@ -263,10 +263,13 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
         return TCX_NEXT;
     }
     // SAFETY: the kernel passes a valid `__sk_buff` for the whole run;
-    // both fields are readable. Locally generated packets have no input
+    // the fields are readable. Locally generated packets have no input
     // device (`skb_iif` 0).
     let (ifindex, iif) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
     if iif != 0 {
+        return TCX_NEXT;
+    }
+    if l3::rerouted(&ctx) {
         return TCX_NEXT;
     }
     let Some(port) = maps::port_ptr(ifindex) else {
@@ -287,6 +290,12 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
         v = u32::from(verdict::DROP);
     }
     if v == accept {
+        // nat OUTPUT gave the packet another destination (an answer to a
+        // connection SNAT'd in INPUT, or an ICMP error about one): the
+        // kernel routes it again (`ip_route_me_harder`).
+        if filter::dst_moved() {
+            return l3::netctl_reroute(ctx.skb.skb);
+        }
         return TCX_NEXT;
     }
     let (why, rc) = reject::answer_local(&ctx, port, v);

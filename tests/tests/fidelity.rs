@@ -57,10 +57,9 @@ fn kernel_and_netctl_agree_on_random_rulesets() {
 }
 
 /// NAT cases: translated packets followed to where they arrive, replies
-/// made from what arrived, every counter compared. Without what netctl
-/// documents it does otherwise (docs/nat.md, "Not yet": ranges, SNAT in
-/// INPUT; `cargo xtask fidelity --nat --nat-ranges --nat-input-snat` runs
-/// those too).
+/// made from what arrived, every counter compared. Address and port
+/// ranges, where netctl documents choosing otherwise (docs/nat.md, "Not
+/// yet"), only with `cargo xtask fidelity --nat --nat-ranges`.
 #[test]
 fn kernel_and_netctl_agree_on_nat() {
     check(&Config::from_env_nat(

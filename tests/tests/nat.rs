@@ -552,3 +552,39 @@ COMMIT\n";
     drop(_g);
     assert_eq!(footprint(&name), before);
 }
+
+#[test]
+fn snat_in_input_shows_local_sockets_the_translated_source() {
+    let name = unique("nsi");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    let rules = "*nat\n\
+:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+-A INPUT -s 10.73.0.2/32 -p tcp -m tcp --dport 9000 -j SNAT --to-source 10.74.0.2\n\
+-A INPUT -s 10.73.0.3/32 -p tcp -m tcp --dport 9000 -j SNAT --to-source 10.74.0.1\n\
+COMMIT\n";
+    apply(&name, rules);
+    let (a, a2, _) = containers(&name);
+    let host = format!("{name}-h");
+    // The host's server sees the translated sources. Its answers go to
+    // them — b's address, out of b's port; one of the host's own, over
+    // lo — and reach the clients only if nat OUTPUT turns them back and
+    // they are routed again.
+    let s = peer_server(&host, "tcp", 9000, 2);
+    let from_a = ask(&a, "tcp", "10.73.0.1", 9000, 43100, false);
+    let from_a2 = ask(&a2, "tcp", "10.73.0.1", 9000, 43101, false);
+    finish(s);
+    assert_eq!(from_a, "10.74.0.2:43100", "SNAT to a container's address");
+    assert_eq!(from_a2, "10.74.0.1:43101", "SNAT to a host address");
+    let o = netctl(&["conntrack", "list", "--topology", &name]);
+    let list = stdout(&o);
+    assert!(
+        list.lines().any(|l| l.contains("src=10.73.0.2")
+            && l.contains("sport=43100")
+            && l.contains("dst=10.74.0.2")
+            && l.contains("nat=snat")),
+        "{list}"
+    );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}

@@ -114,9 +114,6 @@ pub struct GenConfig {
     /// which is where netctl and the kernel choose alike (netctl takes a
     /// range's first address and, for destinations, its first port).
     pub nat_ranges: bool,
-    /// With `nat`: SNAT in chains reached from nat INPUT. Off, those
-    /// become ACCEPT (netctl counts SNAT there but does not apply it).
-    pub nat_input_snat: bool,
     /// With `nat`: how likely each match but `-p` is in the nat table, in
     /// percent of its usual chance (100: as elsewhere). Lower, more of a
     /// connection's first packets meet a NAT target.
@@ -156,7 +153,6 @@ impl Default for GenConfig {
             nat_weight: 2,
             nat_addrs: Vec::new(),
             nat_ranges: true,
-            nat_input_snat: true,
             nat_matches: 100,
             first_slot: 1,
         }
@@ -232,9 +228,6 @@ pub fn ruleset(rng: &mut Rng, cfg: &GenConfig) -> Ruleset {
         restrict_nat(&mut tr);
         if !cfg.nat_ranges {
             single_destination_ports(&mut tr);
-        }
-        if !cfg.nat_input_snat {
-            no_input_snat(&mut tr);
         }
         tables.push(tr);
     }
@@ -312,22 +305,6 @@ pub fn restrict_nat(tr: &mut TableRules) {
             } else {
                 Target::Accept
             };
-        }
-    }
-}
-
-/// SNAT in a chain reached from INPUT becomes ACCEPT (`nat_input_snat`
-/// off). Draws nothing from the generator.
-fn no_input_snat(tr: &mut TableRules) {
-    let masks = super::validate::chain_hooks(tr);
-    for (c, used) in tr.chains.iter_mut().zip(masks) {
-        if used & super::validate::hook_bit(Hook::Input) == 0 {
-            continue;
-        }
-        for r in &mut c.rules {
-            if let Target::Nat(Nat::Snat(_)) = r.target {
-                r.target = Target::Accept;
-            }
         }
     }
 }

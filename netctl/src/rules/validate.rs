@@ -157,7 +157,7 @@ pub fn validate_table(tr: &TableRules) -> Result<()> {
 /// A set of hooks: bit `Hook::index()`.
 pub type HookMask = u8;
 
-pub fn hook_bit(h: Hook) -> HookMask {
+fn hook_bit(h: Hook) -> HookMask {
     1 << h.index()
 }
 

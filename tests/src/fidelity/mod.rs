@@ -50,8 +50,6 @@
 //! * address ranges and DNAT/REDIRECT port ranges, where netctl documents
 //!   that it takes the first address and port (docs/nat.md, "Not yet"),
 //!   unless `FIDELITY_NAT_RANGES=1` (`--nat-ranges`).
-//! * SNAT in nat INPUT, which netctl counts but does not apply (docs/nat.md,
-//!   "Not yet"), unless `FIDELITY_NAT_INPUT_SNAT=1` (`--nat-input-snat`).
 //! * destinations without a route: the kernel's answers to them
 //!   (`ip_error`) are rate-limited by `net.ipv4.route.error_cost`, which is
 //!   not per namespace, so neither side can be made to answer every time;
@@ -139,20 +137,9 @@ pub struct Config {
     /// NAT cases with address ranges and DNAT/REDIRECT port ranges, where
     /// netctl is known to choose otherwise than the kernel (docs/nat.md).
     pub nat_ranges: bool,
-    /// With `nat`: SNAT in nat INPUT, which netctl counts but does not
-    /// apply (docs/nat.md, "Not yet").
-    pub nat_input_snat: bool,
 }
 
 impl Config {
-    /// What the NAT cases generate, if this is a NAT run.
-    pub fn nat_cases(&self) -> Option<predict::NatCases> {
-        self.nat.then_some(predict::NatCases {
-            ranges: self.nat_ranges,
-            input_snat: self.nat_input_snat,
-        })
-    }
-
     /// Defaults overridden by `FIDELITY_SCOPE` (full, inbound),
     /// `FIDELITY_SEED`, `FIDELITY_CASES`, `FIDELITY_FIRST`,
     /// `FIDELITY_FLOWS`, `FIDELITY_NETCTL` (0/1), `FIDELITY_REFERENCE`
@@ -181,7 +168,6 @@ impl Config {
             verbose: flag("FIDELITY_VERBOSE", false),
             nat: flag("FIDELITY_NAT", nat),
             nat_ranges: flag("FIDELITY_NAT_RANGES", false),
-            nat_input_snat: flag("FIDELITY_NAT_INPUT_SNAT", false),
         }
     }
 }
@@ -359,7 +345,7 @@ pub struct Mismatch {
     pub versus: Versus,
     pub scope: Scope,
     /// A NAT case, and with ranges (for the rerun line).
-    pub nat: Option<predict::NatCases>,
+    pub nat: Option<bool>,
     pub seed: u64,
     pub case: u32,
     pub rules: String,
@@ -392,16 +378,9 @@ impl fmt::Display for Mismatch {
                 Scope::Inbound => "inbound",
             },
             match self.nat {
-                Some(n) => format!(
-                    " --nat{}{}",
-                    if n.ranges { " --nat-ranges" } else { "" },
-                    if n.input_snat {
-                        " --nat-input-snat"
-                    } else {
-                        ""
-                    }
-                ),
-                None => String::new(),
+                Some(true) => " --nat --nat-ranges",
+                Some(false) => " --nat",
+                None => "",
             },
             match self.versus {
                 Versus::Netctl => " --no-reference",
@@ -617,7 +596,7 @@ impl fmt::Display for Coverage {
 /// Builds case `i` of a run.
 pub fn make_case(cfg: &Config, i: u32) -> Case {
     let seed = case_seed(cfg.seed, i);
-    let ruleset = predict::ruleset(seed, cfg.scope, cfg.nat_cases());
+    let ruleset = predict::ruleset(seed, cfg.scope, cfg.nat.then_some(cfg.nat_ranges));
     let mut rng = scenario::Rng::new(seed);
     let pools = predict::pools();
     let flows = 1 + rng.below(cfg.flows.max(1));
@@ -826,7 +805,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
                         let m = Mismatch {
                             versus: Versus::Parser,
                             scope: cfg.scope,
-                            nat: cfg.nat_cases(),
+                            nat: cfg.nat.then_some(cfg.nat_ranges),
                             seed: cfg.seed,
                             case: i,
                             rules: text::minimal_text(&case.ruleset),
@@ -867,7 +846,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 let m = Mismatch {
                     versus: v,
                     scope: cfg.scope,
-                    nat: cfg.nat_cases(),
+                    nat: cfg.nat.then_some(cfg.nat_ranges),
                     seed: cfg.seed,
                     case: i,
                     rules: text::minimal_text(&rs),

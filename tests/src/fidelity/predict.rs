@@ -61,28 +61,17 @@ pub fn pools() -> Pools {
 /// the nat table, translating to `nat::pool()`; the profiles all have the
 /// nat table: everything; no DROP policies; nat and filter without DROP
 /// policies; nat alone.
-/// What NAT cases generate beyond what netctl and the kernel are known
-/// to do alike (docs/nat.md, "Not yet").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NatCases {
-    /// Address ranges, and port ranges for DNAT and REDIRECT.
-    pub ranges: bool,
-    /// SNAT in nat INPUT.
-    pub input_snat: bool,
-}
-
-pub fn ruleset(seed: u64, scope: Scope, nat: Option<NatCases>) -> Ruleset {
+pub fn ruleset(seed: u64, scope: Scope, nat: Option<bool>) -> Ruleset {
     let mut rng = rgen::Rng::new(seed);
     let mut cfg = gen_config();
     if scope == Scope::Inbound {
         cfg.hooks = vec![Hook::Prerouting, Hook::Input, Hook::Forward];
     }
-    if let Some(n) = nat {
+    if let Some(ranges) = nat {
         cfg.nat = true;
         cfg.nat_weight = 8;
         cfg.nat_addrs = super::nat::pool();
-        cfg.nat_ranges = n.ranges;
-        cfg.nat_input_snat = n.input_snat;
+        cfg.nat_ranges = ranges;
         cfg.nat_matches = 40;
         // Matches on the service addresses flows go to.
         cfg.subnets.extend(
