@@ -133,13 +133,24 @@ pub extern "C" fn netctl_filter(skb: *mut __sk_buff, in_if: u32, route: u32, out
     if output {
         set(field::OUT, out_if);
     }
-    let split = if output && translated() {
+    let split = if output && (first != 0 || translated()) {
         h.nat_end.max(raw_end)
     } else {
         u32::MAX
     };
     let mut v = netctl_classify(generation, first_hook, first, raw_end, split);
     if v == accept && split != u32::MAX {
+        // nat OUTPUT's choice for a connection's first packet takes
+        // effect here, before filter OUTPUT; the program sends the packet
+        // along its new route (`l3::netctl_reroute`). REDIRECT is to lo's
+        // address, as the kernel's for the host's packets.
+        // SAFETY: this CPU's scratch element; the walk recorded it.
+        if first != 0
+            && unsafe { (*s).nat[0] } != 0
+            && crate::nat::netctl_nat_new_dst(skb, LOOPBACK) < 0
+        {
+            return u32::from(verdict::DROP);
+        }
         // (Routed again by its new destination, but filter OUTPUT still
         // names the first route's device: the hook's `state->out`.)
         reload_header();
@@ -540,6 +551,14 @@ pub fn dst_moved() -> bool {
         // `parsed` is set (the caller ran `netctl_prepare` for it).
         unsafe { (*s).parsed != 0 && (*s).pkt.daddr != (*s).orig_pkt.daddr }
     })
+}
+
+/// The destination address of the packet `netctl_prepare` readied, as it
+/// now is.
+#[inline(always)]
+pub fn dst() -> [u8; 4] {
+    // SAFETY: this CPU's scratch element.
+    classify::scratch().map_or([0; 4], |s| unsafe { (*s).pkt.daddr })
 }
 
 /// The clock reading conntrack took for the packet `netctl_prepare`

@@ -256,19 +256,36 @@ pub extern "C" fn netctl_reroute(skb: *mut __sk_buff) -> i32 {
     let Ok(daddr) = ctx.load::<[u8; 4]>(ETH_HLEN + 16) else {
         return aya_ebpf::bindings::TC_ACT_SHOT;
     };
-    let (out_if, nexthop) = match route_out(daddr) {
-        Some(r) => r,
-        None => return netctl_common::TCX_NEXT,
-    };
     // SAFETY: as in `rerouted`.
     unsafe { (*skb).tc_index = REROUTED };
-    if netctl_out_by_neigh(skb, out_if, nexthop, 0) {
+    let sent = match route_out(daddr) {
+        Some((out_if, nexthop)) => netctl_out_by_neigh(skb, out_if, nexthop, 0),
+        // Through lo, with the local route the kernel's output path gives
+        // it (a packet redirected into lo would be routed as input there,
+        // where 127.0.0.1 is a martian).
+        None if is_local(daddr) => netctl_out_by_neigh(skb, crate::filter::LOOPBACK, 0, 0),
+        None => {
+            // SAFETY: as in `rerouted`.
+            unsafe { (*skb).tc_index = 0 };
+            return netctl_common::TCX_NEXT;
+        }
+    };
+    if sent {
         aya_ebpf::bindings::TC_ACT_REDIRECT
     } else {
         // SAFETY: as in `rerouted`.
         unsafe { (*skb).tc_index = 0 };
         aya_ebpf::bindings::TC_ACT_SHOT
     }
+}
+
+/// Whether `daddr` is one of the host's own addresses (lo's included).
+#[inline(always)]
+fn is_local(daddr: [u8; 4]) -> bool {
+    daddr[0] == 127
+        || NETCTL_ROUTES
+            .get(Key::new(32, daddr))
+            .is_some_and(|r| r.kind == route_kind::LOCAL)
 }
 
 /// The device and next hop (network order, 0: on-link) of the route to

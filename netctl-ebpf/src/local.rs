@@ -32,11 +32,15 @@ use crate::{
 pub const PASS: i32 = 0;
 pub const SENT: i32 = 1;
 pub const DROP: i32 = -1;
+/// A REJECT refused it: its verdict in bits 8.. (the program answers: one
+/// call deeper, the answer's walks would exceed the verifier's eight
+/// frames).
+pub const REFUSED: i32 = 2;
 
 /// Runs nat OUTPUT for the packet in `skb`, which the host sent to one of
 /// its own addresses, and the hooks after it for a translated connection.
 /// Returns `PASS` (deliver locally, as it now is), `SENT` (redirected to
-/// its new destination) or `DROP`.
+/// its new destination), `REFUSED` or `DROP`.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
@@ -160,8 +164,9 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
         filter::set(field::OUT, out);
         v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, u32::MAX);
     }
-    // A REJECT here answers nothing: the host's own connection is refused
-    // by dropping its packet.
+    if v & 0xff == u32::from(verdict::REJECT) {
+        return REFUSED | ((v & 0xffff) as i32) << 8;
+    }
     if v != accept || nat::netctl_nat_src(skb, out, 0) < 0 {
         return DROP;
     }

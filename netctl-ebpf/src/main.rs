@@ -286,14 +286,21 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
     if v == filter::MORE {
         v = filter::netctl_filter_rest(0, output, bridge, 0);
     }
-    if v == accept && nat::netctl_nat_src(ctx.skb.skb, bridge, 0) < 0 {
+    // nat OUTPUT may have given the packet another destination (DNAT,
+    // the answer to a connection SNAT'd in INPUT, an ICMP error about
+    // one): the kernel routes it again (`ip_route_me_harder`), and
+    // MASQUERADE takes the new route's device.
+    let moved = filter::dst_moved();
+    let out = if moved {
+        l3::route_out(filter::dst()).map_or(bridge, |r| r.0)
+    } else {
+        bridge
+    };
+    if v == accept && nat::netctl_nat_src(ctx.skb.skb, out, 0) < 0 {
         v = u32::from(verdict::DROP);
     }
     if v == accept {
-        // nat OUTPUT gave the packet another destination (an answer to a
-        // connection SNAT'd in INPUT, or an ICMP error about one): the
-        // kernel routes it again (`ip_route_me_harder`).
-        if filter::dst_moved() {
+        if moved {
             return l3::netctl_reroute(ctx.skb.skb);
         }
         return TCX_NEXT;
@@ -310,6 +317,10 @@ pub fn netctl_local(ctx: TcContext) -> i32 {
     if maps::config(config::RULES_ON) == 0 {
         return TCX_NEXT;
     }
+    // Sent here by a port's egress program, judged there already.
+    if l3::rerouted(&ctx) {
+        return TCX_NEXT;
+    }
     let len = ctx.len();
     match local::netctl_local_out(ctx.skb.skb) {
         local::SENT => {
@@ -319,6 +330,11 @@ pub fn netctl_local(ctx: TcContext) -> i32 {
         local::DROP => {
             maps::account(None, len, reason::DROP_NAT);
             TC_ACT_SHOT
+        }
+        r if r & 0xff == local::REFUSED => {
+            let (why, rc) = reject::answer_lo(&ctx, (r >> 8) as u32);
+            maps::account(None, len, why);
+            rc
         }
         _ => TCX_NEXT,
     }

@@ -286,11 +286,11 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
 
 /// Translates the ICMP error a REJECT has just written into `skb` about
 /// the refused packet, whose connection (or, for its first packet, the
-/// binding being built) has a destination NAT: the quoted packet gets its
-/// original destination back, and the error comes from it when it came
-/// from the translated one — what the kernel's nat hooks make of the
-/// answer (`nf_nat_icmp_reply_translation`). Returns 0 (nothing to do),
-/// 1 (translated) or -1.
+/// binding being built) is translated: the quoted packet's destination,
+/// and the error's source, become the original destination (DNAT) or the
+/// SNAT address (a refused reply) — what the kernel's nat hooks make of
+/// the answer (`nf_nat_icmp_reply_translation`). Returns 0 (nothing to
+/// do), 1 (translated) or -1.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_nat_answer(skb: *mut __sk_buff) -> i32 {
@@ -304,16 +304,17 @@ pub extern "C" fn netctl_nat_answer(skb: *mut __sk_buff) -> i32 {
     }
     let t = s.track;
     let (first, live, reply) = ((t >> 16) & 1 != 0, (t >> 24) & 1 != 0, (t >> 8) & 1 != 0);
-    let (orig, now) = if first && s.binding.flags & nat_bit::DST != 0 {
-        (
-            (s.orig_pkt.daddr, ports(&s.orig_pkt).1),
-            (s.binding.dnat_addr, s.binding.dnat_port),
-        )
+    // The source NAT hook's half of the kernel's translation of an error
+    // about the packet (the first hook's changes nothing the refused packet
+    // does not already have): the quoted destination, and the error's
+    // source, become where the packet's direction seemed to go — before a
+    // DNAT for the original direction, the SNAT address for replies.
+    let to = if first && s.binding.flags & nat_bit::DST != 0 {
+        (s.orig_pkt.daddr, ports(&s.orig_pkt).1)
     } else if live && !reply && s.live_nat.flags & nat_bit::DST != 0 {
-        (
-            other_end(&s.ct_key, s.live_orig_addr, s.live_orig_port),
-            (s.live_nat.dnat_addr, s.live_nat.dnat_port),
-        )
+        other_end(&s.ct_key, s.live_orig_addr, s.live_orig_port)
+    } else if live && reply && s.live_nat.flags & nat_bit::SRC != 0 {
+        (s.live_nat.snat_addr, s.live_nat.snat_port)
     } else {
         return 0;
     };
@@ -335,26 +336,24 @@ pub extern "C" fn netctl_nat_answer(skb: *mut __sk_buff) -> i32 {
         PROTO_UDP => il4 + 6,
         _ => 0,
     };
-    if !quoted_addr(&ctx, iip, iip + 16, tcsum, icsum, qdst, orig.0) {
+    if !quoted_addr(&ctx, iip, iip + 16, tcsum, icsum, qdst, to.0) {
         return -1;
     }
     if matches!(proto, PROTO_TCP | PROTO_UDP) {
         let Ok(dp) = ctx.load::<[u8; 2]>(il4 + 2) else {
             return -1;
         };
-        if !quoted_port(&ctx, il4 + 2, tcsum, icsum, u16::from_be_bytes(dp), orig.1) {
+        if !quoted_port(&ctx, il4 + 2, tcsum, icsum, u16::from_be_bytes(dp), to.1) {
             return -1;
         }
     }
-    if outer_src == now.0 {
-        let mut p = Pkt {
-            saddr: outer_src,
-            proto: PROTO_ICMP,
-            ..Pkt::default()
-        };
-        if !rewrite(&ctx, &mut p, true, orig.0, 0) {
-            return -1;
-        }
+    let mut p = Pkt {
+        saddr: outer_src,
+        proto: PROTO_ICMP,
+        ..Pkt::default()
+    };
+    if !rewrite(&ctx, &mut p, true, to.0, 0) {
+        return -1;
     }
     1
 }

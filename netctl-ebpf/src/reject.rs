@@ -18,7 +18,7 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use netctl_common::{PortInfo, reason, reject, verdict};
+use netctl_common::{PortInfo, TCX_NEXT, reason, reject, verdict};
 
 use crate::{
     filter::{ANSWER_LOCAL, ANSWER_TCP, LOOPBACK, netctl_filter_answer},
@@ -76,13 +76,13 @@ pub fn answer(
         unsafe { bpf_redirect(ifindex, 0) };
         return (reason::REJECT_RULE, TC_ACT_REDIRECT);
     }
-    // Translated back as the kernel's nat hooks do, then, as the host's
-    // own packet, judged by OUTPUT and POSTROUTING.
-    if crate::nat::netctl_nat_answer(ctx.skb.skb) < 0 {
-        return (reason::REJECT_FAILED, TC_ACT_SHOT);
-    }
+    // Judged by OUTPUT and POSTROUTING as the host's own packet, then
+    // translated back as the kernel's nat POSTROUTING does.
     if netctl_filter_answer(ctx.skb.skb, bridge, 0) != u32::from(verdict::ACCEPT) {
         return (reason::DROP_RULE, TC_ACT_SHOT);
+    }
+    if crate::nat::netctl_nat_answer(ctx.skb.skb) < 0 {
+        return (reason::REJECT_FAILED, TC_ACT_SHOT);
     }
     // Out of the bridge through the kernel's neighbour table, as the
     // kernel routes its own answer: to whichever port holds the packet's
@@ -138,6 +138,38 @@ pub fn answer_local(ctx: &TcContext, port: *const PortInfo, v: u32) -> (u32, i32
     // returns.
     unsafe { bpf_redirect(bridge, u64::from(BPF_F_INGRESS)) };
     (reason::REJECT_RULE, TC_ACT_REDIRECT)
+}
+
+/// The reason and TC verdict for a packet of the host's that a REJECT
+/// refused on its way over lo (a translated connection's, see `local`):
+/// the answer is written in its place and goes on up the host's stack, as
+/// the kernel's goes back over lo, crossing OUTPUT and POSTROUTING, then
+/// PREROUTING and INPUT.
+#[inline(always)]
+pub fn answer_lo(ctx: &TcContext, v: u32) -> (u32, i32) {
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+        return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    };
+    // (The kernel's own ICMP replies go unanswered; see `answer_local`.)
+    if ip.protocol == PROTO_ICMP
+        && ctx
+            .load::<u8>(ETH_HLEN + 20)
+            .is_ok_and(|t| matches!(t, 0 | 14 | 16 | 18))
+    {
+        return (reason::REJECT_RULE, TC_ACT_SHOT);
+    }
+    // From the host's address the packet was sent from; lo's MACs are
+    // zero, as the refused frame's.
+    let from = u32::from_ne_bytes(ip.saddr);
+    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, from, 0, 0) != 0 {
+        return (reason::REJECT_RULE, TC_ACT_SHOT);
+    }
+    let tcp = (v >> 8) & 0xff == u32::from(reject::TCP_RESET);
+    let flags = ANSWER_LOCAL | if tcp { ANSWER_TCP } else { 0 };
+    if netctl_filter_answer(ctx.skb.skb, LOOPBACK, flags) != u32::from(verdict::ACCEPT) {
+        return (reason::DROP_RULE, TC_ACT_SHOT);
+    }
+    (reason::REJECT_RULE, TCX_NEXT)
 }
 
 /// A MAC as the scalar `netctl_reject` takes (a global function's

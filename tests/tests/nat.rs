@@ -588,3 +588,45 @@ COMMIT\n";
     drop(_g);
     assert_eq!(footprint(&name), before);
 }
+
+#[test]
+fn the_hosts_connections_are_translated_in_nat_output() {
+    let name = unique("nou");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    apply_text(&name, &docker(&name));
+    let (host, c1) = (format!("{name}-h"), format!("{name}-c1"));
+    // A service address beyond the uplink (the host's default route),
+    // translated by nat OUTPUT to c1, and one redirected to the host
+    // itself. Without the translation nothing would answer: the outside
+    // namespace has no such address.
+    for rule in [
+        "-d 198.51.100.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 172.17.0.2:80",
+        "-d 198.51.100.11/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 9001",
+    ] {
+        let mut args = vec!["rules", "--topology", &name, "-t", "nat", "-A", "OUTPUT"];
+        args.extend(rule.split(' '));
+        let o = netctl(&args);
+        assert!(o.status.success(), "{rule}: {}", stderr(&o));
+    }
+    let s = peer_server(&c1, "tcp", 80, 1);
+    let local = peer_server(&host, "tcp", 9001, 1);
+    // Rerouted into docker0, where Docker's rule for the host's own
+    // sources masquerades it, as the kernel's would.
+    let to_c1 = ask(&host, "tcp", "198.51.100.10", 80, 47000, false);
+    let to_self = ask(&host, "tcp", "198.51.100.11", 80, 47001, false);
+    finish(s);
+    finish(local);
+    assert_eq!(to_c1, "172.17.0.1:47000", "DNAT in nat OUTPUT");
+    assert_eq!(to_self, "192.0.2.2:47001", "REDIRECT in nat OUTPUT");
+    let o = netctl(&["conntrack", "list", "--topology", &name]);
+    let list = stdout(&o);
+    assert!(
+        list.lines().any(|l| l.contains("dst=198.51.100.10")
+            && l.contains("sport=47000")
+            && l.contains("nat=snat+dnat")),
+        "{list}"
+    );
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}

@@ -45,8 +45,8 @@
 //!   sent. `Report::reference_skipped` counts the others.
 //! * nat OUTPUT sees nothing on either side: the host opens no connection
 //!   here (it only answers), and the kernel walks nat for a connection's
-//!   first packet only. netctl's missing OUTPUT DNAT (docs/nat.md) is not
-//!   exercised.
+//!   first packet only. netctl's nat OUTPUT for the host's own connections
+//!   is tested in `tests/nat.rs` instead.
 //! * address ranges and DNAT/REDIRECT port ranges, where netctl documents
 //!   that it takes the first address and port (docs/nat.md, "Not yet"),
 //!   unless `FIDELITY_NAT_RANGES=1` (`--nat-ranges`).
