@@ -213,12 +213,8 @@ pub extern "C" fn netctl_filter_rest(in_if: u32, route: u32, out_if: u32, rerout
             v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
         }
     } else if path == u32::from(path::OUTPUT) {
-        // POSTROUTING takes the route nat OUTPUT's translation chose.
-        if let Some((out, _)) = crate::l3::route_out(s.pkt.daddr)
-            && s.pkt.daddr != s.orig_pkt.daddr
-        {
-            set(field::OUT, out);
-        }
+        // `out_if`: the route nat OUTPUT's translation chose, if any.
+        set(field::OUT, out_if);
         v = netctl_classify(generation, u32::from(hook::POSTROUTING), first, 0, all);
     }
     netctl_store_cache(t, v);

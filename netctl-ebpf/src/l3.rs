@@ -244,33 +244,19 @@ pub fn rerouted(ctx: &TcContext) -> bool {
 }
 
 /// Sends a packet of the host's, whose destination nat OUTPUT changed,
-/// along the route to its new destination, as the kernel's
-/// `ip_route_me_harder`. Returns the program's verdict: redirected, or
-/// left as it is when the new destination is the host's own or beyond the
-/// topology's routes (the kernel's route then; not followed), or dropped
-/// when the neighbour cannot be reached.
+/// along `route_out`'s route to its new destination (`out_if` 0: none
+/// the datapath follows), as the kernel's `ip_route_me_harder`. Returns
+/// the program's verdict: redirected; left as it is without a route; or
+/// dropped when the neighbour cannot be reached.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn netctl_reroute(skb: *mut __sk_buff) -> i32 {
-    let ctx = TcContext::new(skb);
-    let Ok(daddr) = ctx.load::<[u8; 4]>(ETH_HLEN + 16) else {
-        return aya_ebpf::bindings::TC_ACT_SHOT;
-    };
+pub extern "C" fn netctl_reroute(skb: *mut __sk_buff, out_if: u32, nexthop: u32) -> i32 {
+    if out_if == 0 {
+        return netctl_common::TCX_NEXT;
+    }
     // SAFETY: as in `rerouted`.
     unsafe { (*skb).tc_index = REROUTED };
-    let sent = match route_out(daddr) {
-        Some((out_if, nexthop)) => netctl_out_by_neigh(skb, out_if, nexthop, 0),
-        // Through lo, with the local route the kernel's output path gives
-        // it (a packet redirected into lo would be routed as input there,
-        // where 127.0.0.1 is a martian).
-        None if is_local(daddr) => netctl_out_by_neigh(skb, crate::filter::LOOPBACK, 0, 0),
-        None => {
-            // SAFETY: as in `rerouted`.
-            unsafe { (*skb).tc_index = 0 };
-            return netctl_common::TCX_NEXT;
-        }
-    };
-    if sent {
+    if netctl_out_by_neigh(skb, out_if, nexthop, 0) {
         aya_ebpf::bindings::TC_ACT_REDIRECT
     } else {
         // SAFETY: as in `rerouted`.
@@ -279,31 +265,22 @@ pub extern "C" fn netctl_reroute(skb: *mut __sk_buff) -> i32 {
     }
 }
 
-/// Whether `daddr` is one of the host's own addresses (lo's included).
-#[inline(always)]
-fn is_local(daddr: [u8; 4]) -> bool {
-    daddr[0] == 127
-        || NETCTL_ROUTES
-            .get(Key::new(32, daddr))
-            .is_some_and(|r| r.kind == route_kind::LOCAL)
-}
-
-/// The device and next hop (network order, 0: on-link) of the route to
-/// `daddr` through the topology; None for the host's own addresses and
-/// routes the datapath does not mirror.
+/// The device and next hop (network order, 0: on-link) of the host's
+/// route to `daddr`, as the datapath mirrors it: lo for the host's own
+/// addresses (sent through lo with the local route the kernel's output
+/// path gives them; redirected into lo, 127.0.0.1 would be a martian
+/// there), a bridge or the uplink otherwise. None for routes out of
+/// devices the datapath does not handle.
 #[inline(always)]
 pub fn route_out(daddr: [u8; 4]) -> Option<(u32, u32)> {
     let r = NETCTL_ROUTES.get(Key::new(32, daddr))?;
     let (kind, out_if, gateway) = (r.kind, r.bridge, r.gateway);
-    if out_if == 0 || !matches!(kind, route_kind::CONNECTED | route_kind::GATEWAY) {
-        return None;
+    match kind {
+        route_kind::LOCAL => Some((crate::filter::LOOPBACK, 0)),
+        route_kind::CONNECTED if out_if != 0 => Some((out_if, 0)),
+        route_kind::GATEWAY if out_if != 0 => Some((out_if, u32::from_ne_bytes(gateway))),
+        _ => None,
     }
-    let nexthop = if kind == route_kind::GATEWAY {
-        u32::from_ne_bytes(gateway)
-    } else {
-        0
-    };
-    Some((out_if, nexthop))
 }
 
 /// Rewrites a routed frame for its next hop: MACs, TTL, header checksum.

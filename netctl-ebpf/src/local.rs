@@ -16,15 +16,15 @@
 //! socket with one of its own addresses as source, which a bridge with
 //! `accept_local` lets in.
 
-use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key};
-use netctl_common::{CtCache, config, ctbit, field, hook, route_kind, verdict};
+use aya_ebpf::bindings::__sk_buff;
+use netctl_common::{CtCache, config, ctbit, field, hook, verdict};
 
 use crate::{
     classify::{self, netctl_classify},
     conntrack,
     filter::{self, LOOPBACK, netctl_load_fields, netctl_track},
     l3,
-    maps::{self, NETCTL_ROUTES, NETCTL_RS_HOOKS},
+    maps::{self, NETCTL_RS_HOOKS},
     nat,
 };
 
@@ -124,18 +124,13 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
     };
     // SAFETY: this CPU's scratch element.
     let (daddr, ctstate) = unsafe { ((*s).pkt.daddr, (*s).track & 0xff) };
-    let Some(r) = NETCTL_ROUTES.get(Key::new(32, daddr)) else {
-        return DROP;
-    };
-    let (kind, out_if, gateway) = (r.kind, r.bridge, r.gateway);
-    let local = kind == route_kind::LOCAL;
     // A destination beyond a device that is not a bridge of the topology
     // (the uplink) would answer with a source the kernel calls a martian
     // there: not supported.
-    if !local && (out_if == 0 || kind == route_kind::KERNEL) {
+    let Some((out, nexthop)) = l3::route_out(daddr) else {
         return DROP;
-    }
-    let out = if local { LOOPBACK } else { out_if };
+    };
+    let local = out == LOOPBACK;
     let generation = maps::config(config::RULES_SERIAL) & 1;
     let output = u32::from(hook::OUTPUT);
     let (raw_end, nat_start, nat_end) = NETCTL_RS_HOOKS
@@ -173,12 +168,7 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
     if local {
         return PASS;
     }
-    let nexthop = if kind == route_kind::GATEWAY {
-        u32::from_ne_bytes(gateway)
-    } else {
-        0
-    };
-    if l3::netctl_out_by_neigh(skb, out_if, nexthop, 0) {
+    if l3::netctl_out_by_neigh(skb, out, nexthop, 0) {
         SENT
     } else {
         DROP

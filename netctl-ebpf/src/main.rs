@@ -283,25 +283,27 @@ pub fn netctl_egress(ctx: TcContext) -> i32 {
     if v == accept {
         v = filter::netctl_filter(ctx.skb.skb, 0, output, bridge);
     }
-    if v == filter::MORE {
-        v = filter::netctl_filter_rest(0, output, bridge, 0);
-    }
     // nat OUTPUT may have given the packet another destination (DNAT,
     // the answer to a connection SNAT'd in INPUT, an ICMP error about
     // one): the kernel routes it again (`ip_route_me_harder`), and
-    // MASQUERADE takes the new route's device.
+    // POSTROUTING (MASQUERADE too) sees the new route's device.
     let moved = filter::dst_moved();
-    let out = if moved {
-        l3::route_out(filter::dst()).map_or(bridge, |r| r.0)
+    let route = if moved {
+        l3::route_out(filter::dst())
     } else {
-        bridge
+        None
     };
+    let out = route.map_or(bridge, |r| r.0);
+    if v == filter::MORE {
+        v = filter::netctl_filter_rest(0, output, out, 0);
+    }
     if v == accept && nat::netctl_nat_src(ctx.skb.skb, out, 0) < 0 {
         v = u32::from(verdict::DROP);
     }
     if v == accept {
         if moved {
-            return l3::netctl_reroute(ctx.skb.skb);
+            let (out_if, nexthop) = route.unwrap_or((0, 0));
+            return l3::netctl_reroute(ctx.skb.skb, out_if, nexthop);
         }
         return TCX_NEXT;
     }

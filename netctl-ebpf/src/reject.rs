@@ -106,8 +106,42 @@ pub fn answer_local(ctx: &TcContext, port: *const PortInfo, v: u32) -> (u32, i32
     if v & 0xff != u32::from(verdict::REJECT) {
         return (reason::DROP_RULE, TC_ACT_SHOT);
     }
-    let (Ok(eth), Ok(ip)) = (ctx.load::<EthHdr>(0), ctx.load::<Ipv4Hdr>(ETH_HLEN)) else {
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
         return (reason::REJECT_FAILED, TC_ACT_SHOT);
+    };
+    // To the host's MAC.
+    if let Err(refused) = answer_host(ctx, v, mac_arg(&eth.dst)) {
+        return refused;
+    }
+    // SAFETY: a live element of the ports map (see `netctl_egress`).
+    let bridge = unsafe { (*port).bridge };
+    // SAFETY: the helper only records the target for after the program
+    // returns.
+    unsafe { bpf_redirect(bridge, u64::from(BPF_F_INGRESS)) };
+    (reason::REJECT_RULE, TC_ACT_REDIRECT)
+}
+
+/// The reason and TC verdict for a packet of the host's that a REJECT
+/// refused on its way over lo (a translated connection's, see `local`):
+/// the answer is written in its place and goes on up the host's stack.
+#[inline(always)]
+pub fn answer_lo(ctx: &TcContext, v: u32) -> (u32, i32) {
+    // lo's MACs are zero, as the refused frame's.
+    match answer_host(ctx, v, 0) {
+        Ok(()) => (reason::REJECT_RULE, TCX_NEXT),
+        Err(refused) => refused,
+    }
+}
+
+/// Writes the REJECT answer `v` to a packet of the host's over the
+/// packet, from `src_mac` (`mac_arg`), and judges it as the kernel routes
+/// it, over loopback: out by `lo` (OUTPUT, POSTROUTING), in by `lo`
+/// (PREROUTING, INPUT). Err: the reason and verdict for a packet that gets
+/// no answer.
+#[inline(always)]
+fn answer_host(ctx: &TcContext, v: u32, src_mac: u64) -> Result<(), (u32, i32)> {
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+        return Err((reason::REJECT_FAILED, TC_ACT_SHOT));
     };
     // The kernel's own ICMP messages (echo and other replies) are sent
     // holding its ICMP socket, which icmp_send then cannot take: REJECT
@@ -117,59 +151,21 @@ pub fn answer_local(ctx: &TcContext, port: *const PortInfo, v: u32) -> (u32, i32
             .load::<u8>(ETH_HLEN + 20)
             .is_ok_and(|t| matches!(t, 0 | 14 | 16 | 18))
     {
-        return (reason::REJECT_RULE, TC_ACT_SHOT);
+        return Err((reason::REJECT_RULE, TC_ACT_SHOT));
     }
-    // SAFETY: a live element of the ports map (see `netctl_egress`).
-    let bridge = unsafe { (*port).bridge };
-    // To the host's MAC. A reset comes from the packet's destination; an
-    // ICMP error, routed to the host itself, from the host's address the
-    // packet was sent from (the local route's preferred source).
+    // A reset comes from the packet's destination; an ICMP error, routed
+    // to the host itself, from the host's address the packet was sent from
+    // (the local route's preferred source).
     let from = u32::from_ne_bytes(ip.saddr);
-    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, from, 0, mac_arg(&eth.dst)) != 0 {
-        return (reason::REJECT_FAILED, TC_ACT_SHOT);
-    }
-    // The kernel routes this answer over loopback: out by `lo`, in by `lo`.
-    let tcp = (v >> 8) & 0xff == u32::from(reject::TCP_RESET);
-    let flags = ANSWER_LOCAL | if tcp { ANSWER_TCP } else { 0 };
-    if netctl_filter_answer(ctx.skb.skb, LOOPBACK, flags) != u32::from(verdict::ACCEPT) {
-        return (reason::DROP_RULE, TC_ACT_SHOT);
-    }
-    // SAFETY: the helper only records the target for after the program
-    // returns.
-    unsafe { bpf_redirect(bridge, u64::from(BPF_F_INGRESS)) };
-    (reason::REJECT_RULE, TC_ACT_REDIRECT)
-}
-
-/// The reason and TC verdict for a packet of the host's that a REJECT
-/// refused on its way over lo (a translated connection's, see `local`):
-/// the answer is written in its place and goes on up the host's stack, as
-/// the kernel's goes back over lo, crossing OUTPUT and POSTROUTING, then
-/// PREROUTING and INPUT.
-#[inline(always)]
-pub fn answer_lo(ctx: &TcContext, v: u32) -> (u32, i32) {
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
-        return (reason::REJECT_FAILED, TC_ACT_SHOT);
-    };
-    // (The kernel's own ICMP replies go unanswered; see `answer_local`.)
-    if ip.protocol == PROTO_ICMP
-        && ctx
-            .load::<u8>(ETH_HLEN + 20)
-            .is_ok_and(|t| matches!(t, 0 | 14 | 16 | 18))
-    {
-        return (reason::REJECT_RULE, TC_ACT_SHOT);
-    }
-    // From the host's address the packet was sent from; lo's MACs are
-    // zero, as the refused frame's.
-    let from = u32::from_ne_bytes(ip.saddr);
-    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, from, 0, 0) != 0 {
-        return (reason::REJECT_RULE, TC_ACT_SHOT);
+    if netctl_reject(ctx.skb.skb, (v >> 8) & 0xff, from, 0, src_mac) != 0 {
+        return Err((reason::REJECT_FAILED, TC_ACT_SHOT));
     }
     let tcp = (v >> 8) & 0xff == u32::from(reject::TCP_RESET);
     let flags = ANSWER_LOCAL | if tcp { ANSWER_TCP } else { 0 };
     if netctl_filter_answer(ctx.skb.skb, LOOPBACK, flags) != u32::from(verdict::ACCEPT) {
-        return (reason::DROP_RULE, TC_ACT_SHOT);
+        return Err((reason::DROP_RULE, TC_ACT_SHOT));
     }
-    (reason::REJECT_RULE, TCX_NEXT)
+    Ok(())
 }
 
 /// A MAC as the scalar `netctl_reject` takes (a global function's
