@@ -323,6 +323,8 @@ mod user {
     unsafe impl aya::Pod for super::RsSummary {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::NatSrcKey {}
+    unsafe impl aya::Pod for super::NatSrc {}
 }
 
 // ---------------------------------------------------------------------------
@@ -700,6 +702,38 @@ pub mod nat_bit {
 /// their entry. Only translated connections have an element here.
 pub const MAP_CT_NAT: &str = "NETCTL_CT_NAT";
 
+/// `NatSrcKey -> NatSrc` (LRU, as big as `MAP_CT`): the connections whose
+/// source was last translated, per original source, newest first. The
+/// kernel's `find_appropriate_src` walks its `nf_nat_bysource` list the
+/// same way: a new connection from that source, outside the range of its
+/// SNAT or MASQUERADE rule, takes the newest live one's mapping that lies
+/// in the range, if its tuple is free — one source keeps one translation
+/// whatever the destination. The mapping is read from each connection's
+/// live entry.
+pub const MAP_NAT_SRC: &str = "NETCTL_NAT_SRC";
+/// Connections `NatSrc` remembers per source.
+pub const NAT_SRC_SLOTS: usize = 4;
+
+/// An original source: protocol, address and port (ICMP: the query
+/// identifier; 0 for protocols without ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatSrcKey {
+    pub proto: u8,
+    pub _pad: u8,
+    /// Host order.
+    pub port: u16,
+    pub addr: [u8; 4],
+}
+
+/// Keys in `MAP_CT` of the source's translated connections, newest
+/// first; an empty slot has protocol 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatSrc {
+    pub conns: [CtKey; NAT_SRC_SLOTS],
+}
+
 /// `ifindex (u32) -> [u8; 4]`: the first IPv4 address of every interface
 /// of the host namespace (network order), as MASQUERADE (the outgoing
 /// interface's) and REDIRECT (the incoming one's) need it. Kept by netctl.
@@ -889,6 +923,8 @@ pub mod ct_timeout {
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NatSrcKey>() == 8);
+const _: () = assert!(core::mem::size_of::<NatSrc>() == 16 * NAT_SRC_SLOTS);
 const _: () = assert!(core::mem::size_of::<CtCache>() == 68);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 208);
 

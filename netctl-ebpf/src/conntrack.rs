@@ -254,7 +254,7 @@ pub fn confirmed(e: *mut CtEntry) -> bool {
 
 /// Whether the connection of live entry `e` was opened from `addr`/`port`.
 #[inline(always)]
-fn opened(e: *mut CtEntry, addr: [u8; 4], port: u16) -> bool {
+pub fn opened(e: *mut CtEntry, addr: [u8; 4], port: u16) -> bool {
     // SAFETY: a live element (see `live`); fields read whole.
     unsafe { (*e).orig_addr == addr && (*e).orig_port == port }
 }

@@ -15,7 +15,7 @@ use netctl_common::{
     RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, ct_timeout, flow_stat, hook,
     reason,
 };
-use netctl_common::{MAP_IFADDR_MAX, RS_NAT_MAX, RS_SLOTS_LOW, RsNat};
+use netctl_common::{MAP_IFADDR_MAX, NatSrc, NatSrcKey, RS_NAT_MAX, RS_SLOTS_LOW, RsNat};
 
 #[map]
 pub static NETCTL_PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAP_PORTS_MAX, 0);
@@ -101,6 +101,11 @@ pub static NETCTL_CT_TIMEOUTS: Array<u32> = Array::pinned(ct_timeout::CLASSES, 0
 /// A translated connection's reply tuple -> its key in `NETCTL_CT`.
 #[map]
 pub static NETCTL_CT_NAT: LruHashMap<CtKey, CtKey> = LruHashMap::pinned(MAP_CT_MAX, 0);
+
+/// An original source -> its latest translated connections
+/// (`netctl_common::MAP_NAT_SRC`).
+#[map]
+pub static NETCTL_NAT_SRC: LruHashMap<NatSrcKey, NatSrc> = LruHashMap::pinned(MAP_CT_MAX, 0);
 
 /// The NAT actions of both generations' rules.
 #[map]

@@ -20,12 +20,15 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use netctl_common::{CtKey, RS_NAT_MAX, config, ct_flag, nat_bit, nat_kind, nat_range};
+use netctl_common::{
+    CtKey, NAT_SRC_SLOTS, NatSrc, NatSrcKey, RS_NAT_MAX, config, ct_flag, nat_bit, nat_kind,
+    nat_range,
+};
 
 use crate::{
     classify,
     conntrack::{self, key},
-    maps::{self, NETCTL_CT, NETCTL_CT_NAT, NETCTL_IFADDR, NETCTL_RS_NAT},
+    maps::{self, NETCTL_CT, NETCTL_CT_NAT, NETCTL_IFADDR, NETCTL_NAT_SRC, NETCTL_RS_NAT},
     packet::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
     parse::ETH_HLEN,
 };
@@ -160,8 +163,14 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32, dropped: u32)
         let Some(addr) = to_addr(&a, out_if, &s.pkt) else {
             return -1;
         };
-        let Some(port) = free_port(s, addr, &a) else {
-            return -1;
+        let (addr, port) = match same_src(s, &a, addr) {
+            Some(m) => m,
+            None => {
+                let Some(port) = free_port(s, addr, &a) else {
+                    return -1;
+                };
+                (addr, port)
+            }
         };
         // A translation to what the packet already has binds nothing, as
         // in the kernel (`nf_nat_setup_info` sets no NAT status then): the
@@ -202,7 +211,169 @@ pub extern "C" fn netctl_nat_src(skb: *mut __sk_buff, out_if: u32, dropped: u32)
         unsafe { (*e).nat = s.binding };
     }
     netctl_nat_reply_tuple();
-    i32::from(s.binding.flags & nat_bit::SRC != 0)
+    let translated = s.binding.flags & nat_bit::SRC != 0;
+    if translated && s.nat[1] != 0 {
+        netctl_nat_src_remember();
+    }
+    i32::from(translated)
+}
+
+/// The kernel's `find_appropriate_src` for a first packet whose source NAT
+/// rule `a` (MASQUERADE: to `addr`) does not already cover its source: the
+/// mapping of the newest live connection from the same source whose
+/// mapping the rule's range covers, if its tuple is free with this
+/// packet's destination. The kernel looks no further than that one
+/// (`get_unique_tuple`): None sends the packet to the address pick and the
+/// port search.
+#[inline(always)]
+fn same_src(
+    s: *mut classify::Scratch,
+    a: &netctl_common::RsNat,
+    addr: [u8; 4],
+) -> Option<([u8; 4], u16)> {
+    // SAFETY: this CPU's scratch element; only `candidate` is written
+    // below, through the pointer, while `p` and `rule` read other fields.
+    let (p, rule) = unsafe { (&(*s).pkt, (*s).nat[1]) };
+    if rule == 0 {
+        // The null binding's range is the source itself: always covered.
+        return None;
+    }
+    let (lo, hi) = if a.kind == nat_kind::MASQUERADE {
+        (u32::from_be_bytes(addr), u32::from_be_bytes(addr))
+    } else {
+        (
+            u32::from_be_bytes(a.addr_min),
+            u32::from_be_bytes(a.addr_max),
+        )
+    };
+    let with_ports = a.flags & nat_range::PORTS != 0 && has_ports(p.proto);
+    let (sport, dport) = ports(p);
+    let src = u32::from_be_bytes(p.saddr);
+    let covered =
+        src >= lo && src <= hi && (!with_ports || sport >= a.port_min && sport <= a.port_max);
+    if covered {
+        return None;
+    }
+    let now = crate::clock::now();
+    let span = (u32::from(a.port_min) << 16) | u32::from(a.port_max);
+    let m = netctl_nat_same_src(lo, hi, span, u32::from(with_ports), now);
+    if m == 0 {
+        return None;
+    }
+    let (maddr, mport) = (((m >> 16) as u32).to_be_bytes(), m as u16);
+    let rk = key(p.proto, maddr, mport, p.daddr, dport_for(p, mport, dport));
+    // SAFETY: this CPU's scratch element.
+    unsafe { (*s).candidate = rk };
+    (netctl_nat_taken(now) == 0).then_some((maddr, mport))
+}
+
+/// The newest live connection remembered for the first packet's original
+/// source (`NETCTL_NAT_SRC`) whose translated source lies in addresses
+/// `lo..=hi` (host order) and, if `with_ports`, ports `span >> 16 ..=
+/// span & 0xffff`: `1 << 48 | address << 16 | port`, or 0. A global
+/// function: its lookups stay off `netctl_nat_src`'s frame.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_same_src(
+    lo: u32,
+    hi: u32,
+    span: u32,
+    with_ports: u32,
+    now: u64,
+) -> u64 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let p = unsafe { &(*s).orig_pkt };
+    let sport = ports(p).0;
+    let k = src_key(p.proto, p.saddr, sport);
+    let Some(v) = NETCTL_NAT_SRC.get_ptr(k) else {
+        return 0;
+    };
+    let (pmin, pmax) = ((span >> 16) as u16, span as u16);
+    let mut i = 0;
+    while i < NAT_SRC_SLOTS {
+        // SAFETY: a live element, a `CtKey` copied whole; `i` is in bounds.
+        let c = unsafe { *(*v).conns.as_ptr().add(i) };
+        i += 1;
+        if c.proto != p.proto {
+            continue;
+        }
+        // Only a live, confirmed connection opened from this source with
+        // its source translated is in the kernel's list.
+        let Some(e) = conntrack::live(&c, now) else {
+            continue;
+        };
+        if !conntrack::confirmed(e) || !conntrack::opened(e, p.saddr, sport) {
+            continue;
+        }
+        // SAFETY: a live element (see `conntrack::live`), read whole.
+        let n = unsafe { (*e).nat };
+        if n.flags & nat_bit::SRC == 0 {
+            continue;
+        }
+        let a = u32::from_be_bytes(n.snat_addr);
+        if a < lo || a > hi || with_ports != 0 && (n.snat_port < pmin || n.snat_port > pmax) {
+            continue;
+        }
+        return (1 << 48) | (u64::from(a) << 16) | u64::from(n.snat_port);
+    }
+    0
+}
+
+/// Puts the connection `netctl_nat_src` has just translated first among
+/// those remembered for its original source (`NETCTL_NAT_SRC`), as the
+/// kernel adds it at the head of its source's list.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_src_remember() -> i32 {
+    let Some(s) = classify::scratch() else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch element.
+    let (p, own) = unsafe { (&(*s).orig_pkt, (*s).ct_key) };
+    let k = src_key(p.proto, p.saddr, ports(p).0);
+    let Some(v) = NETCTL_NAT_SRC.get_ptr_mut(k) else {
+        let mut n = NatSrc::default();
+        n.conns[0] = own;
+        // A full table evicts its least recently used element (LRU).
+        let _ = NETCTL_NAT_SRC.insert(k, n, 0);
+        return 0;
+    };
+    // SAFETY: a live element; another CPU remembering a connection of
+    // the same source meanwhile may lose one of the two, which only
+    // makes a later connection search for a port as the kernel does
+    // when its list holds nothing in range.
+    let c = unsafe { &mut (*v).conns };
+    // Where `own` was (a reopened connection), else the oldest slot: the
+    // slots before it move down by one.
+    let at = c
+        .iter()
+        .position(|x| *x == own)
+        .unwrap_or(NAT_SRC_SLOTS - 1);
+    let (c0, c1, c2) = (c[0], c[1], c[2]);
+    if at >= 3 {
+        c[3] = c2;
+    }
+    if at >= 2 {
+        c[2] = c1;
+    }
+    if at >= 1 {
+        c[1] = c0;
+    }
+    c[0] = own;
+    0
+}
+
+#[inline(always)]
+fn src_key(proto: u8, addr: [u8; 4], port: u16) -> NatSrcKey {
+    NatSrcKey {
+        proto,
+        _pad: 0,
+        port,
+        addr,
+    }
 }
 
 /// Files the reply tuple of the connection `netctl_nat_src` has just
@@ -258,14 +429,8 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
         return -1;
     };
     let old = ports(&s.pkt).1;
-    // The kernel keeps a destination port already in the range, else takes
-    // the range's first (a destination's search starts at offset 0).
     let port = if a.flags & nat_range::PORTS != 0 && has_ports(s.pkt.proto) {
-        if old >= a.port_min && old <= a.port_max {
-            old
-        } else {
-            a.port_min
-        }
+        dst_port(s, addr, &a, old)
     } else {
         old
     };
@@ -282,6 +447,51 @@ pub extern "C" fn netctl_nat_new_dst(skb: *mut __sk_buff, in_if: u32) -> i32 {
     s.binding.dnat_addr = addr;
     s.binding.dnat_port = port;
     0
+}
+
+/// Tries at a free destination port in a DNAT or REDIRECT port range.
+const DST_PORT_TRIES: u16 = 32;
+
+/// The destination port DNAT or REDIRECT to `addr` with a port range gives
+/// the packet, whose destination port is `old`, as the kernel chooses it
+/// (`get_unique_tuple`, `nf_nat_l4proto_unique_tuple`): `old` if the range
+/// holds it and the tuple is free (or the range is one port), else the
+/// first port of the range whose tuple is free — a destination's search
+/// starts at the range's first port, not at a random one. With every port
+/// of the range taken, the last, as the kernel ends (the source's null
+/// binding then remaps the source port); a range wider than
+/// `DST_PORT_TRIES` is searched no further than its first
+/// `DST_PORT_TRIES + 1` ports (the kernel's search goes on to 128).
+#[inline(always)]
+fn dst_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat, old: u16) -> u16 {
+    let (lo, hi) = (a.port_min, a.port_max.max(a.port_min));
+    let now = crate::clock::now();
+    if old >= lo && old <= hi && (lo == hi || !dst_taken(s, addr, old, now)) {
+        return old;
+    }
+    let mut port = lo;
+    let mut i = 0;
+    while i < DST_PORT_TRIES {
+        if !dst_taken(s, addr, port, now) || port == hi {
+            break;
+        }
+        port += 1;
+        i += 1;
+    }
+    port
+}
+
+/// Whether another live connection has the tuple of the packet with its
+/// destination translated to `addr`/`port`.
+#[inline(always)]
+fn dst_taken(s: *mut classify::Scratch, addr: [u8; 4], port: u16, now: u64) -> bool {
+    // SAFETY: this CPU's scratch element; `candidate` is written, `pkt`
+    // read.
+    unsafe {
+        let p = &(*s).pkt;
+        (*s).candidate = key(p.proto, p.saddr, ports(p).0, addr, port);
+    }
+    netctl_nat_taken(now) != 0
 }
 
 /// Translates the ICMP error a REJECT has just written into `skb` about
@@ -484,18 +694,48 @@ fn dport_for(p: &Pkt, sport: u16, dport: u16) -> u16 {
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_nat_taken(now: u64) -> u32 {
+    // Two functions, one after the other: their frames, which the deepest
+    // call chains (a DNAT port search under `netctl_filter`) cannot
+    // afford together, are never on the stack at once.
+    if netctl_nat_taken_orig(now) != 0 {
+        return 1;
+    }
+    netctl_nat_taken_reply(now)
+}
+
+/// `netctl_nat_taken`'s first half: another live connection's original
+/// tuple.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_taken_orig(now: u64) -> u32 {
     let Some(s) = classify::scratch() else {
         return 1;
     };
-    // SAFETY: this CPU's scratch element.
-    let (k, own) = unsafe { ((*s).candidate, (*s).ct_key) };
+    // SAFETY: this CPU's scratch element (read in place, as below).
+    let k = unsafe { &(*s).candidate };
     // Unconfirmed connections are in no table: they take nothing.
-    if k != own && conntrack::live(&k, now).is_some_and(conntrack::confirmed) {
-        return 1;
-    }
     u32::from(
-        conntrack::nat_owner(&k, now).is_some_and(|(o, e)| o != own && conntrack::confirmed(e)),
+        *k != unsafe { (*s).ct_key } && conntrack::live(k, now).is_some_and(conntrack::confirmed),
     )
+}
+
+/// `netctl_nat_taken`'s second half: another live connection's reply
+/// tuple.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn netctl_nat_taken_reply(now: u64) -> u32 {
+    let Some(s) = classify::scratch() else {
+        return 1;
+    };
+    // The tuples are read where they are, in the scratch map, rather than
+    // copied: copies spill field by field around the lookups, and this
+    // frame lies on the deepest chains.
+    // SAFETY: this CPU's scratch element.
+    let k = unsafe { &(*s).candidate };
+    u32::from(conntrack::nat_owner(k, now).is_some_and(|(o, e)| {
+        // SAFETY: as above.
+        o != unsafe { (*s).ct_key } && conntrack::confirmed(e)
+    }))
 }
 
 /// Rewrites the packet's source (`src`) or destination address and port

@@ -244,6 +244,81 @@ fn two_containers_with_the_same_source_port_get_two_translations() {
 }
 
 #[test]
+fn a_source_keeps_its_translation_across_destinations() {
+    let name = unique("nsm");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    apply(&name, MASQ);
+    let (a, a2, b) = containers(&name);
+    let one = peer_server(&b, "udp", 7001, 2);
+    let two = peer_server(&b, "udp", 7002, 2);
+    // What b saw each datagram come from.
+    let seen = |ns: &str, port: u16| {
+        let got = ask(ns, "udp", "10.74.0.2", port, 5000, false);
+        got.split(' ').next().unwrap_or_default().to_string()
+    };
+    let a_first = seen(&a, 7001);
+    let a2_first = seen(&a2, 7001);
+    // a2's port 5000 already stands for 10.74.0.1:R; to another
+    // destination the kernel maps it the same way (`find_appropriate_src`),
+    // though 10.74.0.1:5000 would be free there: what a peer-to-peer
+    // protocol (STUN, SIP, WireGuard) relies on.
+    let a2_second = seen(&a2, 7002);
+    let a_second = seen(&a, 7002);
+    finish(one);
+    finish(two);
+    assert_eq!(a_first, "10.74.0.1:5000", "a keeps its port");
+    assert!(a2_first.starts_with("10.74.0.1:"), "{a2_first}");
+    assert_ne!(a2_first, "10.74.0.1:5000", "a2's port is remapped");
+    assert_eq!(a2_second, a2_first, "a2 keeps its mapping to b:7002");
+    assert_eq!(a_second, "10.74.0.1:5000", "and so does a");
+
+    // The operator's view: a2's source and its two connections, newest
+    // first.
+    let dump = stdout(&netctl(&["maps", "dump", "nat_src", "-t", &name]));
+    let line = dump
+        .lines()
+        .find(|l| l.contains("10.73.0.3:5000"))
+        .unwrap_or_else(|| panic!("{dump}"));
+    let at = |p: &str| line.find(&format!("10.74.0.2:{p}")).unwrap_or(usize::MAX);
+    assert!(at("7002") < at("7001") && at("7001") < usize::MAX, "{dump}");
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
+fn dnat_to_a_port_range_takes_the_first_free_port() {
+    let name = unique("ndr");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    // Two service addresses, both DNAT'd to b's ports 7001-7002.
+    apply(
+        &name,
+        "*nat\n\
+         -A PREROUTING -d 10.74.0.100 -p udp -j DNAT --to-destination 10.74.0.2:7001-7002\n\
+         -A PREROUTING -d 10.74.0.101 -p udp -j DNAT --to-destination 10.74.0.2:7001-7002\n\
+         COMMIT\n",
+    );
+    let (a, _, b) = containers(&name);
+    let server = "import socket,select\nss=[]\n\
+         for p in (7001,7002):\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',p));ss.append(s)\n\
+         print('ready',flush=True)\n\
+         for _ in range(2):\n  r,_,_=select.select(ss,[],[],10)\n  s=r[0];d,x=s.recvfrom(100)\n\
+         \x20 s.sendto(f'{s.getsockname()[1]} {x[0]}:{x[1]}'.encode(),x)";
+    let (child, _) = spawn_ready(&b, server);
+    // The same client port to both: the second's tuple to 7001 is the
+    // first's, so the kernel searches the range from its first port on
+    // and takes 7002, keeping the client's port.
+    let first = ask(&a, "udp", "10.74.0.100", 80, 5000, false);
+    let second = ask(&a, "udp", "10.74.0.101", 80, 5000, false);
+    finish(child);
+    assert_eq!(first, "7001 10.73.0.2:5000 10.74.0.100 80");
+    assert_eq!(second, "7002 10.73.0.2:5000 10.74.0.101 80");
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
 fn dnat_publishes_a_container_on_the_host_address_with_hairpin() {
     let name = unique("ndn");
     let _g = Cleanup::new(&name);

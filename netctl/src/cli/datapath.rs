@@ -339,6 +339,17 @@ fn print_dump(d: &inspect::Dump) {
                 );
             }
         }
+        Dump::NatSrc(v) => {
+            println!("{:<5} {:<22} CONNECTIONS (NEWEST FIRST)", "PROTO", "SOURCE");
+            for r in v {
+                let conns: Vec<String> = r
+                    .connections
+                    .iter()
+                    .map(|[a, b]| format!("{a} {b}"))
+                    .collect();
+                println!("{:<5} {:<22} {}", r.protocol, r.source, conns.join(", "));
+            }
+        }
         Dump::RsNat(v) => {
             println!(
                 "{:>3} {:>5} {:<4} {:<10} TO",

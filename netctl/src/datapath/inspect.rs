@@ -17,8 +17,8 @@ use netctl_common::{
     reject, route_kind, tcp_state,
 };
 use netctl_common::{
-    MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_RS_NAT, RS_NAT_MAX, RsNat, ct_timeout, nat_bit,
-    nat_kind, nat_range,
+    MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_NAT_SRC, MAP_RS_NAT, NatSrc, NatSrcKey,
+    RS_NAT_MAX, RsNat, ct_timeout, nat_bit, nat_kind, nat_range,
 };
 use serde::Serialize;
 
@@ -172,6 +172,7 @@ pub enum Dump {
     RsLog(Vec<LogRow>),
     RsCounters(Vec<CounterRow>),
     CtNat(Vec<CtNatRow>),
+    NatSrc(Vec<NatSrcRow>),
     RsNat(Vec<NatRow>),
     IfAddr(Vec<IfAddrRow>),
 }
@@ -197,6 +198,7 @@ impl Dump {
             Dump::RsLog(v) => v.len(),
             Dump::RsCounters(v) => v.len(),
             Dump::CtNat(v) => v.len(),
+            Dump::NatSrc(v) => v.len(),
             Dump::RsNat(v) => v.len(),
             Dump::IfAddr(v) => v.len(),
         }
@@ -1092,6 +1094,7 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
             0..RS_SLOTS_LOW,
         )?),
         MAP_CT_NAT => Dump::CtNat(ct_nat(topology)?),
+        MAP_NAT_SRC => Dump::NatSrc(nat_src(topology)?),
         MAP_RS_NAT => Dump::RsNat(rs_nat(topology)?),
         MAP_IFADDR => Dump::IfAddr(ifaddrs(topology, names)?),
         MAP_CT_TIMEOUTS => Dump::Config(ct_timeouts(topology)),
@@ -1145,6 +1148,45 @@ pub fn ct_nat(topology: &str) -> Result<Vec<CtNatRow>> {
         })
         .collect();
     v.sort_by_key(|(k, _)| (k.proto, k.a_addr, k.a_port, k.b_addr, k.b_port));
+    Ok(v.into_iter().map(|x| x.1).collect())
+}
+
+#[derive(Debug, Serialize)]
+pub struct NatSrcRow {
+    pub protocol: String,
+    /// The original source.
+    pub source: String,
+    /// Keys of its latest translated connections (newest first) in
+    /// NETCTL_CT, each as its two ends; some may have ended since.
+    pub connections: Vec<[String; 2]>,
+}
+
+pub fn nat_src(topology: &str) -> Result<Vec<NatSrcRow>> {
+    let m: HashMap<MapData, NatSrcKey, NatSrc> =
+        HashMap::try_from(open(topology, MAP_NAT_SRC)?).map_err(me(MAP_NAT_SRC))?;
+    let mut v: Vec<(NatSrcKey, NatSrcRow)> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, n)| {
+            let row = NatSrcRow {
+                protocol: proto_name(k.proto),
+                source: end(k.addr, k.port, k.proto),
+                connections: n
+                    .conns
+                    .iter()
+                    .filter(|c| c.proto != 0)
+                    .map(|c| {
+                        [
+                            end(c.a_addr, c.a_port, c.proto),
+                            end(c.b_addr, c.b_port, c.proto),
+                        ]
+                    })
+                    .collect(),
+            };
+            (k, row)
+        })
+        .collect();
+    v.sort_by_key(|(k, _)| (k.proto, k.addr, k.port));
     Ok(v.into_iter().map(|x| x.1).collect())
 }
 

@@ -61,6 +61,12 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
             size_of::<CtKey>(),
             MAP_CT_MAX,
         ),
+        (
+            MAP_NAT_SRC,
+            size_of::<NatSrcKey>(),
+            size_of::<NatSrc>(),
+            MAP_CT_MAX,
+        ),
         (MAP_RS_NAT, 4, size_of::<RsNat>(), 2 * RS_NAT_MAX),
         (MAP_IFADDR, 4, 4, MAP_IFADDR_MAX),
     ]

@@ -32,10 +32,11 @@
 //! REDIRECT port (the original if within `--to-ports` and unique, else the
 //! range's first free one: no random offset for destination manips) and
 //! its choice of address in a range (a hash of the tuple's addresses).
-//! netctl documents that it takes a range's first address and first port
-//! (docs/nat.md, "Not yet"); the NAT cases therefore draw single addresses
-//! and, for DNAT and REDIRECT, single ports (`GenConfig::nat_ranges`
-//! off), unless `FIDELITY_NAT_RANGES=1` asks to see those differences.
+//! The NAT cases that CI runs draw single addresses and, for DNAT and
+//! REDIRECT, single ports (`GenConfig::nat_ranges` off): a range's
+//! addresses that nothing answers ARP for show a difference of their own
+//! (docs/nat.md, "What the differential harness still finds");
+//! `--nat-ranges` draws ranges.
 
 use std::net::Ipv4Addr;
 
