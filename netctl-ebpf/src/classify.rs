@@ -81,8 +81,12 @@ pub struct Scratch {
     pub orig_pkt: crate::packet::Pkt,
     /// The binding a first packet's NAT is building.
     pub binding: netctl_common::CtNat,
-    /// A tuple NAT would translate to, for `nat::netctl_nat_taken`.
+    /// A tuple NAT would translate to, for `nat::netctl_nat_taken`: its
+    /// key, and its source (the key has no direction; the kernel's tuples
+    /// do).
     pub candidate: netctl_common::CtKey,
+    pub candidate_src: [u8; 4],
+    pub candidate_sport: u16,
     /// The live entry's binding and originator, copied by `track`: the
     /// NAT stages need them for every packet of a translated connection,
     /// and the binding never changes once the entry exists.

@@ -582,15 +582,6 @@ fn set_route(in_if: u32, out_if: u32, path: u32, stamp: u32) {
     }
 }
 
-/// Sets the conntrack state field (after raw, which sees INVALID).
-#[inline(always)]
-pub fn set_ctstate(ctstate: u32) {
-    if let Some(s) = classify::scratch() {
-        // SAFETY: this CPU's scratch element.
-        unsafe { (*s).values[usize::from(field::CTSTATE)] = [ctstate as u8, 0, 0, 0] };
-    }
-}
-
 /// Sets an interface field between hooks.
 #[inline(always)]
 pub fn set(f: u8, ifindex: u32) {

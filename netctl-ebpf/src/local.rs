@@ -2,14 +2,14 @@
 //! the kernel's nat OUTPUT chain does there (Docker's `-j DOCKER` for the
 //! host's own addresses), so that the host reaches its published ports.
 //!
-//! Only the nat table is walked for such a packet, for a connection's
-//! first one, as the kernel does; a connection it translates is judged by
-//! filter OUTPUT and POSTROUTING as it leaves for its new destination (the
-//! hooks after the kernel's re-routing) and sent there by the datapath.
-//! Everything else on `lo` goes on unjudged and unchanged: netctl's rules
-//! leave the host's traffic with itself alone, as they always have. The
-//! connections seen here are tracked, so that a connection's later packets
-//! skip the nat table.
+//! raw OUTPUT judges every such packet, before conntrack sees it, as in
+//! the kernel. The nat table is walked for a connection's first packet; a
+//! connection it translates is judged by the rest of OUTPUT and by
+//! POSTROUTING as it leaves for its new destination (the hooks after the
+//! kernel's re-routing) and sent there by the datapath. Everything else
+//! on `lo` goes on unjudged by the other tables and unchanged. The
+//! connections seen here are tracked, so that a connection's later
+//! packets skip the nat table.
 //!
 //! Replies of a translated connection come back from a container, where
 //! the ingress program undoes the translation; they reach the host's
@@ -50,6 +50,26 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     if !filter::begin(skb) {
         return PASS;
     }
+    let generation = maps::config(config::RULES_SERIAL) & 1;
+    let output = u32::from(hook::OUTPUT);
+    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + output) else {
+        return PASS;
+    };
+    let (raw_end, nat_start, nat_end) = (h.raw_end, h.nat_start, h.nat_end);
+    // raw OUTPUT comes before conntrack, which never sees what it drops
+    // (a dropped RST leaves its connection as it was): the conntrack match
+    // says INVALID there, and the packet is as the host sent it, to lo.
+    if raw_end > 0 {
+        netctl_load_fields(0, u32::from(ctbit::INVALID), 1);
+        filter::set(field::OUT, LOOPBACK);
+        let v = netctl_classify(generation, output, 0, 0, raw_end);
+        if v & 0xff == u32::from(verdict::REJECT) {
+            return REFUSED | ((v & 0xffff) as i32) << 8;
+        }
+        if v != u32::from(verdict::ACCEPT) {
+            return DROP;
+        }
+    }
     let t = netctl_track(1);
     let first = (t >> 16) & 1 != 0;
     let live = (t >> 24) & 1 != 0;
@@ -88,12 +108,6 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
     if !first {
         return PASS;
     }
-    let generation = maps::config(config::RULES_SERIAL) & 1;
-    let output = u32::from(hook::OUTPUT);
-    let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + output) else {
-        return PASS;
-    };
-    let (nat_start, nat_end) = (h.nat_start, h.nat_end);
     // SAFETY: this CPU's scratch element. What the entry will cache: none.
     unsafe { (*s).cache = CtCache::default() };
     netctl_load_fields(0, t & 0xff, 0);
@@ -137,15 +151,12 @@ pub extern "C" fn netctl_local_leave(skb: *mut __sk_buff, first: u32) -> i32 {
         .get(generation * u32::from(hook::COUNT) + output)
         .map_or((0, 0, 0), |h| (h.raw_end, h.nat_start, h.nat_end));
     let accept = u32::from(verdict::ACCEPT);
-    // raw and mangle OUTPUT saw the packet as the host sent it, to lo
-    // (raw before conntrack: INVALID).
-    netctl_load_fields(0, u32::from(ctbit::INVALID), 1);
-    filter::set(field::OUT, LOOPBACK);
-    // (Not `netctl_raw`: one call deeper, the chain through a walk's
-    // logging step would exceed the verifier's eight frames.)
-    let mut v = netctl_classify(generation, output, 0, 0, raw_end);
-    if v == accept && nat_start > raw_end {
-        filter::set_ctstate(ctstate);
+    // mangle OUTPUT saw the packet as the host sent it, to lo (raw did
+    // too, in `netctl_local_out`, before conntrack).
+    let mut v = accept;
+    if nat_start > raw_end {
+        netctl_load_fields(0, ctstate, 1);
+        filter::set(field::OUT, LOOPBACK);
         v = netctl_classify(generation, output, 0, raw_end, nat_start);
     }
     // filter OUTPUT, after nat OUTPUT, sees it translated, but still out

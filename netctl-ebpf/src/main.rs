@@ -225,7 +225,14 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
             }
         }
         if v != accept {
-            (d.reason, rc) = reject::answer(&ctx, ifindex, port, d.path, v);
+            let routed = if d.bridged {
+                reject::Routed::Bridged
+            } else if d.rewrite {
+                reject::Routed::Here
+            } else {
+                reject::Routed::ByMac
+            };
+            (d.reason, rc) = reject::answer(&ctx, ifindex, port, d.path, v, routed);
             d.egress = 0;
         }
     }

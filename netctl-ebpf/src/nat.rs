@@ -261,9 +261,12 @@ fn same_src(
         return None;
     }
     let (maddr, mport) = (((m >> 16) as u32).to_be_bytes(), m as u16);
-    let rk = key(p.proto, maddr, mport, p.daddr, dport_for(p, mport, dport));
-    // SAFETY: this CPU's scratch element.
-    unsafe { (*s).candidate = rk };
+    ask_taken(
+        s,
+        p.proto,
+        (maddr, mport),
+        (p.daddr, dport_for(p, mport, dport)),
+    );
     (netctl_nat_taken(now) == 0).then_some((maddr, mport))
 }
 
@@ -485,12 +488,10 @@ fn dst_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat, 
 /// destination translated to `addr`/`port`.
 #[inline(always)]
 fn dst_taken(s: *mut classify::Scratch, addr: [u8; 4], port: u16, now: u64) -> bool {
-    // SAFETY: this CPU's scratch element; `candidate` is written, `pkt`
-    // read.
-    unsafe {
-        let p = &(*s).pkt;
-        (*s).candidate = key(p.proto, p.saddr, ports(p).0, addr, port);
-    }
+    // SAFETY: this CPU's scratch element; `pkt` is read, and only the
+    // question's fields written.
+    let p = unsafe { &(*s).pkt };
+    ask_taken(s, p.proto, (p.saddr, ports(p).0), (addr, port));
     netctl_nat_taken(now) != 0
 }
 
@@ -647,9 +648,7 @@ fn free_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat)
     } else if !has_ports(p.proto) {
         // Nothing to remap: a taken tuple clashes, and the kernel drops
         // the packet when it confirms the connection.
-        let rk = key(p.proto, addr, 0, p.daddr, 0);
-        // SAFETY: this CPU's scratch element.
-        unsafe { (*s).candidate = rk };
+        ask_taken(s, p.proto, (addr, 0), (p.daddr, 0));
         return (netctl_nat_taken(now) == 0).then_some(0);
     } else if sport < 512 {
         (1, 511)
@@ -666,9 +665,12 @@ fn free_port(s: *mut classify::Scratch, addr: [u8; 4], a: &netctl_common::RsNat)
     };
     let mut i = 0;
     while i < PORT_TRIES {
-        let rk = key(p.proto, addr, port, p.daddr, dport_for(p, port, dport));
-        // SAFETY: this CPU's scratch element.
-        unsafe { (*s).candidate = rk };
+        ask_taken(
+            s,
+            p.proto,
+            (addr, port),
+            (p.daddr, dport_for(p, port, dport)),
+        );
         if netctl_nat_taken(now) == 0 {
             return Some(port);
         }
@@ -686,10 +688,24 @@ fn dport_for(p: &Pkt, sport: u16, dport: u16) -> u16 {
     if p.proto == PROTO_ICMP { sport } else { dport }
 }
 
-/// Whether a live connection other than the one being set up (the
-/// scratch map's `ct_key`, which may reopen its old entry) already uses
-/// the tuple in the scratch map's `candidate`, as its original tuple or as
-/// its reply tuple. Returns 1 if so. A global function: `free_port` asks
+/// Readies `netctl_nat_taken`'s question: is the tuple from `src` to `dst`
+/// free for the connection being set up?
+#[inline(always)]
+fn ask_taken(s: *mut classify::Scratch, proto: u8, src: ([u8; 4], u16), dst: ([u8; 4], u16)) {
+    // SAFETY: this CPU's scratch element; only these fields are written.
+    unsafe {
+        (*s).candidate = key(proto, src.0, src.1, dst.0, dst.1);
+        (*s).candidate_src = src.0;
+        (*s).candidate_sport = src.1;
+    }
+}
+
+/// Whether the tuple in the scratch map's `candidate` is taken for the
+/// connection being set up (the scratch map's `ct_key`, which may reopen
+/// its old entry), as the kernel's `nf_nat_used_tuple` says: whether
+/// another live connection already has, as its original tuple or as its
+/// reply tuple, the reply tuple the new connection would get (the
+/// candidate turned around). Returns 1 if so. A global function: `free_port` asks
 /// up to `PORT_TRIES` times, and the verifier then checks this once.
 #[inline(never)]
 #[unsafe(no_mangle)]
@@ -713,10 +729,21 @@ pub extern "C" fn netctl_nat_taken_orig(now: u64) -> u32 {
     };
     // SAFETY: this CPU's scratch element (read in place, as below).
     let k = unsafe { &(*s).candidate };
+    if *k == unsafe { (*s).ct_key } {
+        return 0;
+    }
     // Unconfirmed connections are in no table: they take nothing.
-    u32::from(
-        *k != unsafe { (*s).ct_key } && conntrack::live(k, now).is_some_and(conntrack::confirmed),
-    )
+    let Some(e) = conntrack::live(k, now).filter(|e| conntrack::confirmed(*e)) else {
+        return 0;
+    };
+    // Its key is the candidate's, so the candidate is its original tuple
+    // or that turned around. Turned around, it is taken; as it is, only if
+    // the connection's reply tuple is its original turned around (nothing
+    // translated it).
+    // SAFETY: a live element (see `conntrack::live`); this CPU's scratch
+    // element.
+    let (nat, src, sport) = unsafe { ((*e).nat.flags, (*s).candidate_src, (*s).candidate_sport) };
+    u32::from(nat & (nat_bit::SRC | nat_bit::DST) == 0 || !conntrack::opened(e, src, sport))
 }
 
 /// `netctl_nat_taken`'s second half: another live connection's reply
@@ -732,10 +759,28 @@ pub extern "C" fn netctl_nat_taken_reply(now: u64) -> u32 {
     // frame lies on the deepest chains.
     // SAFETY: this CPU's scratch element.
     let k = unsafe { &(*s).candidate };
-    u32::from(conntrack::nat_owner(k, now).is_some_and(|(o, e)| {
-        // SAFETY: as above.
-        o != unsafe { (*s).ct_key } && conntrack::confirmed(e)
-    }))
+    let Some((o, e)) = conntrack::nat_owner(k, now) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    if o == unsafe { (*s).ct_key } || !conntrack::confirmed(e) {
+        return 0;
+    }
+    // The candidate is the reply tuple or that turned around: taken only
+    // turned around (the new connection's reply tuple would be this one's),
+    // that is when it comes from where the reply tuple goes: the SNAT
+    // source, else the originator (`conntrack::reply_ends`, read field by
+    // field: this frame lies on the deepest chains).
+    // SAFETY: a live element (see `conntrack::nat_owner`); as above.
+    unsafe {
+        let n = &(*e).nat;
+        let to = if n.flags & nat_bit::SRC != 0 {
+            (n.snat_addr, n.snat_port)
+        } else {
+            ((*e).orig_addr, (*e).orig_port)
+        };
+        u32::from(to == ((*s).candidate_src, (*s).candidate_sport))
+    }
 }
 
 /// Rewrites the packet's source (`src`) or destination address and port

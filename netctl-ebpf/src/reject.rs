@@ -27,6 +27,20 @@ use crate::{
     path,
 };
 
+/// How a forwarded packet was to cross the host.
+#[derive(Clone, Copy)]
+pub enum Routed {
+    /// As its destination MAC says: routed if it is the bridge's.
+    ByMac,
+    /// Routed by the datapath (MACs rewritten, TTL decremented), also a
+    /// bridged frame that a destination NAT sends elsewhere.
+    Here,
+    /// Bridged again after a destination NAT, whatever its MAC
+    /// (br_netfilter's `br_nf_pre_routing_finish` bridges a frame whose
+    /// new route leaves by the bridge it came in by).
+    Bridged,
+}
+
 /// The datapath's reason and TC verdict for a packet the rules refused
 /// with `v` (a `verdict::*`, REJECT's kind in bits 8..16).
 #[inline(always)]
@@ -36,6 +50,7 @@ pub fn answer(
     port: *const PortInfo,
     route: u8,
     v: u32,
+    routed: Routed,
 ) -> (u32, i32) {
     if v & 0xff != u32::from(verdict::REJECT) {
         return (reason::DROP_RULE, TC_ACT_SHOT);
@@ -51,9 +66,14 @@ pub fn answer(
     };
     let tcp = (v >> 8) & 0xff == u32::from(reject::TCP_RESET);
     let from_dst = route == path::INPUT || bridge_ip == [0; 4];
-    // Routed (sent to the bridge's MAC, not bridged): the kernel decrements
-    // the TTL before FORWARD, so its error quotes the decremented header.
-    let routed = route == path::FORWARD && mac_u64(&eth.dst) == mac_u64(&mac);
+    // Routed, not bridged: the kernel decrements the TTL before FORWARD,
+    // so its error quotes the decremented header.
+    let routed = route == path::FORWARD
+        && match routed {
+            Routed::Here => true,
+            Routed::Bridged => false,
+            Routed::ByMac => mac_u64(&eth.dst) == mac_u64(&mac),
+        };
     let flags = u32::from(from_dst) | (u32::from(routed) << 1);
     // A reset for a packet that came in by a bridge port leaves by that
     // port with the packet's MACs swapped (nf_send_reset's bridge case);

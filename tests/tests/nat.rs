@@ -319,6 +319,43 @@ fn dnat_to_a_port_range_takes_the_first_free_port() {
 }
 
 #[test]
+fn a_tuple_is_taken_only_in_its_own_direction() {
+    let name = unique("ndi");
+    let _g = Cleanup::new(&name);
+    let before = footprint(&name);
+    apply(
+        &name,
+        "*nat\n\
+         -A PREROUTING -s 10.73.0.0/24 -p udp -j REDIRECT\n\
+         -A POSTROUTING -o br-a -p udp -j MASQUERADE\n\
+         COMMIT\n",
+    );
+    let (a, _, b) = containers(&name);
+    // a's datagram to 192.0.2.1:53 is redirected to the host: its reply
+    // tuple is 10.73.0.1:53 -> 10.73.0.2:25763. Then b writes to a from
+    // port 53, masqueraded out of br-a to 10.73.0.1:53: the same tuple in
+    // the same direction. The kernel's tuples are directional: the new
+    // connection's reply tuple (that turned around) is nobody's, so its
+    // port stays 53.
+    let client = "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         c.bind(('0.0.0.0',25763));c.settimeout(5)\n\
+         c.sendto(b'q',('192.0.2.1',53));print('ready',flush=True)\n\
+         try:\n  d,x=c.recvfrom(100);print(x[0],x[1],flush=True)\n\
+         except OSError as e:\n  print('error',e,flush=True)";
+    let (mut child, mut out) = spawn_ready(&a, client);
+    let send = "import socket\nc=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         c.bind(('0.0.0.0',53));c.sendto(b'hi',('10.73.0.2',25763))";
+    let o = in_ns(&b, &["python3", "-c", send]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut out, &mut seen).unwrap();
+    let _ = child.wait();
+    assert_eq!(seen.trim(), "10.73.0.1 53");
+    drop(_g);
+    assert_eq!(footprint(&name), before);
+}
+
+#[test]
 fn dnat_publishes_a_container_on_the_host_address_with_hairpin() {
     let name = unique("ndn");
     let _g = Cleanup::new(&name);

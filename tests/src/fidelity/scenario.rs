@@ -113,6 +113,8 @@ struct Ctx<'a> {
     serial: &'a mut u32,
     /// NAT cases: replies answer what arrived; flows to service addresses.
     nat: bool,
+    /// The client ports each container's flows took so far (NAT cases).
+    used: Vec<(usize, u16)>,
 }
 
 impl Ctx<'_> {
@@ -123,14 +125,33 @@ impl Ctx<'_> {
             1 + self.rng.below(65535) as u16
         }
     }
-    /// A client port: usually fresh, sometimes one rules name.
-    fn client_port(&mut self) -> u16 {
+    /// A client port for a flow from container `from`: usually fresh,
+    /// sometimes one rules name. In NAT cases, now and then one of the
+    /// container's earlier flows took: the same socket talking to another
+    /// destination, whose source NAT keeps its first translation (the
+    /// kernel's `find_appropriate_src`).
+    fn client_port(&mut self, from: usize) -> u16 {
         *self.serial = self.serial.wrapping_add(1);
-        if self.rng.chance(20) {
+        if self.nat {
+            let mine: Vec<u16> = self
+                .used
+                .iter()
+                .filter(|(c, _)| *c == from)
+                .map(|(_, p)| *p)
+                .collect();
+            if !mine.is_empty() && self.rng.chance(25) {
+                return *self.rng.pick(&mine);
+            }
+        }
+        let p = if self.rng.chance(20) {
             *self.rng.pick(&self.pools.ports)
         } else {
             20000 + (*self.serial % 40000) as u16
+        };
+        if self.nat {
+            self.used.push((from, p));
         }
+        p
     }
     fn id(&mut self) -> u16 {
         *self.serial = self.serial.wrapping_add(1);
@@ -186,6 +207,7 @@ pub fn steps(rng: &mut Rng, pools: &Pools, serial: &mut u32, flows: usize, nat: 
         pools,
         serial,
         nat,
+        used: Vec::new(),
     };
     // (flow, index in the flow, step): `answers` holds an index in the
     // flow until the frames have their ids.
@@ -424,7 +446,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
     match cx.rng.below(12) {
         // TCP: a handshake (the host answers for itself), data, a close.
         0..=2 => {
-            let (sport, dport) = (cx.client_port(), cx.port());
+            let (sport, dport) = (cx.client_port(from), cx.port());
             let (x, y) = (cx.rng.next_u64() as u32, cx.rng.next_u64() as u32);
             let tcp = |seq, ack, flags, payload| L4::Tcp {
                 sport,
@@ -516,7 +538,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
         }
         // UDP: one way, or request and answer, or an ICMP error back.
         3..=5 => {
-            let (sport, dport) = (cx.client_port(), cx.port());
+            let (sport, dport) = (cx.client_port(from), cx.port());
             let req = ip(
                 src,
                 dst,
@@ -609,7 +631,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
         }
         // INVALID to conntrack.
         8..=9 => {
-            let (sport, dport) = (cx.client_port(), cx.port());
+            let (sport, dport) = (cx.client_port(from), cx.port());
             let x = cx.rng.next_u64() as u32;
             let tcp = |flags| L4::Tcp {
                 sport,
@@ -682,7 +704,7 @@ fn flow(cx: &mut Ctx) -> Vec<Step> {
                 src,
                 dst,
                 L4::Udp {
-                    sport: cx.client_port(),
+                    sport: cx.client_port(from),
                     dport: cx.port(),
                     payload: 8,
                 },
