@@ -233,15 +233,22 @@ pub fn reply_ends(o: &CtKey, e: &CtEntry) -> (End, End) {
     } else {
         (dst, dport)
     };
-    let (rd, rdp) = if n.flags & nat_bit::SRC != 0 {
-        (n.snat_addr, n.snat_port)
-    } else {
-        (src, sport)
-    };
+    let (rd, rdp) = reply_dst(e);
     if o.proto == PROTO_ICMP {
         rsp = rdp;
     }
     ((rs, rsp), (rd, rdp))
+}
+
+/// Where the reply tuple of entry `e`'s connection goes: its SNAT source,
+/// else its originator.
+#[inline(always)]
+pub fn reply_dst(e: &CtEntry) -> End {
+    if e.nat.flags & nat_bit::SRC != 0 {
+        (e.nat.snat_addr, e.nat.snat_port)
+    } else {
+        (e.orig_addr, e.orig_port)
+    }
 }
 
 /// Whether the live entry `e` is a connection conntrack knows (not one

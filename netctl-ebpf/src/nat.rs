@@ -705,8 +705,9 @@ fn ask_taken(s: *mut classify::Scratch, proto: u8, src: ([u8; 4], u16), dst: ([u
 /// its old entry), as the kernel's `nf_nat_used_tuple` says: whether
 /// another live connection already has, as its original tuple or as its
 /// reply tuple, the reply tuple the new connection would get (the
-/// candidate turned around). Returns 1 if so. A global function: `free_port` asks
-/// up to `PORT_TRIES` times, and the verifier then checks this once.
+/// candidate turned around). Returns 1 if so. A global function: the port
+/// searches ask up to `PORT_TRIES` times, and the verifier then checks
+/// this once.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_nat_taken(now: u64) -> u32 {
@@ -768,19 +769,11 @@ pub extern "C" fn netctl_nat_taken_reply(now: u64) -> u32 {
     }
     // The candidate is the reply tuple or that turned around: taken only
     // turned around (the new connection's reply tuple would be this one's),
-    // that is when it comes from where the reply tuple goes: the SNAT
-    // source, else the originator (`conntrack::reply_ends`, read field by
-    // field: this frame lies on the deepest chains).
-    // SAFETY: a live element (see `conntrack::nat_owner`); as above.
-    unsafe {
-        let n = &(*e).nat;
-        let to = if n.flags & nat_bit::SRC != 0 {
-            (n.snat_addr, n.snat_port)
-        } else {
-            ((*e).orig_addr, (*e).orig_port)
-        };
-        u32::from(to == ((*s).candidate_src, (*s).candidate_sport))
-    }
+    // that is when it comes from where the reply tuple goes.
+    // SAFETY: as above.
+    let from = unsafe { ((*s).candidate_src, (*s).candidate_sport) };
+    // SAFETY: a live element (see `conntrack::nat_owner`).
+    u32::from(conntrack::reply_dst(unsafe { &*e }) == from)
 }
 
 /// Rewrites the packet's source (`src`) or destination address and port

@@ -58,8 +58,9 @@ fn kernel_and_netctl_agree_on_random_rulesets() {
 
 /// NAT cases: translated packets followed to where they arrive, replies
 /// made from what arrived, every counter compared. Address and port
-/// ranges, where netctl documents choosing otherwise (docs/nat.md, "Not
-/// yet"), only with `cargo xtask fidelity --nat --nat-ranges`.
+/// ranges only with `cargo xtask fidelity --nat --nat-ranges`: a range's
+/// addresses that nothing answers ARP for show a difference of their own
+/// (docs/nat.md, "What the differential harness still finds").
 #[test]
 fn kernel_and_netctl_agree_on_nat() {
     check(&Config::from_env_nat(

@@ -114,6 +114,20 @@ fn ask(ns: &str, proto: &str, addr: &str, port: u16, sport: u16, nocheck: bool) 
         .to_string()
 }
 
+/// `netctl conntrack list` of topology `name`.
+fn conntrack_list(name: &str) -> String {
+    stdout(&netctl(&["conntrack", "list", "--topology", name]))
+}
+
+/// Asserts that one line of `netctl conntrack list` holds all of `parts`.
+fn assert_listed(name: &str, parts: &[&str]) {
+    let list = conntrack_list(name);
+    assert!(
+        list.lines().any(|l| parts.iter().all(|p| l.contains(p))),
+        "no connection with {parts:?}:\n{list}"
+    );
+}
+
 fn finish(mut child: std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -467,20 +481,8 @@ fn docker_defaults_masquerade_outbound_and_publish_ports_through_the_uplink() {
     assert_eq!(seen, "192.0.2.1:45003 192.0.2.2 5353", "published UDP port");
 
     // The translations are in conntrack, as the operator sees them.
-    let o = netctl(&["conntrack", "list", "--topology", &name]);
-    let list = stdout(&o);
-    assert!(
-        list.lines().any(|l| l.contains("sport=44000")
-            && l.contains("dst=192.0.2.2")
-            && l.contains("nat=snat")),
-        "{list}"
-    );
-    assert!(
-        list.lines().any(|l| l.contains("dport=8080")
-            && l.contains("src=172.17.0.2")
-            && l.contains("nat=dnat")),
-        "{list}"
-    );
+    assert_listed(&name, &["sport=44000", "dst=192.0.2.2", "nat=snat"]);
+    assert_listed(&name, &["dport=8080", "src=172.17.0.2", "nat=dnat"]);
     drop(_g);
     assert_eq!(footprint(&name), before);
 }
@@ -517,14 +519,7 @@ fn the_host_reaches_its_own_published_ports() {
         seen, "172.17.0.1:46002 192.0.2.2 5353",
         "UDP to the uplink's address"
     );
-    let o = netctl(&["conntrack", "list", "--topology", &name]);
-    let list = stdout(&o);
-    assert!(
-        list.lines().any(|l| l.contains("sport=46000")
-            && l.contains("dport=8080")
-            && l.contains("src=172.17.0.2")),
-        "{list}"
-    );
+    assert_listed(&name, &["sport=46000", "dport=8080", "src=172.17.0.2"]);
 
     // The host's other traffic with itself is left as it is.
     let s = peer_server(&host, "tcp", 9000, 1);
@@ -592,16 +587,8 @@ fn a_translated_connections_reversed_tuple_is_a_connection_of_its_own() {
     assert!(port >= 1024, "from the same class of ports: {port}");
 
     // Two connections, the second with its source translated.
-    let o = netctl(&["conntrack", "list", "--topology", &name]);
-    let list = stdout(&o);
     let second = format!("dport={port}");
-    assert!(
-        list.lines().any(|l| l.contains("src=10.74.0.2")
-            && l.contains("sport=6000")
-            && l.contains(&second)
-            && l.contains("nat=snat")),
-        "{list}"
-    );
+    assert_listed(&name, &["src=10.74.0.2", "sport=6000", &second, "nat=snat"]);
     drop(_g);
     assert_eq!(footprint(&name), before);
 }
@@ -645,8 +632,8 @@ COMMIT\n";
             .unwrap_or_else(|| panic!("{saved}"))
     };
     assert_eq!(dnat_count(), 2, "each unconfirmed datagram walked nat");
-    let list = |name: &str| stdout(&netctl(&["conntrack", "list", "--topology", name]));
-    assert!(!list(&name).contains("dport=7000"), "{}", list(&name));
+    let list = conntrack_list(&name);
+    assert!(!list.contains("dport=7000"), "{list}");
 
     // With a TTL to spare, the datagram reaches b and its connection is
     // confirmed, translated.
@@ -654,13 +641,7 @@ COMMIT\n";
          c.bind(('0.0.0.0',44000));c.sendto(b'x',('10.73.0.1',7000))";
     in_ns(&a, &["python3", "-c", client]);
     assert_eq!(dnat_count(), 3);
-    let now = list(&name);
-    assert!(
-        now.lines().any(|l| l.contains("sport=44000")
-            && l.contains("dport=7000")
-            && l.contains("nat=dnat")),
-        "{now}"
-    );
+    assert_listed(&name, &["sport=44000", "dport=7000", "nat=dnat"]);
     drop(_g);
     assert_eq!(footprint(&name), before);
 }
@@ -688,14 +669,9 @@ COMMIT\n";
     finish(s);
     assert_eq!(from_a, "10.74.0.2:43100", "SNAT to a container's address");
     assert_eq!(from_a2, "10.74.0.1:43101", "SNAT to a host address");
-    let o = netctl(&["conntrack", "list", "--topology", &name]);
-    let list = stdout(&o);
-    assert!(
-        list.lines().any(|l| l.contains("src=10.73.0.2")
-            && l.contains("sport=43100")
-            && l.contains("dst=10.74.0.2")
-            && l.contains("nat=snat")),
-        "{list}"
+    assert_listed(
+        &name,
+        &["src=10.73.0.2", "sport=43100", "dst=10.74.0.2", "nat=snat"],
     );
     drop(_g);
     assert_eq!(footprint(&name), before);
@@ -731,13 +707,9 @@ fn the_hosts_connections_are_translated_in_nat_output() {
     finish(local);
     assert_eq!(to_c1, "172.17.0.1:47000", "DNAT in nat OUTPUT");
     assert_eq!(to_self, "192.0.2.2:47001", "REDIRECT in nat OUTPUT");
-    let o = netctl(&["conntrack", "list", "--topology", &name]);
-    let list = stdout(&o);
-    assert!(
-        list.lines().any(|l| l.contains("dst=198.51.100.10")
-            && l.contains("sport=47000")
-            && l.contains("nat=snat+dnat")),
-        "{list}"
+    assert_listed(
+        &name,
+        &["dst=198.51.100.10", "sport=47000", "nat=snat+dnat"],
     );
     drop(_g);
     assert_eq!(footprint(&name), before);

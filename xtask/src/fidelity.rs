@@ -49,8 +49,10 @@ pub struct FidelityArgs {
     /// check is left out for cases with NAT targets.
     #[arg(long)]
     pub nat: bool,
-    /// With `--nat`: address ranges, and port ranges for DNAT and REDIRECT,
-    /// where netctl is known to choose otherwise (docs/nat.md, "Not yet").
+    /// With `--nat`: address ranges, and port ranges for DNAT and REDIRECT.
+    /// Off by default: a range's addresses that nothing answers ARP for
+    /// show a difference of their own (docs/nat.md, "What the
+    /// differential harness still finds").
     #[arg(long, requires = "nat")]
     pub nat_ranges: bool,
 }

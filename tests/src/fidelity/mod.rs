@@ -47,9 +47,10 @@
 //!   here (it only answers), and the kernel walks nat for a connection's
 //!   first packet only. netctl's nat OUTPUT for the host's own connections
 //!   is tested in `tests/nat.rs` instead.
-//! * address ranges and DNAT/REDIRECT port ranges, where netctl documents
-//!   that it takes the first address and port (docs/nat.md, "Not yet"),
-//!   unless `FIDELITY_NAT_RANGES=1` (`--nat-ranges`).
+//! * address ranges and DNAT/REDIRECT port ranges, unless
+//!   `FIDELITY_NAT_RANGES=1` (`--nat-ranges`): a range's addresses that
+//!   nothing answers ARP for show a difference of their own (docs/nat.md,
+//!   "What the differential harness still finds").
 //! * destinations without a route: the kernel's answers to them
 //!   (`ip_error`) are rate-limited by `net.ipv4.route.error_cost`, which is
 //!   not per namespace, so neither side can be made to answer every time;
@@ -134,8 +135,8 @@ pub struct Config {
     /// where the translated packets are seen, and replies that answer what
     /// arrived (see `nat` and `scenario`).
     pub nat: bool,
-    /// NAT cases with address ranges and DNAT/REDIRECT port ranges, where
-    /// netctl is known to choose otherwise than the kernel (docs/nat.md).
+    /// NAT cases with address ranges and DNAT/REDIRECT port ranges (see
+    /// the module's notes on what is left out).
     pub nat_ranges: bool,
 }
 
