@@ -281,6 +281,10 @@ pub struct NeighEntry {
     pub bridge: u32,
 }
 
+/// What each CPU keeps per port (`MAP_PORT_STATS`, by `PortInfo::slot`):
+/// the port's counters, and this CPU's learning shortcut beside them, so
+/// that a frame reads and writes one per-CPU value rather than two (each
+/// costs a load that misses the cache on busy hosts).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
@@ -291,6 +295,22 @@ pub struct PortStats {
     pub redirected: u64,
     /// Frames handed to the kernel.
     pub passed: u64,
+    /// Not a counter: the source this CPU last learned on the port.
+    pub learned: Learned,
+}
+
+/// The FDB entry a CPU last found fresh or wrote for a port's source MAC,
+/// and when that entry was refreshed. While that is recent, the next frame
+/// from the same MAC needs no FDB lookup to know there is nothing to
+/// refresh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    pub refreshed_ns: u64,
+    pub ifindex: u32,
+    pub bridge: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 32);
@@ -298,7 +318,8 @@ const _: () = assert!(core::mem::size_of::<FdbKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RouteValue>() == 32);
 const _: () = assert!(core::mem::size_of::<NeighEntry>() == 12);
-const _: () = assert!(core::mem::size_of::<PortStats>() == 32);
+const _: () = assert!(core::mem::size_of::<Learned>() == 24);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 56);
 
 #[cfg(feature = "user")]
 mod user {
@@ -316,6 +337,7 @@ mod user {
     unsafe impl aya::Pod for super::RsNat {}
     unsafe impl aya::Pod for super::NeighEntry {}
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::Learned {}
     unsafe impl aya::Pod for super::RuleEntry {}
     unsafe impl aya::Pod for super::RsHook {}
     unsafe impl aya::Pod for super::RsClassKey {}

@@ -1,13 +1,11 @@
 //! The bridge: source learning and forwarding to a known port.
 
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, macros::map, maps::PerCpuArray,
-};
-use netctl_common::{FdbEntry, FdbKey, MAP_PORTS_MAX, PORT_F_HAIRPIN, PortInfo, reason};
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer};
+use netctl_common::{FdbEntry, FdbKey, Learned, PORT_F_HAIRPIN, PortInfo, reason};
 
 use crate::{
     Decision,
-    maps::{self, NETCTL_FDB},
+    maps::{self, NETCTL_FDB, NETCTL_PORT_STATS},
     parse::{is_multicast, mac_u64},
     path,
 };
@@ -16,34 +14,19 @@ use crate::{
 /// its port, which keeps map writes off most packets.
 const LEARN_REFRESH_NS: u64 = 1_000_000_000;
 
-/// What this CPU last learned on a port (by `PortInfo::slot`): the FDB
-/// entry it found or wrote, and when that entry was refreshed. While that
-/// is recent, the next frame from the same MAC needs no FDB lookup to know
-/// there is nothing to refresh.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Learned {
-    refreshed_ns: u64,
-    ifindex: u32,
-    bridge: u32,
-    mac: [u8; 6],
-    _pad: [u8; 2],
-}
-
-#[map]
-static NETCTL_LEARNED: PerCpuArray<Learned> = PerCpuArray::with_max_entries(MAP_PORTS_MAX, 0);
-
 /// Records that `src` was seen on `ifindex`.
 #[inline(always)]
 pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
     if is_multicast(&src) || mac_u64(&src) == 0 {
         return;
     }
-    let Some(l) = NETCTL_LEARNED.get_ptr_mut(u32::from(port.slot)) else {
+    // The port's per-CPU value, which `maps::account` updates for this
+    // frame anyway: one value to fetch, not two.
+    let Some(s) = NETCTL_PORT_STATS.get_ptr_mut(u32::from(port.slot)) else {
         return;
     };
     // SAFETY: this CPU's copy of an array element, used by this CPU only.
-    let l = unsafe { &mut *l };
+    let l = unsafe { &mut (*s).learned };
     // The same MAC on the same port of the same bridge as this CPU last
     // saw, with the entry refreshed less than LEARN_REFRESH_NS ago: the
     // lookup below would find it fresh. (Should the MAC have been learned

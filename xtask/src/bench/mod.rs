@@ -41,8 +41,9 @@ pub enum BenchCmd {
     /// bridge, netctl's eBPF fast path, and the fast path with XDP attached
     /// (iperf3 TCP 1/4 streams, UDP 64 B packets/s, 1-byte TCP RR).
     Datapath {
-        /// Repetitions (every setup and metric once each; order rotates).
-        #[arg(long, default_value_t = 5)]
+        /// Repetitions (every setup and metric once each, (c) next to (a)
+        /// and (b)); 6 or more give the paired ratios a 95% interval.
+        #[arg(long, default_value_t = 7)]
         runs: usize,
         /// Seconds per measurement (whole seconds, as iperf3 -t).
         #[arg(long, default_value_t = 5)]
@@ -115,6 +116,30 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// A distribution-free 95% confidence interval for the median of `xs`:
+/// the k-th smallest and the k-th largest sample, with k the largest for
+/// which the median lies outside with probability at most 5%
+/// (P(Binomial(n, 1/2) < k) <= 2.5% on each side). None below 6 samples,
+/// where even the smallest and the largest cover less than 95%.
+pub fn median_ci95(xs: &[f64]) -> Option<(f64, f64)> {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    // P(Binomial(n, 1/2) <= j) for j = 0, 1, ..., summed as we go.
+    let mut below = 0.0;
+    let mut term = 0.5f64.powi(n as i32); // C(n, 0) / 2^n
+    let mut k = 0;
+    for j in 0..n / 2 {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        k = j + 1;
+        term *= (n - j) as f64 / (j + 1) as f64;
+    }
+    (k > 0).then(|| (v[k - 1], v[n - k]))
+}
+
 /// Orders NaN below every number (for picking the worst ratio).
 pub fn nan_low(x: f64) -> f64 {
     if x.is_finite() { x } else { f64::NEG_INFINITY }
@@ -122,6 +147,14 @@ pub fn nan_low(x: f64) -> f64 {
 
 pub fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
+}
+
+/// A ratio and the confidence interval of it, `0.98x [0.93, 1.02]`.
+pub fn show_ratio_ci(x: f64, ci: Option<(f64, f64)>) -> String {
+    match ci {
+        Some((lo, hi)) if x.is_finite() => format!("{x:.2}x [{lo:.2}, {hi:.2}]"),
+        _ => show_ratio(x),
+    }
 }
 
 /// A ratio as `1.23x`, or `-` when it is not a number.
@@ -517,4 +550,28 @@ pub fn finish_run<T: serde::Serialize>(
         "the root namespace's links changed during the bench: before {links_before:?}, after {links_after:?}"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_ci95;
+
+    #[test]
+    fn median_ci95_takes_the_order_statistics_of_the_binomial() {
+        let xs = |n: usize| (1..=n).map(|i| i as f64).collect::<Vec<_>>();
+        // n = 5: 2 * (1/32) = 6.25% outside even for [min, max].
+        assert_eq!(median_ci95(&xs(5)), None);
+        // n = 6: 2/64 = 3.1% outside [min, max]; the next pair, 22%.
+        assert_eq!(median_ci95(&xs(6)), Some((1.0, 6.0)));
+        assert_eq!(median_ci95(&xs(7)), Some((1.0, 7.0)));
+        // n = 15: P(X <= 3) = 1.76%, P(X <= 4) = 5.9%: the 4th from each end.
+        assert_eq!(median_ci95(&xs(15)), Some((4.0, 12.0)));
+        // n = 20: P(X <= 5) = 2.07%, P(X <= 6) = 5.8%.
+        assert_eq!(median_ci95(&xs(20)), Some((6.0, 15.0)));
+        // Unsorted input is sorted first.
+        assert_eq!(
+            median_ci95(&[3.0, 1.0, 2.0, 6.0, 5.0, 4.0]),
+            Some((1.0, 6.0))
+        );
+    }
 }
