@@ -283,8 +283,8 @@ pub struct NeighEntry {
 
 /// What each CPU keeps per port (`MAP_PORT_STATS`, by `PortInfo::slot`):
 /// the port's counters, and this CPU's learning shortcut beside them, so
-/// that a frame reads and writes one per-CPU value rather than two (each
-/// costs a load that misses the cache on busy hosts).
+/// that a frame reads and writes one per-CPU value of its port rather than
+/// two (the first load from each tends to stall on busy hosts).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {

@@ -21,7 +21,7 @@ pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
         return;
     }
     // The port's per-CPU value, which `maps::account` updates for this
-    // frame anyway: one value to fetch, not two.
+    // frame anyway: one value of the port to fetch, not two.
     let Some(s) = NETCTL_PORT_STATS.get_ptr_mut(u32::from(port.slot)) else {
         return;
     };

@@ -16,8 +16,10 @@
 //! packets per second received (iperf3 `-u -l 64 -b 0`), and 1-byte TCP
 //! request/response transactions per second on one connection (client and
 //! server threads here, each entering its namespace with `setns`). Each
-//! repetition measures every metric on every setup, the setups' order
-//! rotating from one repetition to the next; the table shows medians.
+//! repetition measures every metric on every setup, in the order a, c, b, d
+//! and the next one in reverse (see `run_order`); the tables show medians,
+//! and the medians of the ratios within a repetition (paired), by which the
+//! targets are judged.
 //! For (b), (c) and (d) the datapath's counters (`netctl stats`) are read
 //! around every measurement to prove which path carried the traffic.
 
@@ -467,11 +469,14 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
             .min_by(|p, q| nan_low(p.1).total_cmp(&nan_low(q.1)))
             .unwrap()
     };
-    // Whether the lower end of every metric's interval meets the target.
+    // Whether the lower end of every metric's interval meets the target;
+    // None when there are too few repetitions for an interval.
     let clears = |k: usize, meets: fn(f64) -> bool| {
         METRICS
             .iter()
-            .all(|m| paired_ci[m.idx()][k].is_some_and(|(lo, _)| meets(lo)))
+            .map(|m| paired_ci[m.idx()][k].map(|(lo, _)| meets(lo)))
+            .collect::<Option<Vec<bool>>>()
+            .map(|v| v.iter().all(|&ok| ok))
     };
     let (wa_m, wa, wa_ci) = worst(0);
     let (wb_m, wb, wb_ci) = worst(1);
@@ -486,7 +491,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
         yes_no(vs_direct),
         show_ratio_ci(wa, wa_ci),
         wa_m.label(),
-        yes_no(vs_direct_ci)
+        vs_direct_ci.map_or("- (6 or more runs give one)", yes_no)
     );
     println!(
         "netctl ahead of kernel bridge on every metric (paired medians): {} (worst {} on {}); \
@@ -494,7 +499,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
         yes_no(vs_bridge),
         show_ratio_ci(wb, wb_ci),
         wb_m.label(),
-        yes_no(vs_bridge_ci)
+        vs_bridge_ci.map_or("- (6 or more runs give one)", yes_no)
     );
 
     // Which path carried the traffic.
@@ -513,7 +518,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     let notes = vec![
         "each repetition runs every metric on every setup, in the order a, c, b, d in even \
          repetitions and d, b, c, a in odd ones: (c) always runs right next to (a) and to (b), \
-         and each comes first as often as second"
+         and with an even number of repetitions each comes first as often as second"
             .to_string(),
         "paired ratios: the median over repetitions of the ratio within one repetition; \
          the targets are judged by them. The interval after one is a distribution-free 95% \

@@ -42,8 +42,9 @@ pub enum BenchCmd {
     /// (iperf3 TCP 1/4 streams, UDP 64 B packets/s, 1-byte TCP RR).
     Datapath {
         /// Repetitions (every setup and metric once each, (c) next to (a)
-        /// and (b)); 6 or more give the paired ratios a 95% interval.
-        #[arg(long, default_value_t = 7)]
+        /// and (b)); 6 or more give the paired ratios a 95% interval, and
+        /// an even number puts each of a pair first equally often.
+        #[arg(long, default_value_t = 8)]
         runs: usize,
         /// Seconds per measurement (whole seconds, as iperf3 -t).
         #[arg(long, default_value_t = 5)]
