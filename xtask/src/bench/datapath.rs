@@ -109,7 +109,7 @@ impl SetupId {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Metric {
     Tcp1,
     Tcp4,
@@ -148,6 +148,33 @@ impl Metric {
     }
     fn idx(self) -> usize {
         METRICS.iter().position(|m| *m == self).unwrap()
+    }
+    /// The name `--metrics` knows it by.
+    fn arg(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "tcp1",
+            Metric::Tcp4 => "tcp4",
+            Metric::Udp64 => "udp64",
+            Metric::Rr => "rr",
+        }
+    }
+    /// `--metrics` names, in the benchmark's own order, each once.
+    fn parse_list(names: &[String]) -> Result<Vec<Metric>> {
+        let known = || METRICS.map(Metric::arg).join(", ");
+        let mut want = Vec::new();
+        for n in names {
+            let m = METRICS
+                .into_iter()
+                .find(|m| m.arg() == n.trim())
+                .ok_or_else(|| anyhow!("--metrics: unknown metric {n:?} (known: {})", known()))?;
+            want.push(m);
+        }
+        ensure!(
+            !want.is_empty(),
+            "--metrics: name at least one of {}",
+            known()
+        );
+        Ok(METRICS.into_iter().filter(|m| want.contains(m)).collect())
     }
 }
 
@@ -243,6 +270,8 @@ struct Report {
     iperf3: String,
     runs: usize,
     duration_s: u64,
+    /// The metrics measured (`--metrics`); the targets are judged on these.
+    metrics: Vec<&'static str>,
     /// CPUs the client and the server were pinned to (null: not pinned).
     pinned_cpus: Option<(usize, usize)>,
     notes: Vec<String>,
@@ -260,8 +289,15 @@ struct Report {
     targets: Value,
 }
 
-pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> Result<()> {
+pub fn run(
+    runs: usize,
+    duration: u64,
+    metrics: &[String],
+    no_pin: bool,
+    json: Option<PathBuf>,
+) -> Result<()> {
     ensure!(runs >= 1, "--runs must be at least 1");
+    let metrics = Metric::parse_list(metrics)?;
     ensure!(duration >= 1, "--duration must be at least 1 second");
     ensure!(
         netctl_bin().is_file(),
@@ -309,7 +345,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
         "the root namespace's links changed while building the setups"
     );
 
-    let total = runs * METRICS.len() * SETUPS.len();
+    let total = runs * metrics.len() * SETUPS.len();
     eprintln!(
         "==> {total} measurements of {duration} s (~{} min)",
         (total as u64 * (duration + 1)).div_ceil(60)
@@ -319,7 +355,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     let mut samples = Vec::new();
     for rep in 0..runs {
         let order = run_order(rep);
-        for m in METRICS {
+        for &m in &metrics {
             for (position, &id) in order.iter().enumerate() {
                 check_interrupted()?;
                 let env = &envs[id.idx()];
@@ -374,7 +410,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
 
     // Medians and ratios.
     let mut med = [[f64::NAN; 4]; 4]; // [metric][setup]
-    for m in METRICS {
+    for &m in &metrics {
         for s in SETUPS {
             let xs: Vec<f64> = samples
                 .iter()
@@ -391,7 +427,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     // machine's load.
     let mut paired = [[f64::NAN; 3]; 4]; // [metric][c/a, c/b, d/c]
     let mut paired_ci = [[None; 3]; 4];
-    for m in METRICS {
+    for &m in &metrics {
         let value = |run: usize, s: usize| {
             samples
                 .iter()
@@ -416,7 +452,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     let mut head = vec!["metric"];
     head.extend(SETUPS.iter().map(|s| s.label()));
     head.extend(["c/a", "c/b", "d/c"]);
-    let rows: Vec<Vec<String>> = METRICS
+    let rows: Vec<Vec<String>> = metrics
         .iter()
         .map(|&m| {
             let i = m.idx();
@@ -439,7 +475,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     let mut head2 = vec!["metric"];
     head2.extend(SETUPS.iter().map(|s| s.label()));
     head2.extend(["c/a paired", "c/b paired", "d/c paired"]);
-    let rows2: Vec<Vec<String>> = METRICS
+    let rows2: Vec<Vec<String>> = metrics
         .iter()
         .map(|&m| {
             let mut r = vec![m.label().to_string()];
@@ -463,7 +499,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     // Judged by the paired ratios: each compares measurements taken next to
     // each other, which the machine's slow swings in speed affect alike.
     let worst = |k: usize| {
-        METRICS
+        metrics
             .iter()
             .map(|&m| (m, paired[m.idx()][k], paired_ci[m.idx()][k]))
             .min_by(|p, q| nan_low(p.1).total_cmp(&nan_low(q.1)))
@@ -472,7 +508,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     // Whether the lower end of every metric's interval meets the target;
     // None when there are too few repetitions for an interval.
     let clears = |k: usize, meets: fn(f64) -> bool| {
-        METRICS
+        metrics
             .iter()
             .map(|m| paired_ci[m.idx()][k].map(|(lo, _)| meets(lo)))
             .collect::<Option<Vec<bool>>>()
@@ -484,9 +520,15 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     let vs_bridge = wb.is_finite() && wb > 1.0;
     let vs_direct_ci = clears(0, |lo| lo >= 0.95);
     let vs_bridge_ci = clears(1, |lo| lo > 1.0);
+    // A subset of the metrics (--metrics) is judged as such.
+    let every = if metrics.len() == METRICS.len() {
+        "every metric"
+    } else {
+        "every measured metric"
+    };
     println!();
     println!(
-        "netctl >= 0.95x direct veth on every metric (paired medians): {} (worst {} on {}); \
+        "netctl >= 0.95x direct veth on {every} (paired medians): {} (worst {} on {}); \
          with 95% confidence: {}",
         yes_no(vs_direct),
         show_ratio_ci(wa, wa_ci),
@@ -494,7 +536,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
         vs_direct_ci.map_or("- (6 or more runs give one)", yes_no)
     );
     println!(
-        "netctl ahead of kernel bridge on every metric (paired medians): {} (worst {} on {}); \
+        "netctl ahead of kernel bridge on {every} (paired medians): {} (worst {} on {}); \
          with 95% confidence: {}",
         yes_no(vs_bridge),
         show_ratio_ci(wb, wb_ci),
@@ -553,7 +595,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
     let mut medians = BTreeMap::new();
     let mut ratios = BTreeMap::new();
     let mut ratio_cis = BTreeMap::new();
-    for m in METRICS {
+    for &m in &metrics {
         let i = m.idx();
         medians.insert(
             m.key(),
@@ -586,6 +628,7 @@ pub fn run(runs: usize, duration: u64, no_pin: bool, json: Option<PathBuf>) -> R
         iperf3,
         runs,
         duration_s: duration,
+        metrics: metrics.iter().map(|m| m.key()).collect(),
         pinned_cpus: pin,
         notes,
         setups: infos,
@@ -1012,4 +1055,29 @@ fn request_response(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
         n as f64 / secs,
         json!({ "transactions": n, "seconds": secs, "served_incl_warmup": served }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{METRICS, Metric};
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn metrics_are_parsed_in_the_benchmarks_order_each_once() {
+        let got = Metric::parse_list(&names(&["rr", "udp64", "rr"])).unwrap();
+        assert_eq!(got, [Metric::Udp64, Metric::Rr]);
+        let all = Metric::parse_list(&names(&["tcp1", "tcp4", "udp64", "rr"])).unwrap();
+        assert_eq!(all, METRICS);
+        let e = Metric::parse_list(&names(&["udp"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown metric \"udp\"") && e.contains("udp64"),
+            "{e}"
+        );
+        assert!(Metric::parse_list(&[]).is_err());
+    }
 }

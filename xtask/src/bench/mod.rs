@@ -49,6 +49,10 @@ pub enum BenchCmd {
         /// Seconds per measurement (whole seconds, as iperf3 -t).
         #[arg(long, default_value_t = 5)]
         duration: u64,
+        /// Metrics to measure, comma separated: tcp1, tcp4, udp64, rr. The
+        /// targets are then judged on these only.
+        #[arg(long, value_delimiter = ',', default_value = "tcp1,tcp4,udp64,rr")]
+        metrics: Vec<String>,
         /// Let the scheduler place client and server (default: pin them to
         /// two different CPUs).
         #[arg(long)]
@@ -74,9 +78,10 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Datapath {
             runs,
             duration,
+            metrics,
             no_pin,
             json,
-        } => datapath::run(runs, duration, no_pin, json),
+        } => datapath::run(runs, duration, &metrics, no_pin, json),
         BenchCmd::Rules(a) => rules::run(a),
         BenchCmd::Nat(a) => nat::run(a),
     }
