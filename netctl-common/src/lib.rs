@@ -337,7 +337,6 @@ mod user {
     unsafe impl aya::Pod for super::RsNat {}
     unsafe impl aya::Pod for super::NeighEntry {}
     unsafe impl aya::Pod for super::PortStats {}
-    unsafe impl aya::Pod for super::Learned {}
     unsafe impl aya::Pod for super::RuleEntry {}
     unsafe impl aya::Pod for super::RsHook {}
     unsafe impl aya::Pod for super::RsClassKey {}
