@@ -44,6 +44,26 @@ addresses = ["10.50.0.4/24"]
     )
 }
 
+/// The names of the programs the kernel runs from tcx on `dev` (in netns
+/// `ns`) at `at`, asked of the kernel (`BPF_PROG_QUERY`), not of netctl.
+fn tcx_programs(ns: &str, dev: &str, at: aya::programs::TcAttachType) -> Vec<String> {
+    let dev = dev.to_string();
+    netctl::netns::run_in(&netctl::netns::Netns::named(ns), move || {
+        let (_, progs) =
+            aya::programs::SchedClassifier::query_tcx(&dev, at).map_err(std::io::Error::other)?;
+        Ok(progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .collect())
+    })
+    .unwrap()
+}
+
+/// The names of the cls_bpf filters on `dev`'s clsact `dir` (`tc` as witness).
+fn tc_filters(ns: &str, dev: &str, dir: &str) -> String {
+    stdout(&in_ns(ns, &["tc", "filter", "show", "dev", dev, dir]))
+}
+
 fn port_of(name: &str, c: &str) -> String {
     netctl::topology::parse::default_host_ifname(name, c)
 }
@@ -268,7 +288,8 @@ fn pins_survive_reapply_and_detach_keeps_connectivity() {
     assert!(red > 0);
     let dir = std::path::Path::new("/sys/fs/bpf/netctl").join(&name);
     assert!(dir.join("NETCTL_FDB").exists());
-    // One marker per port, and lo's (the host's traffic with itself).
+    // One marker per port (its cls_bpf filters stay attached by
+    // themselves), and lo's (the host's traffic with itself).
     let mut links: Vec<String> = std::fs::read_dir(dir.join("links"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -276,6 +297,9 @@ fn pins_survive_reapply_and_detach_keeps_connectivity() {
     links.sort();
     assert_eq!(links.len(), 4, "{links:?}");
     assert!(links.contains(&"local-lo".to_string()), "{links:?}");
+    let pb = port_of(&name, "b");
+    assert!(tc_filters(&h, &pb, "ingress").contains("netctl_ingress"));
+    assert!(tc_filters(&h, &pb, "egress").contains("netctl_egress"));
 
     // Re-apply: nothing changes, counters and FDB carry on.
     let o = netctl(&["apply", f.to_str().unwrap()]);
@@ -293,18 +317,130 @@ fn pins_survive_reapply_and_detach_keeps_connectivity() {
     assert!(routes.contains("10.50.0.1/32 local"), "{routes}");
 
     // Detach: filters and pins go, the kernel bridge forwards.
-    let pb = port_of(&name, "b");
     let o = netctl(&["datapath", "detach", &name]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!dir.exists());
-    let filters = stdout(&in_ns(&h, &["tc", "filter", "show", "dev", &pb, "ingress"]));
-    assert!(!filters.contains("netctl_ingress"), "{filters}");
+    assert!(!tc_filters(&h, &pb, "ingress").contains("netctl"));
+    assert!(!tc_filters(&h, &pb, "egress").contains("netctl"));
     let tx0 = tx_packets(&h, &pb);
     assert!(ping(&a, "10.50.0.3"));
     assert!(
         tx_packets(&h, &pb) - tx0 >= 3,
         "the kernel bridge forwards again"
     );
+}
+
+#[test]
+fn attach_modes_switch_and_upgrades_swap_programs_in_place() {
+    use aya::programs::TcAttachType::{Egress, Ingress};
+    let name = unique("att");
+    let _g = Cleanup::new(&name);
+    let text = one_bridge(&name, 300);
+    let (a, h) = (format!("{name}-a"), format!("{name}-h"));
+    let pb = port_of(&name, "b");
+    let status = || {
+        let j: serde_json::Value =
+            serde_json::from_str(&stdout(&netctl(&["datapath", "status", "--json"]))).unwrap();
+        j.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["topology"] == name.as_str())
+            .map(|t| t["attach"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+
+    let tcx = text.replace("host_netns", "attach = \"tcx\"\nhost_netns");
+    let tcx_attached = || {
+        assert!(!tc_filters(&h, &pb, "ingress").contains("netctl"));
+        assert!(!tc_filters(&h, &pb, "egress").contains("netctl"));
+        assert_eq!(tcx_programs(&h, &pb, Ingress), ["netctl_ingress"]);
+        assert_eq!(tcx_programs(&h, &pb, Egress), ["netctl_egress"]);
+        assert_eq!(status(), "tcx");
+    };
+
+    // tcx: one link each way, no filter; the fast path forwards after
+    // the CLI that attached it has exited.
+    apply_file(&name, &tcx);
+    tcx_attached();
+    assert!(ping(&a, "10.50.0.3"));
+    let red = decision(&name, "redirect_l2");
+    assert!(red > 0);
+
+    // cls_bpf (the default): the links go, a filter each way.
+    apply_file(&name, &text);
+    assert!(tc_filters(&h, &pb, "ingress").contains("netctl_ingress"));
+    assert!(tc_filters(&h, &pb, "egress").contains("netctl_egress"));
+    assert!(tcx_programs(&h, &pb, Ingress).is_empty());
+    assert!(tcx_programs(&h, &pb, Egress).is_empty());
+    assert_eq!(status(), "cls_bpf");
+    assert!(ping(&a, "10.50.0.3"));
+    let red1 = decision(&name, "redirect_l2");
+    assert!(red1 > red);
+
+    // And back: the filters go again, not doubling up with the links.
+    apply_file(&name, &tcx);
+    tcx_attached();
+    assert!(ping(&a, "10.50.0.3"));
+    let red2 = decision(&name, "redirect_l2");
+    assert!(red2 > red1);
+
+    // A netctl with another build of the programs: the same links, with
+    // the new program swapped in under each.
+    let progs = std::path::Path::new("/sys/fs/bpf/netctl")
+        .join(&name)
+        .join("progs");
+    let query = |at| {
+        let dev = pb.clone();
+        netctl::netns::run_in(&netctl::netns::Netns::named(&h), move || {
+            aya::programs::SchedClassifier::query_tcx(&dev, at).map_err(std::io::Error::other)
+        })
+        .unwrap()
+        .1
+        .iter()
+        .map(|p| p.id())
+        .collect::<Vec<u32>>()
+    };
+    let before = query(Ingress);
+    let links_before = std::fs::read_dir(progs.parent().unwrap().join("links"))
+        .unwrap()
+        .count();
+    for e in std::fs::read_dir(&progs).unwrap() {
+        let e = e.unwrap();
+        let old = e.file_name().to_string_lossy().to_string();
+        let kind = old.split('-').next().unwrap().to_string();
+        std::fs::rename(e.path(), progs.join(format!("{kind}-0000000000000000"))).unwrap();
+    }
+    apply_file(&name, &tcx);
+    let after = query(Ingress);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "the new program runs");
+    let current: Vec<String> = std::fs::read_dir(&progs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        current.iter().all(|n| !n.ends_with("-0000000000000000")),
+        "{current:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(progs.parent().unwrap().join("links"))
+            .unwrap()
+            .count(),
+        links_before
+    );
+    assert_eq!(query(Egress).len(), 1);
+    assert!(ping(&a, "10.50.0.3"));
+    assert!(decision(&name, "redirect_l2") > red2);
+
+    // Detach takes the links off before it returns (the kernel would
+    // release merely unpinned links later), and the kernel bridge forwards.
+    let o = netctl(&["datapath", "detach", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(tcx_programs(&h, &pb, Ingress).is_empty());
+    assert!(tcx_programs(&h, &pb, Egress).is_empty());
+    let tx0 = tx_packets(&h, &pb);
+    assert!(ping(&a, "10.50.0.3"));
+    assert!(tx_packets(&h, &pb) - tx0 >= 3, "the kernel bridge forwards");
 }
 
 #[test]

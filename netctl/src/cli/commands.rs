@@ -58,20 +58,18 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 for s in &rep.steps {
                     println!("{s}");
                 }
+                let mut count = rep.steps.len();
                 if let Some(d) = &rep.datapath {
                     for a in &d.attached {
-                        println!("+ ebpf datapath on {a}");
+                        println!("+ ebpf datapath on {a} ({})", d.attach.name());
                     }
                     for a in &d.detached {
                         println!("- ebpf datapath link {a}");
                     }
+                    count += d.attached.len() + d.detached.len();
                 }
                 let verb = if dry_run { "would make" } else { "made" };
-                println!(
-                    "topology {}: {verb} {} change(s)",
-                    rep.topology,
-                    rep.steps.len()
-                );
+                println!("topology {}: {verb} {count} change(s)", rep.topology,);
             }
         }
         Cmd::Destroy { target } => {

@@ -127,8 +127,10 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
             let mut rows = Vec::new();
             for t in pins::topologies()? {
                 let ports = datapath::install::attached_ports(&t)?;
+                let attach = datapath::install::attached_as(&t)?.map(|a| a.name());
                 rows.push(serde_json::json!({
                     "topology": t,
+                    "attach": attach,
                     "ports": ports.iter().map(|(n, i)| serde_json::json!({"ifname": n, "ifindex": i})).collect::<Vec<_>>(),
                 }));
             }
@@ -143,9 +145,10 @@ pub async fn datapath(c: DatapathCmd) -> Result<()> {
                     .map(|p| p["ifname"].as_str().unwrap().to_string())
                     .collect();
                 println!(
-                    "{}: {} port(s): {}",
+                    "{}: {} port(s) by {}: {}",
                     r["topology"].as_str().unwrap(),
                     ports.len(),
+                    r["attach"].as_str().unwrap_or("-"),
                     ports.join(" ")
                 );
             }

@@ -31,6 +31,8 @@ pub struct Desired {
     pub bridges: Vec<String>,
     /// Conntrack timeouts, seconds per `ct_timeout` class.
     pub ct_timeouts: super::conntrack::Timeouts,
+    /// How the programs attach to the ports.
+    pub attach: crate::topology::Attach,
 }
 
 /// A bridge's ageing time (centiseconds in the kernel) in nanoseconds.
@@ -56,6 +58,7 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
     let mut d = Desired {
         forward: host.ip_forward,
         ct_timeouts: super::conntrack::Timeouts::with(&t.conntrack),
+        attach: t.attach,
         ..Default::default()
     };
     for l in &host.links {

@@ -14,7 +14,7 @@ use aya::programs::links::FdLink;
 use aya::programs::tc::{
     NlOptions, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program,
 };
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
     FdbEntry, FdbKey, MAP_CONFIG, MAP_CT_TIMEOUTS, MAP_FDB, MAP_IFADDR, MAP_NEIGH, MAP_PORT_STATS,
     MAP_PORTS, MAP_PORTS_MAX, MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_LOCAL,
@@ -22,9 +22,11 @@ use netctl_common::{
 };
 
 use super::desired::Desired;
-use super::pins::{self, link_pin_name, links_dir, parse_link_pin, topology_dir};
+use super::link_ops;
+use super::pins::{self, LinkPin, link_pin_name, links_dir, parse_link_pin, topology_dir};
 use super::{bpf_error, embedded_object, object};
 use crate::error::{Error, Result};
+use crate::topology::Attach;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SyncReport {
@@ -32,6 +34,8 @@ pub struct SyncReport {
     pub loaded: bool,
     pub attached: Vec<String>,
     pub detached: Vec<String>,
+    /// How the ports are attached.
+    pub attach: Attach,
 }
 
 pub(crate) fn map_at(dir: &Path, name: &str) -> Result<Map> {
@@ -65,7 +69,10 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     let dir = topology_dir(topology);
     let links = links_dir(topology);
     let progs = pins::progs_dir(topology);
-    let mut report = SyncReport::default();
+    let mut report = SyncReport {
+        attach: d.attach,
+        ..Default::default()
+    };
     let prog_pin = progs.join(format!("ingress-{}", object_tag()));
 
     // A program from another build of netctl: its links go, so that every
@@ -85,42 +92,59 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
         .iter()
         .map(|p| (link_pin_name(&p.ifname, p.ifindex), p))
         .collect();
-    let present: BTreeSet<String> = pins::link_pins(topology)?.into_iter().collect();
-    let mut kept = BTreeSet::new();
+    let kinds = port_pin_kinds(d.attach);
+    let present = pins::link_pins(topology)?;
+    let mut kept: BTreeMap<&str, Vec<LinkPin>> = BTreeMap::new();
     for pin in &present {
-        if pin == pins::LOCAL_PIN {
+        let (kind, port) = LinkPin::split(pin);
+        let wanted = want.contains_key(port);
+        let keep = match kind {
+            LinkPin::Local => continue,
+            LinkPin::Xdp => wanted,
+            // A stale program's tcx links get the new one in place below;
+            // its cls_bpf filters are replaced when the port is attached.
+            LinkPin::Filters => wanted && kinds.contains(&kind) && !stale_program,
+            LinkPin::TcxIngress | LinkPin::TcxEgress => wanted && kinds.contains(&kind),
+        };
+        if keep {
+            kept.entry(port).or_default().push(kind);
             continue;
         }
-        let xdp = pin.starts_with("xdp-");
-        let base = pin.strip_prefix("xdp-").unwrap_or(pin);
-        if want.contains_key(base) && (xdp || !stale_program) {
-            kept.insert(pin.clone());
-            continue;
+        // The filters of a port attached again in the same mode go just
+        // before that, keeping the port's gap short.
+        let reattached = wanted && kinds.contains(&kind);
+        remove_link_pin(&links, pin, kind, !reattached)?;
+        if !wanted && kind != LinkPin::TcxEgress {
+            let what = if kind == LinkPin::Xdp { pin } else { port };
+            report.detached.push(what.to_string());
         }
-        if !want.contains_key(base) {
-            if !xdp {
-                detach_port(base);
-            }
-            report.detached.push(pin.clone());
-        }
-        // An XDP pin is the link's last reference: removing it detaches.
-        fs::remove_file(links.join(pin))
-            .map_err(|err| Error::io(format!("unpin link {pin}"), err))?;
     }
-    let missing: Vec<&super::desired::Port> = want
-        .iter()
-        .filter(|(k, _)| !kept.contains(*k))
-        .map(|(_, p)| *p)
-        .collect();
+    // A port keeps only a whole attachment (a failed apply may leave half).
+    let mut missing: Vec<&super::desired::Port> = Vec::new();
+    let mut updated: Vec<String> = Vec::new();
+    for (port, p) in &want {
+        let have = kept.get(port.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        if kinds.iter().all(|k| have.contains(k)) {
+            if stale_program {
+                updated.extend(kinds.iter().map(|k| k.name(port)));
+            }
+            continue;
+        }
+        for k in have.iter().filter(|k| **k != LinkPin::Xdp) {
+            remove_link_pin(&links, &k.name(port), *k, true)?;
+        }
+        missing.push(*p);
+    }
 
     report.loaded = load_program(topology)?;
     // Maps first, so the first packet through a new link finds its port.
     write_maps(&dir, d)?;
-    report.attached = attach_all(&prog_pin, &links, &missing, stale_program)?;
+    update_links(&prog_pin, &links, &updated)?;
+    report.attached = attach_all(&prog_pin, &links, &missing, d.attach)?;
     attach_local(
         &local_pin,
         &links,
-        stale_program || !present.contains(pins::LOCAL_PIN),
+        stale_program || !present.iter().any(|p| p == pins::LOCAL_PIN),
     )?;
     // The host's connections to its own published ports get their replies
     // back from a container with one of the host's addresses as source
@@ -227,20 +251,67 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
-/// Attaches the pinned program to every port as a cls_bpf filter
-/// (direct-action) on the port's clsact qdisc, and pins a marker (the
-/// program again) under `links/<ifname>@<ifindex>` to remember it.
+/// The `links/` pins a port attached in mode `attach` has.
+fn port_pin_kinds(attach: Attach) -> &'static [LinkPin] {
+    match attach {
+        Attach::Tcx => &[LinkPin::TcxIngress, LinkPin::TcxEgress],
+        Attach::ClsBpf => &[LinkPin::Filters],
+    }
+}
+
+/// Removes a `links/` pin and what it holds attached: a tcx link detaches
+/// at once; a cls_bpf marker's filters come off the port when
+/// `detach_filters`; an XDP link goes with its last reference.
+fn remove_link_pin(links: &Path, pin: &str, kind: LinkPin, detach_filters: bool) -> Result<()> {
+    let path = links.join(pin);
+    match kind {
+        LinkPin::TcxIngress | LinkPin::TcxEgress => {
+            return link_ops::detach_pinned(&path)
+                .map_err(|err| Error::io(format!("detach link {pin}"), err));
+        }
+        LinkPin::Filters if detach_filters => detach_port(LinkPin::split(pin).1),
+        _ => {}
+    }
+    fs::remove_file(&path).map_err(|err| Error::io(format!("unpin link {pin}"), err))
+}
+
+/// Puts the current programs under the tcx links `pins` (an upgrade): the
+/// kernel swaps them atomically, so no packet meets a port without them.
+fn update_links(prog_pin: &Path, links: &Path, pins: &[String]) -> Result<()> {
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let ingress = SchedClassifier::from_pin(prog_pin)
+        .map_err(|err| bpf_error("open pinned program", &err))?;
+    let egress = SchedClassifier::from_pin(egress_pin_of(prog_pin))
+        .map_err(|err| bpf_error("open pinned egress program", &err))?;
+    for pin in pins {
+        let prog = match LinkPin::split(pin).0 {
+            LinkPin::TcxEgress => &egress,
+            _ => &ingress,
+        };
+        let fd = prog
+            .fd()
+            .map_err(|err| bpf_error("pinned program fd", &err))?;
+        link_ops::update_pinned(&links.join(pin), fd)
+            .map_err(|err| Error::io(format!("update link {pin} to the new program"), err))?;
+    }
+    Ok(())
+}
+
+/// Attaches the pinned programs (ingress and egress) to every port and pins
+/// what records it under `links/` (see [`LinkPin`]).
 ///
-/// Not tcx: a tcx attach waits for an RCU grace period while holding RTNL
-/// (`tcx_entry_sync`), about 13 ms per device here, serialised — 1.3 s for
-/// 100 containers. A cls_bpf filter costs well under a millisecond, stays
-/// attached without a pin, and runs the same program with the same verdicts
-/// (TC_ACT_UNSPEC passes on, TC_ACT_REDIRECT redirects).
+/// With tcx each attach waits for an RCU grace period while holding RTNL
+/// (`tcx_entry_sync`), about 13 ms per program here, serialised across the
+/// host; a cls_bpf filter costs well under a millisecond and stays attached
+/// without a pin. Both run the same programs with the same verdicts
+/// (TCX_NEXT is cls_bpf's TC_ACT_UNSPEC: pass on).
 fn attach_all(
     prog_pin: &Path,
     links: &Path,
     ports: &[&super::desired::Port],
-    replace: bool,
+    attach: Attach,
 ) -> Result<Vec<String>> {
     if ports.is_empty() {
         return Ok(Vec::new());
@@ -251,22 +322,67 @@ fn attach_all(
         .map_err(|err| bpf_error("open pinned egress program", &err))?;
     let mut done = Vec::new();
     for p in ports {
-        // A filter of an earlier program goes first, so a port never runs
-        // two copies. (A port without a marker is new: nothing to remove.)
-        if replace {
-            let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
-            let _ = qdisc_detach_program(&p.ifname, TcAttachType::Egress, PROG_EGRESS);
+        let port = link_pin_name(&p.ifname, p.ifindex);
+        match attach {
+            Attach::Tcx => {
+                for (prog, name, at, kind) in [
+                    (
+                        &mut prog,
+                        PROG_INGRESS,
+                        TcAttachType::Ingress,
+                        LinkPin::TcxIngress,
+                    ),
+                    (
+                        &mut egress,
+                        PROG_EGRESS,
+                        TcAttachType::Egress,
+                        LinkPin::TcxEgress,
+                    ),
+                ] {
+                    attach_tcx(prog, name, &p.ifname, at, &links.join(kind.name(&port)))?;
+                }
+            }
+            Attach::ClsBpf => {
+                // A filter of an earlier program (or of an attach cut short)
+                // goes first, so a port never runs two copies.
+                let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
+                let _ = qdisc_detach_program(&p.ifname, TcAttachType::Egress, PROG_EGRESS);
+                add_clsact(&p.ifname)?;
+                attach_filter(&mut prog, PROG_INGRESS, &p.ifname, TcAttachType::Ingress)?;
+                attach_filter(&mut egress, PROG_EGRESS, &p.ifname, TcAttachType::Egress)?;
+                let marker = links.join(LinkPin::Filters.name(&port));
+                prog.pin(&marker)
+                    .map_err(|err| bpf_error(&format!("pin {}", marker.display()), &err))?;
+            }
         }
-        add_clsact(&p.ifname)?;
-        attach_filter(&mut prog, PROG_INGRESS, &p.ifname, TcAttachType::Ingress)?;
-        attach_filter(&mut egress, PROG_EGRESS, &p.ifname, TcAttachType::Egress)?;
-        let marker = links.join(link_pin_name(&p.ifname, p.ifindex));
-        prog.pin(&marker)
-            .map_err(|err| bpf_error(&format!("pin {}", marker.display()), &err))?;
         done.push(p.ifname.clone());
     }
     done.sort();
     Ok(done)
+}
+
+/// Attaches `prog` (called `name`) to `ifname` with a tcx link, after any
+/// programs already there, and pins the link at `pin`.
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    name: &str,
+    ifname: &str,
+    at: TcAttachType,
+    pin: &Path,
+) -> Result<()> {
+    let id = prog
+        .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(|err| bpf_error(&format!("attaching {name} to {ifname} (tcx)"), &err))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|err| bpf_error("taking the tcx link", &err))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|err| bpf_error("tcx link as fd link", &err))?;
+    // Until pinned, the link lives only as this fd: a failure here detaches.
+    fd.pin(pin)
+        .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
+    Ok(())
 }
 
 /// Adds the clsact qdisc to `ifname` unless it has one.
@@ -443,19 +559,27 @@ fn detach_port(marker: &str) {
     let _ = qdisc_detach_program(&name, TcAttachType::Egress, PROG_EGRESS);
 }
 
-/// Removes a topology's datapath: the ingress filters come off the ports
-/// (traffic falls back to the kernel bridge), unpinning the XDP links
+/// Removes a topology's datapath: the programs come off the ports (traffic
+/// falls back to the kernel bridge), unpinning the XDP links
 /// detaches them, then the maps go. Runs in the topology's host namespace.
 pub fn detach_blocking(topology: &str, bridges: &[String]) -> Result<bool> {
     let dir = topology_dir(topology);
     if !dir.exists() {
         return Ok(false);
     }
+    let links = links_dir(topology);
     for pin in pins::link_pins(topology)? {
-        if pin == pins::LOCAL_PIN {
-            let _ = qdisc_detach_program(LOOPBACK, TcAttachType::Ingress, PROG_LOCAL);
-        } else if !pin.starts_with("xdp-") {
-            detach_port(&pin);
+        match LinkPin::split(&pin) {
+            (LinkPin::Local, _) => {
+                let _ = qdisc_detach_program(LOOPBACK, TcAttachType::Ingress, PROG_LOCAL);
+            }
+            (LinkPin::Filters, port) => detach_port(port),
+            // Detached now rather than when the pins go: the kernel releases
+            // an unpinned link later, from a workqueue.
+            (LinkPin::TcxIngress | LinkPin::TcxEgress, _) => {
+                let _ = link_ops::detach_pinned(&links.join(&pin));
+            }
+            (LinkPin::Xdp, _) => {}
         }
     }
     // The kernel bridge takes over, and with it the kernel's view of a
@@ -520,6 +644,17 @@ pub fn xdp_blocking(topology: &str, d: &Desired, on: bool) -> Result<Vec<String>
         changed.push(name);
     }
     Ok(changed)
+}
+
+/// How a topology's ports are attached, from their pins (`None`: none is).
+pub fn attached_as(topology: &str) -> Result<Option<Attach>> {
+    Ok(pins::link_pins(topology)?
+        .iter()
+        .find_map(|p| match LinkPin::split(p).0 {
+            LinkPin::TcxIngress => Some(Attach::Tcx),
+            LinkPin::Filters => Some(Attach::ClsBpf),
+            _ => None,
+        }))
 }
 
 /// Ports (by ifname@ifindex) that have a pinned ingress link.

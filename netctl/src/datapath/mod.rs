@@ -18,6 +18,7 @@ pub mod desired;
 pub mod inspect;
 pub mod install;
 mod layout;
+mod link_ops;
 pub mod pins;
 pub mod profile;
 mod rule_counters;

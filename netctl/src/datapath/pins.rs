@@ -1,8 +1,8 @@
 //! Where a topology's datapath lives in bpffs:
 //! `/sys/fs/bpf/netctl/<topology>/` holds the maps (pinned by name) and
-//! `links/<ifname>@<ifindex>` one tcx link per port. The ifindex is part of
-//! the name because a link dies with its device: a port recreated under the
-//! same name must get a new link.
+//! `links/` what is attached to each port `<ifname>@<ifindex>` (see
+//! [`LinkPin`]). The ifindex is part of the name because a link dies with
+//! its device: a port recreated under the same name must get a new link.
 
 use std::fs;
 use std::io;
@@ -39,9 +39,62 @@ pub fn progs_dir(topology: &str) -> PathBuf {
 /// The marker of the `lo` program in `links/` (no port: no `@ifindex`).
 pub const LOCAL_PIN: &str = "local-lo";
 
-/// Whether a `links/` pin marks a port (not an XDP link, not `lo`).
+/// What a `links/` pin stands for. Interface names cannot contain ':', so
+/// the tcx prefixes are never part of a port's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPin {
+    /// `<port>`: a pin of the ingress program marking the port's cls_bpf
+    /// filters (the filters stay attached by themselves).
+    Filters,
+    /// `tcx-ingress:<port>`, `tcx-egress:<port>`: the port's tcx links.
+    TcxIngress,
+    TcxEgress,
+    /// `xdp-<port>`: the port's XDP link.
+    Xdp,
+    /// `local-lo`: the `lo` program's marker.
+    Local,
+}
+
+const TCX_INGRESS: &str = "tcx-ingress:";
+const TCX_EGRESS: &str = "tcx-egress:";
+const XDP: &str = "xdp-";
+
+impl LinkPin {
+    fn prefix(self) -> &'static str {
+        match self {
+            LinkPin::Filters | LinkPin::Local => "",
+            LinkPin::TcxIngress => TCX_INGRESS,
+            LinkPin::TcxEgress => TCX_EGRESS,
+            LinkPin::Xdp => XDP,
+        }
+    }
+
+    /// The pin's kind and the port (`<ifname>@<ifindex>`) it belongs to.
+    pub fn split(name: &str) -> (LinkPin, &str) {
+        if name == LOCAL_PIN {
+            return (LinkPin::Local, name);
+        }
+        for kind in [LinkPin::TcxIngress, LinkPin::TcxEgress, LinkPin::Xdp] {
+            if let Some(port) = name.strip_prefix(kind.prefix()) {
+                return (kind, port);
+            }
+        }
+        (LinkPin::Filters, name)
+    }
+
+    /// The pin's name for `port` (`<ifname>@<ifindex>`).
+    pub fn name(self, port: &str) -> String {
+        format!("{}{port}", self.prefix())
+    }
+}
+
+/// Whether a `links/` pin marks a port as attached (one per port: its
+/// cls_bpf marker or its tcx ingress link).
 pub fn is_port_pin(name: &str) -> bool {
-    !name.starts_with("xdp-") && name != LOCAL_PIN
+    matches!(
+        LinkPin::split(name).0,
+        LinkPin::Filters | LinkPin::TcxIngress
+    )
 }
 
 /// bpffs refuses '.' in names; interface names may contain it.
@@ -58,7 +111,7 @@ pub fn scratch_dir() -> PathBuf {
 
 /// `(ifname, ifindex)` from a link pin's file name.
 pub fn parse_link_pin(name: &str) -> Option<(String, u32)> {
-    let (n, i) = name.rsplit_once('@')?;
+    let (n, i) = LinkPin::split(name).1.rsplit_once('@')?;
     Some((n.to_string(), i.parse().ok()?))
 }
 
@@ -155,4 +208,29 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
     }
     v.sort();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_name_their_kind_and_port() {
+        let port = link_pin_name("veth.1", 7);
+        assert_eq!(port, "veth_1@7");
+        for kind in [
+            LinkPin::Filters,
+            LinkPin::TcxIngress,
+            LinkPin::TcxEgress,
+            LinkPin::Xdp,
+        ] {
+            let name = kind.name(&port);
+            assert_eq!(LinkPin::split(&name), (kind, port.as_str()), "{name}");
+            assert_eq!(parse_link_pin(&name), Some(("veth_1".into(), 7)));
+        }
+        assert_eq!(LinkPin::split(LOCAL_PIN).0, LinkPin::Local);
+        assert!(is_port_pin("tcx-ingress:v@3") && is_port_pin("v@3"));
+        assert!(!is_port_pin("tcx-egress:v@3") && !is_port_pin("xdp-v@3"));
+        assert!(!is_port_pin(LOCAL_PIN));
+    }
 }

@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::bpf_error;
 use super::inspect::set_config;
-use super::pins::{self, links_dir};
+use super::pins::{self, progs_dir};
 use crate::error::{Error, Result};
 
 /// Prints each record on stdout, one line each.
@@ -33,15 +33,30 @@ impl log::Log for Printer {
     fn flush(&self) {}
 }
 
-/// The programs attached to a topology's ports (the port markers are pins
-/// of the program itself; one per load).
+/// The programs that log: the ports' ingress program and `lo`'s, as pinned
+/// under `progs/` (only the current build's are there once it is applied).
 fn program_ids(topology: &str) -> Result<BTreeSet<u32>> {
     let mut ids = BTreeSet::new();
-    for pin in pins::link_pins(topology)? {
-        if pin.starts_with("xdp-") {
+    let dir = progs_dir(topology);
+    let names = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+    };
+    if pins::link_pins(topology)?
+        .iter()
+        .all(|p| !pins::is_port_pin(p))
+    {
+        return Ok(ids);
+    }
+    for name in names {
+        if !(name.starts_with("ingress-") || name.starts_with("local-")) {
             continue;
         }
-        let p = links_dir(topology).join(&pin);
+        let p = dir.join(&name);
         let prog = SchedClassifier::from_pin(&p)
             .map_err(|e| bpf_error(&format!("open {}", p.display()), &e))?;
         let info = prog.info().map_err(|e| bpf_error("program info", &e))?;

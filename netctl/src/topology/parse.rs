@@ -51,6 +51,7 @@ struct RawTopology {
     host_netns: Option<Spanned<String>>,
     ip_forward: Option<bool>,
     datapath: Option<Spanned<String>>,
+    attach: Option<Spanned<String>>,
     #[serde(default, rename = "namespace")]
     namespaces: Vec<Spanned<RawNamespace>>,
     #[serde(default, rename = "bridge")]
@@ -399,6 +400,29 @@ fn build(ctx: &mut Ctx, raw: RawTopology, check_generated: bool) -> Topology {
                 format!("datapath {other:?} is not one of \"ebpf\", \"kernel\""),
             );
             Datapath::Ebpf
+        }
+    };
+    let attach = match raw
+        .attach
+        .as_ref()
+        .map(|a| (a.get_ref().as_str(), a.span()))
+    {
+        None => Attach::ClsBpf,
+        Some((_, span)) if datapath == Datapath::Kernel => {
+            ctx.at(
+                span,
+                "attach chooses how the eBPF datapath attaches: it needs datapath = \"ebpf\"",
+            );
+            Attach::ClsBpf
+        }
+        Some(("tcx", _)) => Attach::Tcx,
+        Some(("cls_bpf", _)) => Attach::ClsBpf,
+        Some((other, span)) => {
+            ctx.at(
+                span,
+                format!("attach {other:?} is not one of \"cls_bpf\", \"tcx\""),
+            );
+            Attach::ClsBpf
         }
     };
 
@@ -909,6 +933,7 @@ fn build(ctx: &mut Ctx, raw: RawTopology, check_generated: bool) -> Topology {
         host_netns: raw.host_netns.as_ref().map(|h| h.get_ref().clone()),
         ip_forward: raw.ip_forward.unwrap_or(true),
         datapath,
+        attach,
         namespaces,
         bridges,
         containers,

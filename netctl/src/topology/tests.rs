@@ -348,3 +348,27 @@ fn conntrack_timeouts() {
     let e = one_error(&format!("{kernel}\n[conntrack]\nudp_timeout = 5\n"));
     assert!(e.contains("needs datapath = \"ebpf\""), "{e}");
 }
+
+#[test]
+fn attach_mode() {
+    assert_eq!(parse(BASE, "t.toml").unwrap().attach, Attach::ClsBpf);
+    let tcx = BASE.replace("host_netns", "attach = \"tcx\"\nhost_netns");
+    assert_eq!(parse(&tcx, "t.toml").unwrap().attach, Attach::Tcx);
+    let e = one_error(&BASE.replace("host_netns", "attach = \"xdp\"\nhost_netns"));
+    assert!(
+        e.contains("attach \"xdp\" is not one of \"cls_bpf\", \"tcx\""),
+        "{e}"
+    );
+    let kernel = BASE.replace(
+        "host_netns",
+        "datapath = \"kernel\"\nattach = \"tcx\"\nhost_netns",
+    );
+    let e = one_error(&kernel);
+    assert!(e.contains("it needs datapath = \"ebpf\""), "{e}");
+    // A record stored before the field existed reads as cls_bpf, as
+    // those topologies were attached.
+    let mut v = serde_json::to_value(parse(&tcx, "t.toml").unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("attach");
+    let t: Topology = serde_json::from_value(v).unwrap();
+    assert_eq!(t.attach, Attach::ClsBpf);
+}
