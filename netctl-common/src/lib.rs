@@ -70,6 +70,19 @@ pub const PROG_XDP: &str = "netctl_xdp";
 /// `ifindex (u32) -> PortInfo`: the host-side veth ends the datapath owns.
 pub const MAP_PORTS: &str = "NETCTL_PORTS";
 pub const MAP_PORTS_MAX: u32 = 4096;
+/// Array of `PortInfo` indexed by `ifindex % PORT_INDEX_SLOTS`, holding
+/// the same ports as `MAP_PORTS` (a slot whose `PortInfo::ifindex` is not
+/// the packet's is someone else's, or empty: the hash map answers). An
+/// array lookup is a few instructions the verifier inlines; a hash lookup
+/// is a call that hashes the key.
+pub const MAP_PORT_INDEX: &str = "NETCTL_PORT_INDEX";
+pub const PORT_INDEX_SLOTS: u32 = 1024;
+/// Array of one `u64`: the FDB generation, bumped whenever a forwarding
+/// answer a CPU remembered may have gone wrong: by the datapath when a MAC
+/// moves to another port (adding 1, atomically), by netctl at every write
+/// of the maps (ports, ageing times, FDB deletions; adding 2^32). An
+/// answer (`PortStats::forwarded`) of another generation is not used.
+pub const MAP_FDB_GEN: &str = "NETCTL_FDB_GEN";
 /// `FdbKey -> FdbEntry`: learned source MACs per bridge (LRU).
 pub const MAP_FDB: &str = "NETCTL_FDB";
 pub const MAP_FDB_MAX: u32 = 65536;
@@ -214,7 +227,8 @@ pub struct PortInfo {
     /// source of the ICMP errors REJECT sends for forwarded packets, as the
     /// kernel picks the address of the interface the error leaves by.
     pub bridge_ip: [u8; 4],
-    pub _pad: u32,
+    /// The port's own ifindex (`MAP_PORT_INDEX` checks it).
+    pub ifindex: u32,
 }
 
 /// The port hairpins: frames may go back out the port they came in on.
@@ -282,9 +296,10 @@ pub struct NeighEntry {
 }
 
 /// What each CPU keeps per port (`MAP_PORT_STATS`, by `PortInfo::slot`):
-/// the port's counters, and this CPU's learning shortcut beside them, so
-/// that a frame reads and writes one per-CPU value of its port rather than
-/// two (the first load from each tends to stall on busy hosts).
+/// the port's counters, and this CPU's learning and forwarding shortcuts
+/// beside them, so that a frame reads and writes one per-CPU value of its
+/// port rather than several (the first load from each tends to stall on
+/// busy hosts).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
@@ -297,6 +312,25 @@ pub struct PortStats {
     pub passed: u64,
     /// Not a counter: the source this CPU last learned on the port.
     pub learned: Learned,
+    /// Not a counter: where this CPU last bridged a frame from the port.
+    pub forwarded: Forwarded,
+}
+
+/// The answer of the FDB this CPU last used to bridge a frame from a port:
+/// while the generation (`MAP_FDB_GEN`) is the same and the entry is
+/// not older than the bridge's ageing time, a frame to the same MAC goes
+/// to the same port without an FDB lookup, as it would with one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The entry's `last_seen_ns` plus the bridge's ageing time.
+    pub until_ns: u64,
+    /// `MAP_FDB_GEN` as read before the lookup.
+    pub generation: u64,
+    /// The port the MAC is on.
+    pub egress: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 6],
 }
 
 /// The FDB entry a CPU last found fresh or wrote for a port's source MAC,
@@ -319,7 +353,8 @@ const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RouteValue>() == 32);
 const _: () = assert!(core::mem::size_of::<NeighEntry>() == 12);
 const _: () = assert!(core::mem::size_of::<Learned>() == 24);
-const _: () = assert!(core::mem::size_of::<PortStats>() == 56);
+const _: () = assert!(core::mem::size_of::<Forwarded>() == 32);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 88);
 
 #[cfg(feature = "user")]
 mod user {

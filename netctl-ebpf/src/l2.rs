@@ -1,11 +1,13 @@
 //! The bridge: source learning and forwarding to a known port.
 
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer};
-use netctl_common::{FdbEntry, FdbKey, Learned, PORT_F_HAIRPIN, PortInfo, reason};
+use netctl_common::{
+    FdbEntry, FdbKey, Forwarded, Learned, PORT_F_HAIRPIN, PortInfo, PortStats, reason,
+};
 
 use crate::{
     Decision,
-    maps::{self, NETCTL_FDB, NETCTL_PORT_STATS},
+    maps::{self, NETCTL_FDB},
     parse::{is_multicast, mac_u64},
     path,
 };
@@ -14,15 +16,16 @@ use crate::{
 /// its port, which keeps map writes off most packets.
 const LEARN_REFRESH_NS: u64 = 1_000_000_000;
 
-/// Records that `src` was seen on `ifindex`.
+/// Records that `src` was seen on `ifindex`. `stats` is this CPU's value
+/// of the port in `NETCTL_PORT_STATS`, which `maps::account` updates for
+/// the frame anyway: the shortcuts live there so that a frame fetches one
+/// per-CPU value of its port.
 #[inline(always)]
-pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
+pub fn learn(port: &PortInfo, stats: Option<*mut PortStats>, ifindex: u32, src: [u8; 6], now: u64) {
     if is_multicast(&src) || mac_u64(&src) == 0 {
         return;
     }
-    // The port's per-CPU value, which `maps::account` updates for this
-    // frame anyway: one value of the port to fetch, not two.
-    let Some(s) = NETCTL_PORT_STATS.get_ptr_mut(u32::from(port.slot)) else {
+    let Some(s) = stats else {
         return;
     };
     // SAFETY: this CPU's copy of an array element, used by this CPU only.
@@ -39,7 +42,8 @@ pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
     {
         return;
     }
-    let found = maps::fdb(port.bridge, src)
+    let old = maps::fdb(port.bridge, src);
+    let found = old
         .filter(|e| e.port == ifindex && now.saturating_sub(e.last_seen_ns) <= LEARN_REFRESH_NS);
     let remember = |refreshed_ns| Learned {
         refreshed_ns,
@@ -65,22 +69,60 @@ pub fn learn(port: &PortInfo, ifindex: u32, src: [u8; 6], now: u64) {
     // A failed update (no memory) only means the next frame tries again.
     if NETCTL_FDB.insert(key, entry, 0).is_ok() {
         *l = remember(now);
+        // The MAC moved: what any CPU remembers of its old port is wrong
+        // now. (After the insert: a CPU that reads the new generation
+        // finds the new entry.)
+        if old.is_some_and(|e| e.port != ifindex) {
+            maps::bump_fdb_generation();
+        }
     }
 }
 
 /// Switches a unicast frame for `dst`, which is not the bridge itself, to
 /// the port that learned it. Bridged frames cross FORWARD with the bridge
-/// as both `-i` and `-o`, as with br_netfilter.
+/// as both `-i` and `-o`, as with br_netfilter. `stats`: as for `learn`.
 #[inline(always)]
-pub fn forward(port: &PortInfo, ifindex: u32, dst: [u8; 6], now: u64) -> Decision {
+pub fn forward(
+    port: &PortInfo,
+    stats: Option<*mut PortStats>,
+    ifindex: u32,
+    dst: [u8; 6],
+    now: u64,
+) -> Decision {
+    // Read before the lookup, so that an answer stored with it is never
+    // newer than the generation it claims.
+    let generation = maps::fdb_generation();
+    if let Some(s) = stats {
+        // SAFETY: this CPU's copy of an array element, used by this CPU only.
+        let f = unsafe { &(*s).forwarded };
+        // Same destination as this CPU's last frame from the port, nothing
+        // moved or changed since, the entry not yet aged out: the lookup
+        // below would answer the same.
+        if f.generation == generation && mac_u64(&f.mac) == mac_u64(&dst) && now <= f.until_ns {
+            return Decision::redirect(reason::REDIRECT_L2, f.egress, port.bridge);
+        }
+    }
     let Some(entry) = maps::fdb(port.bridge, dst) else {
         return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
     };
-    if now.saturating_sub(entry.last_seen_ns) > port.ageing_ns {
+    let until_ns = entry.last_seen_ns.saturating_add(port.ageing_ns);
+    if now > until_ns {
         return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
     }
     if entry.port == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
         return Decision::pass(reason::PASS_SAME_PORT, path::PRE, 0);
+    }
+    if let Some(s) = stats {
+        // SAFETY: as above.
+        unsafe {
+            (*s).forwarded = Forwarded {
+                until_ns,
+                generation,
+                egress: entry.port,
+                mac: dst,
+                _pad: [0; 6],
+            };
+        }
     }
     // The key holds the bridge, so the entry's port is on this bridge; netctl
     // removes entries of ports that are gone or moved (and a redirect to a

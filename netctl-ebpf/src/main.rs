@@ -13,6 +13,8 @@
 
 #![no_std]
 #![no_main]
+// `asm!` for the one atomic add (see `maps::bump_fdb_generation`).
+#![feature(asm_experimental_arch)]
 
 mod classify;
 mod clock;
@@ -378,8 +380,9 @@ fn decide(ctx: &TcContext, port: *const PortInfo, d: &mut Decision, moved: bool,
     // SAFETY: bounds-checked by `ptr_at`; the fields are bytes.
     let (dst, src, proto) = unsafe { ((*eth).dst, (*eth).src, (*eth).proto) };
     let uplink = port.flags & PORT_F_UPLINK != 0;
+    let stats = maps::NETCTL_PORT_STATS.get_ptr_mut(u32::from(port.slot));
     if !uplink {
-        l2::learn(&port, ifindex, src, now);
+        l2::learn(&port, stats, ifindex, src, now);
     }
     *d = if is_multicast(&dst) {
         Decision::pass(reason::PASS_MULTICAST, path::NONE, 0)
@@ -391,7 +394,7 @@ fn decide(ctx: &TcContext, port: *const PortInfo, d: &mut Decision, moved: bool,
         // Not bridged: a frame for another MAC is the kernel's to drop.
         Decision::pass(reason::PASS_UNKNOWN, path::NONE, 0)
     } else {
-        l2::forward(&port, ifindex, dst, now)
+        l2::forward(&port, stats, ifindex, dst, now)
     };
     d.reason
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use netctl_common::{
     CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG_MAX, MAP_CT_MAX, MAP_FDB_MAX,
     MAP_NEIGH_MAX, MAP_PORTS_MAX, MAP_ROUTES_MAX, MAP_RS_CLASS_MAX, MAP_RS_SUMMARY_MAX,
-    MAP_RS_WORDS_MAX, NeighEntry, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
+    MAP_RS_WORDS_MAX, NeighEntry, PORT_INDEX_SLOTS, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
     RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, ct_timeout, flow_stat, hook,
     reason,
 };
@@ -19,6 +19,14 @@ use netctl_common::{MAP_IFADDR_MAX, NatSrc, NatSrcKey, RS_NAT_MAX, RS_SLOTS_LOW,
 
 #[map]
 pub static NETCTL_PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAP_PORTS_MAX, 0);
+
+/// The ports again, by `ifindex % PORT_INDEX_SLOTS` (`MAP_PORT_INDEX`).
+#[map]
+pub static NETCTL_PORT_INDEX: Array<PortInfo> = Array::pinned(PORT_INDEX_SLOTS, 0);
+
+/// `MAP_FDB_GEN`.
+#[map]
+pub static NETCTL_FDB_GEN: Array<u64> = Array::pinned(1, 0);
 
 #[map]
 pub static NETCTL_FDB: LruHashMap<FdbKey, FdbEntry> = LruHashMap::pinned(MAP_FDB_MAX, 0);
@@ -140,10 +148,44 @@ pub fn config(index: u32) -> u32 {
     NETCTL_CONFIG.get(index).copied().unwrap_or(0)
 }
 
-/// The live element of `NETCTL_PORTS` for `ifindex`, not copied.
+/// The live port element for `ifindex`, not copied: from the direct-mapped
+/// index when the slot is this port's, else from `NETCTL_PORTS`.
 #[inline(always)]
 pub fn port_ptr(ifindex: u32) -> Option<*const PortInfo> {
+    if let Some(p) = NETCTL_PORT_INDEX.get_ptr(ifindex % PORT_INDEX_SLOTS) {
+        // SAFETY: an array element, always valid. netctl writes a slot that
+        // changes hands with `ifindex` 0 first, so a matching ifindex is
+        // never read beside another port's fields.
+        if unsafe { (*p).ifindex } == ifindex {
+            return Some(p);
+        }
+    }
     NETCTL_PORTS.get_ptr(ifindex)
+}
+
+/// The FDB generation: remembered forwarding answers of another are stale.
+#[inline(always)]
+pub fn fdb_generation() -> u64 {
+    NETCTL_FDB_GEN.get(0).copied().unwrap_or(0)
+}
+
+/// Makes every CPU's remembered forwarding answers stale.
+#[inline(always)]
+pub fn bump_fdb_generation() {
+    if let Some(g) = NETCTL_FDB_GEN.get_ptr_mut(0) {
+        // Atomic: two CPUs bumping at once must not collapse into one bump.
+        // (The bpf target has no atomic read-modify-write types in `core`;
+        // this is BPF_ATOMIC | BPF_ADD, what C's __sync_fetch_and_add emits.)
+        // SAFETY: an array element, always valid and 8-aligned.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({g} + 0) += {one}",
+                g = in(reg) g,
+                one = in(reg) 1u64,
+                options(nostack),
+            );
+        }
+    }
 }
 
 /// Copies an FDB entry out of `NETCTL_FDB`.

@@ -277,6 +277,180 @@ fn fdb_entries_age_out_and_follow_a_moved_mac() {
     assert_eq!(e["expired"], false);
 }
 
+/// Pings `dst` from `ns` once from every CPU, so that each CPU's
+/// remembered forwarding answer for the frames' port is warm.
+fn ping_from_every_cpu(ns: &str, dst: &str) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..cpus {
+        let o = in_ns(
+            ns,
+            &[
+                "taskset",
+                "-c",
+                &cpu.to_string(),
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.1",
+                "-W",
+                "1",
+                dst,
+            ],
+        );
+        assert!(o.status.success(), "ping {dst} on CPU {cpu}");
+    }
+}
+
+fn fdb_generation(name: &str) -> (u64, u64) {
+    let o = netctl(&["maps", "dump", "fdb_gen", "-t", name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    (
+        v["map_writes"].as_u64().unwrap(),
+        v["mac_moves"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn remembered_forwarding_follows_a_moved_mac_at_once() {
+    let name = unique("fwm");
+    let _g = Cleanup::new(&name);
+    apply_file(&name, &one_bridge(&name, 300));
+    let (a, b, c) = (
+        format!("{name}-a"),
+        format!("{name}-b"),
+        format!("{name}-c"),
+    );
+    ping_from_every_cpu(&b, "10.50.0.2");
+    let (_, moves) = fdb_generation(&name);
+
+    // a's MAC and address move to c, which announces itself with a frame.
+    for (ns, args) in [
+        (&a, &["ip", "link", "set", "eth0", "down"][..]),
+        (
+            &c,
+            &["ip", "link", "set", "eth0", "address", "02:42:0a:32:00:02"],
+        ),
+        (&c, &["ip", "addr", "add", "10.50.0.2/24", "dev", "eth0"]),
+    ] {
+        assert!(in_ns(ns, args).status.success(), "{args:?}");
+    }
+    let fr = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('10.50.0.3',9))";
+    assert!(in_ns(&c, &["python3", "-c", fr]).status.success());
+    assert!(fdb_generation(&name).1 > moves, "the move was seen");
+
+    // b still sends to that MAC (its neighbour entry is unchanged): every
+    // frame must reach c now, as on the kernel bridge, on every CPU.
+    let r0 = decision(&name, "redirect_l2");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..cpus {
+        let got = udp_flow(&c, &b, "10.50.0.2", 7100 + cpu as u16, 50);
+        assert_eq!(got, 50, "datagrams lost on CPU {cpu}'s run");
+    }
+    assert!(decision(&name, "redirect_l2") - r0 >= 50 * cpus as u64);
+}
+
+#[test]
+fn remembered_forwarding_obeys_a_shorter_ageing_time() {
+    let name = unique("fwa");
+    let _g = Cleanup::new(&name);
+    apply_file(&name, &one_bridge(&name, 300));
+    let b = format!("{name}-b");
+    ping_from_every_cpu(&b, "10.50.0.2");
+    let (writes, _) = fdb_generation(&name);
+
+    // 2 s now: a's entry, quiet since, expires although a CPU remembers it
+    // under the old ageing time.
+    apply_file(&name, &one_bridge(&name, 2));
+    assert!(fdb_generation(&name).0 > writes, "the apply invalidated");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = netctl(&["fdb", "show", "-t", &name, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        if v.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "02:42:0a:32:00:02" && e["expired"] == true)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "entry never aged out");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // One frame: a's answer to it (an ICMP error) refreshes a's entry.
+    let u0 = decision(&name, "pass_unknown_dst");
+    let fr = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('10.50.0.2',9))";
+    assert!(in_ns(&b, &["python3", "-c", fr]).status.success());
+    assert_eq!(
+        decision(&name, "pass_unknown_dst") - u0,
+        1,
+        "an expired entry is not used, remembered or not"
+    );
+}
+
+#[test]
+fn the_port_index_answers_first_and_the_hash_behind_it() {
+    let name = unique("pix");
+    let _g = Cleanup::new(&name);
+    let f = apply_file(&name, &one_bridge(&name, 300));
+    let a = format!("{name}-a");
+    let dump = |map: &str| -> Vec<(String, u64)> {
+        let o = netctl(&["maps", "dump", map, "-t", &name, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let mut rows: Vec<(String, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["port"].as_str().unwrap().to_string(),
+                    p["ifindex"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let ports = dump("ports");
+    assert_eq!(ports.len(), 3);
+    assert_eq!(dump("port_index"), ports);
+
+    // Empty a's slot, as a colliding port would leave it: a's frames are
+    // still the datapath's, found in the hash.
+    let pa = port_of(&name, "a");
+    let ia = ports.iter().find(|(p, _)| *p == pa).unwrap().1 as u32;
+    let key: Vec<String> = (ia % netctl_common::PORT_INDEX_SLOTS)
+        .to_le_bytes()
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    let pin = format!("/sys/fs/bpf/netctl/{name}/NETCTL_PORT_INDEX");
+    let mut args = vec!["map", "update", "pinned", pin.as_str(), "key"];
+    args.extend(key.iter().map(String::as_str));
+    args.push("value");
+    args.extend(std::iter::repeat_n("0", 32));
+    let o = run("bpftool", &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(dump("port_index").len(), 2);
+    let rx = |port: &str| -> u64 {
+        stats(&name)["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == port)
+            .map_or(0, |p| p["redirected"].as_u64().unwrap())
+    };
+    let (r0, ra0) = (decision(&name, "redirect_l2"), rx(&pa));
+    assert!(ping(&a, "10.50.0.3"));
+    assert!(decision(&name, "redirect_l2") > r0);
+    assert!(rx(&pa) > ra0, "a's frames redirected as a's port");
+
+    // The next sync writes the slot again.
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(dump("port_index"), ports);
+}
+
 #[test]
 fn pins_survive_reapply_and_detach_keeps_connectivity() {
     let name = unique("pin");

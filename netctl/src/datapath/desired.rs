@@ -93,7 +93,7 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
                 slot: 0,
                 ageing_ns: ageing_ns(br),
                 bridge_ip: first_ipv4(host, br.index),
-                _pad: 0,
+                ifindex: port.index,
             },
         });
         let mac = c.mac;
@@ -123,7 +123,7 @@ pub fn compute(t: &Topology, host: &NsView) -> Desired {
                 slot: 0,
                 ageing_ns: 0,
                 bridge_ip: first_ipv4(host, l.index),
-                _pad: 0,
+                ifindex: l.index,
             },
         });
     }

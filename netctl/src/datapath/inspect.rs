@@ -8,13 +8,13 @@ use std::net::Ipv4Addr;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use netctl_common::{
-    CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG, MAP_CT, MAP_FDB, MAP_FLOW_STATS,
-    MAP_NEIGH, MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS, MAP_RS_COUNTERS,
-    MAP_RS_COUNTERS_LOW, MAP_RS_ENTRIES, MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY, MAP_RS_WORDS,
-    MAP_STATS, MAP_XDP_STATS, NeighEntry, PORT_F_HAIRPIN, PortInfo, PortStats, RS_CLASS_WILD,
-    RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NO_SLOT, RS_SLOTS_LOW, RouteValue, RsHook,
-    RsSummary, RsWordKey, RuleEntry, config, ct_flag, ctbit, entry, field, flow_stat, hook, reason,
-    reject, route_kind, tcp_state,
+    CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG, MAP_CT, MAP_FDB, MAP_FDB_GEN,
+    MAP_FLOW_STATS, MAP_NEIGH, MAP_PORT_INDEX, MAP_PORT_STATS, MAP_PORTS, MAP_ROUTES, MAP_RS_CLASS,
+    MAP_RS_COUNTERS, MAP_RS_COUNTERS_LOW, MAP_RS_ENTRIES, MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY,
+    MAP_RS_WORDS, MAP_STATS, MAP_XDP_STATS, NeighEntry, PORT_F_HAIRPIN, PortInfo, PortStats,
+    RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NO_SLOT, RS_SLOTS_LOW, RouteValue,
+    RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ctbit, entry, field, flow_stat, hook,
+    reason, reject, route_kind, tcp_state,
 };
 use netctl_common::{
     MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_NAT_SRC, MAP_RS_NAT, NatSrc, NatSrcKey,
@@ -209,20 +209,39 @@ impl Dump {
     }
 }
 
+fn port_row(names: &Names, ifindex: u32, p: &PortInfo) -> PortRow {
+    PortRow {
+        ifindex,
+        port: name_of(names, ifindex),
+        bridge: name_of(names, p.bridge),
+        bridge_mac: Mac(p.bridge_mac),
+        ageing_s: p.ageing_ns / 1_000_000_000,
+        hairpin: p.flags & PORT_F_HAIRPIN != 0,
+    }
+}
+
 pub fn ports(topology: &str, names: &Names) -> Result<Vec<PortRow>> {
     let m: HashMap<MapData, u32, PortInfo> =
         HashMap::try_from(open(topology, MAP_PORTS)?).map_err(me(MAP_PORTS))?;
     let mut v: Vec<PortRow> = m
         .iter()
         .filter_map(|r| r.ok())
-        .map(|(i, p)| PortRow {
-            ifindex: i,
-            port: name_of(names, i),
-            bridge: name_of(names, p.bridge),
-            bridge_mac: Mac(p.bridge_mac),
-            ageing_s: p.ageing_ns / 1_000_000_000,
-            hairpin: p.flags & PORT_F_HAIRPIN != 0,
-        })
+        .map(|(i, p)| port_row(names, i, &p))
+        .collect();
+    v.sort_by(|a, b| a.port.cmp(&b.port));
+    Ok(v)
+}
+
+/// The direct-mapped copy of the ports (`NETCTL_PORT_INDEX`): the ports
+/// the datapath finds without a hash lookup.
+pub fn port_index(topology: &str, names: &Names) -> Result<Vec<PortRow>> {
+    let m: Array<MapData, PortInfo> =
+        Array::try_from(open(topology, MAP_PORT_INDEX)?).map_err(me(MAP_PORT_INDEX))?;
+    let mut v: Vec<PortRow> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|p| p.ifindex != 0)
+        .map(|p| port_row(names, p.ifindex, &p))
         .collect();
     v.sort_by(|a, b| a.port.cmp(&b.port));
     Ok(v)
@@ -382,6 +401,18 @@ pub fn config_values(topology: &str) -> Result<BTreeMap<&'static str, u32>> {
             "rules_on",
             m.get(&config::RULES_ON, 0).map_err(me(MAP_CONFIG))?,
         ),
+    ]))
+}
+
+/// The FDB generation, as its two counts: netctl's map writes (high half)
+/// and the datapath's MAC moves (low half, modulo 2^32).
+pub fn fdb_generation(topology: &str) -> Result<BTreeMap<&'static str, u32>> {
+    let m: Array<MapData, u64> =
+        Array::try_from(open(topology, MAP_FDB_GEN)?).map_err(me(MAP_FDB_GEN))?;
+    let g = m.get(&0, 0).map_err(me(MAP_FDB_GEN))?;
+    Ok(BTreeMap::from([
+        ("map_writes", (g >> 32) as u32),
+        ("mac_moves", g as u32),
     ]))
 }
 
@@ -1068,6 +1099,8 @@ fn dump_in(topology: &str, name: &str, names: &Names, cache: &mut Option<Live>) 
     };
     Ok(match full.as_str() {
         MAP_PORTS => Dump::Ports(ports(topology, names)?),
+        MAP_PORT_INDEX => Dump::Ports(port_index(topology, names)?),
+        MAP_FDB_GEN => Dump::Config(fdb_generation(topology)?),
         MAP_FDB => Dump::Fdb(fdb(topology, names)?),
         MAP_ROUTES => Dump::Routes(routes(topology, names)?),
         MAP_NEIGH => Dump::Neigh(neigh(topology, names)?),

@@ -16,9 +16,10 @@ use aya::programs::tc::{
 };
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
-    FdbEntry, FdbKey, MAP_CONFIG, MAP_CT_TIMEOUTS, MAP_FDB, MAP_IFADDR, MAP_NEIGH, MAP_PORT_STATS,
-    MAP_PORTS, MAP_PORTS_MAX, MAP_ROUTES, NeighEntry, PROG_EGRESS, PROG_INGRESS, PROG_LOCAL,
-    PROG_XDP, PortInfo, PortStats, RouteValue, config,
+    FdbEntry, FdbKey, MAP_CONFIG, MAP_CT_TIMEOUTS, MAP_FDB, MAP_FDB_GEN, MAP_IFADDR, MAP_NEIGH,
+    MAP_PORT_INDEX, MAP_PORT_STATS, MAP_PORTS, MAP_PORTS_MAX, MAP_ROUTES, NeighEntry,
+    PORT_INDEX_SLOTS, PROG_EGRESS, PROG_INGRESS, PROG_LOCAL, PROG_XDP, PortInfo, PortStats,
+    RouteValue, config,
 };
 
 use super::desired::Desired;
@@ -455,6 +456,7 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     for (k, v) in &want_ports {
         ports.insert(k, v, 0).map_err(e(MAP_PORTS))?;
     }
+    write_port_index(dir, &want_ports, &existing)?;
     for k in existing.keys().filter(|k| !want_ports.contains_key(k)) {
         let _ = ports.remove(k);
     }
@@ -534,7 +536,61 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
         Array::try_from(map_at(dir, MAP_CONFIG)?).map_err(e(MAP_CONFIG))?;
     cfg.set(config::FORWARD, u32::from(d.forward), 0)
         .map_err(e(MAP_CONFIG))?;
+    // Ports, ageing times or FDB entries may have changed: forwarding
+    // answers the CPUs remember are stale. The datapath adds 1 when a MAC
+    // moves, atomically; this adds 2^32, so that even when it overwrites
+    // such a bump the value is one no CPU has seen before.
+    let mut fdb_gen: Array<MapData, u64> =
+        Array::try_from(map_at(dir, MAP_FDB_GEN)?).map_err(e(MAP_FDB_GEN))?;
+    let generation = fdb_gen.get(&0, 0).map_err(e(MAP_FDB_GEN))?;
+    fdb_gen
+        .set(0, generation.wrapping_add(1 << 32), 0)
+        .map_err(e(MAP_FDB_GEN))?;
     Ok(())
+}
+
+/// Writes the direct-mapped port index: a slot holds the port of the
+/// lowest ifindex that maps to it (the others are found in the hash).
+/// A slot that changes hands is written with ifindex 0 first, so the
+/// datapath never matches an ifindex beside another port's fields.
+fn write_port_index(
+    dir: &Path,
+    want: &BTreeMap<u32, PortInfo>,
+    existing: &BTreeMap<u32, PortInfo>,
+) -> Result<()> {
+    let mut index: Array<MapData, PortInfo> =
+        Array::try_from(map_at(dir, MAP_PORT_INDEX)?).map_err(e(MAP_PORT_INDEX))?;
+    let slots = index_slots(want);
+    for (slot, p) in &slots {
+        let now = index.get(slot, 0).map_err(e(MAP_PORT_INDEX))?;
+        if now == *p {
+            continue;
+        }
+        if now.ifindex != p.ifindex {
+            let closed = PortInfo { ifindex: 0, ..*p };
+            index.set(*slot, closed, 0).map_err(e(MAP_PORT_INDEX))?;
+        }
+        index.set(*slot, *p, 0).map_err(e(MAP_PORT_INDEX))?;
+    }
+    for i in existing.keys().filter(|i| !want.contains_key(i)) {
+        let slot = i % PORT_INDEX_SLOTS;
+        if !slots.contains_key(&slot) {
+            index
+                .set(slot, PortInfo::default(), 0)
+                .map_err(e(MAP_PORT_INDEX))?;
+        }
+    }
+    Ok(())
+}
+
+/// What each used slot of the port index holds: the port of the lowest
+/// ifindex among those that map to it.
+fn index_slots(want: &BTreeMap<u32, PortInfo>) -> BTreeMap<u32, PortInfo> {
+    let mut slots = BTreeMap::new();
+    for (i, p) in want {
+        slots.entry(i % PORT_INDEX_SLOTS).or_insert(*p);
+    }
+    slots
 }
 
 /// Removes the ingress filter from the port named in a marker pin, if that
@@ -730,4 +786,26 @@ where
     .map_err(|err| Error::Invalid(format!("datapath thread: {err}")))??;
     let r = out.lock().unwrap().take();
     r.unwrap_or_else(|| Err(Error::Invalid("datapath thread returned nothing".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_index_slot_goes_to_the_lowest_ifindex() {
+        let port = |ifindex| PortInfo {
+            ifindex,
+            ..Default::default()
+        };
+        let want: BTreeMap<u32, PortInfo> = [7, 7 + PORT_INDEX_SLOTS, 9, 2 * PORT_INDEX_SLOTS + 9]
+            .into_iter()
+            .rev()
+            .map(|i| (i, port(i)))
+            .collect();
+        let slots = index_slots(&want);
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[&7].ifindex, 7);
+        assert_eq!(slots[&9].ifindex, 9);
+    }
 }

@@ -17,6 +17,8 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
     let hooks = u32::from(hook::COUNT);
     vec![
         (MAP_PORTS, 4, size_of::<PortInfo>(), MAP_PORTS_MAX),
+        (MAP_PORT_INDEX, 4, size_of::<PortInfo>(), PORT_INDEX_SLOTS),
+        (MAP_FDB_GEN, 4, 8, 1),
         (
             MAP_FDB,
             size_of::<FdbKey>(),
