@@ -141,7 +141,7 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     // Maps first, so the first packet through a new link finds its port.
     write_maps(&dir, d)?;
     update_links(&prog_pin, &links, &updated)?;
-    report.attached = attach_all(&prog_pin, &links, &missing, d.attach)?;
+    report.attached = attach_all(&prog_pin, &links, &missing, d.attach, stale_program)?;
     attach_local(
         &local_pin,
         &links,
@@ -307,12 +307,14 @@ fn update_links(prog_pin: &Path, links: &Path, pins: &[String]) -> Result<()> {
 /// (`tcx_entry_sync`), about 13 ms per program here, serialised across the
 /// host; a cls_bpf filter costs well under a millisecond and stays attached
 /// without a pin. Both run the same programs with the same verdicts
-/// (TCX_NEXT is cls_bpf's TC_ACT_UNSPEC: pass on).
+/// (TCX_NEXT is cls_bpf's TC_ACT_UNSPEC: pass on). `replace`: the ports'
+/// cls_bpf filters are an earlier program's.
 fn attach_all(
     prog_pin: &Path,
     links: &Path,
     ports: &[&super::desired::Port],
     attach: Attach,
+    replace: bool,
 ) -> Result<Vec<String>> {
     if ports.is_empty() {
         return Ok(Vec::new());
@@ -344,10 +346,12 @@ fn attach_all(
                 }
             }
             Attach::ClsBpf => {
-                // A filter of an earlier program (or of an attach cut short)
-                // goes first, so a port never runs two copies.
-                let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
-                let _ = qdisc_detach_program(&p.ifname, TcAttachType::Egress, PROG_EGRESS);
+                // An earlier program's filters go first, so a port never
+                // runs two copies. (A port without a marker has none.)
+                if replace {
+                    let _ = qdisc_detach_program(&p.ifname, TcAttachType::Ingress, PROG_INGRESS);
+                    let _ = qdisc_detach_program(&p.ifname, TcAttachType::Egress, PROG_EGRESS);
+                }
                 add_clsact(&p.ifname)?;
                 attach_filter(&mut prog, PROG_INGRESS, &p.ifname, TcAttachType::Ingress)?;
                 attach_filter(&mut egress, PROG_EGRESS, &p.ifname, TcAttachType::Egress)?;
