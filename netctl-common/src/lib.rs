@@ -341,10 +341,9 @@ pub struct Forwarded {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Learned {
     pub refreshed_ns: u64,
-    pub ifindex: u32,
     pub bridge: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 32);

@@ -51,21 +51,18 @@ pub extern "C" fn netctl_prepare(skb: *mut __sk_buff, in_if: u32, output: u32, o
     } else {
         hook::PREROUTING
     });
-    // raw runs before conntrack, which never sees what raw drops; the
-    // conntrack match says INVALID there, as in the kernel.
     let Some(h) = NETCTL_RS_HOOKS.get(generation * u32::from(hook::COUNT) + first_hook) else {
         return accept;
     };
-    let raw_end = h.raw_end;
-    if raw_end > 0 {
-        netctl_load_fields(in_if, u32::from(ctbit::INVALID), 1);
-        if output != 0 {
-            set(field::OUT, out_if);
-        }
-        let v = netctl_raw(generation, first_hook, raw_end);
-        if v != accept {
-            return v;
-        }
+    let v = raw(
+        generation,
+        first_hook,
+        h.raw_end,
+        in_if,
+        (output != 0).then_some(out_if),
+    );
+    if v != accept {
+        return v;
     }
     let t = netctl_track(output);
     let nat = if t & 0xff == u32::from(ctbit::RELATED) {
@@ -589,4 +586,19 @@ pub fn set(f: u8, ifindex: u32) {
         // SAFETY: this CPU's scratch element.
         unsafe { (*s).values[usize::from(f)] = ifindex.to_be_bytes() };
     }
+}
+
+/// raw at hook `hk` (its block `[0, raw_end)`): before conntrack, which
+/// never sees what raw drops, so the conntrack match says INVALID there,
+/// as in the kernel. `out_if`: the `-o` device, at output hooks.
+#[inline(always)]
+pub fn raw(generation: u32, hk: u32, raw_end: u32, in_if: u32, out_if: Option<u32>) -> u32 {
+    if raw_end == 0 {
+        return u32::from(verdict::ACCEPT);
+    }
+    netctl_load_fields(in_if, u32::from(ctbit::INVALID), 1);
+    if let Some(o) = out_if {
+        set(field::OUT, o);
+    }
+    netctl_raw(generation, hk, raw_end)
 }

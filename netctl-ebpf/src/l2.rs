@@ -30,27 +30,26 @@ pub fn learn(port: &PortInfo, stats: Option<*mut PortStats>, ifindex: u32, src: 
     };
     // SAFETY: this CPU's copy of an array element, used by this CPU only.
     let l = unsafe { &mut (*s).learned };
-    // The same MAC on the same port of the same bridge as this CPU last
-    // saw, with the entry refreshed less than LEARN_REFRESH_NS ago: the
+    // The same MAC on the same bridge as this CPU last saw on this port (a
+    // port's slot starts from zero whenever netctl gives it to a port),
+    // with the entry refreshed less than LEARN_REFRESH_NS ago: the
     // lookup below would find it fresh. (Should the MAC have been learned
     // on another port since, it comes back here within that time, as a
     // flapping MAC's entry would on the kernel bridge at its next frame.)
-    if l.ifindex == ifindex
-        && l.bridge == port.bridge
+    if l.bridge == port.bridge
         && mac_u64(&l.mac) == mac_u64(&src)
         && now.saturating_sub(l.refreshed_ns) <= LEARN_REFRESH_NS
     {
         return;
     }
     let old = maps::fdb(port.bridge, src);
-    let found = old
-        .filter(|e| e.port == ifindex && now.saturating_sub(e.last_seen_ns) <= LEARN_REFRESH_NS);
+    let found =
+        old.filter(|e| e.port == ifindex && now.saturating_sub(e.last_seen_ns) <= LEARN_REFRESH_NS);
     let remember = |refreshed_ns| Learned {
         refreshed_ns,
-        ifindex,
         bridge: port.bridge,
         mac: src,
-        _pad: [0; 2],
+        _pad: [0; 6],
     };
     if let Some(e) = found {
         *l = remember(e.last_seen_ns);

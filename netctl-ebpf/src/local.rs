@@ -32,6 +32,8 @@ use crate::{
 pub const PASS: i32 = 0;
 pub const SENT: i32 = 1;
 pub const DROP: i32 = -1;
+/// A raw OUTPUT rule dropped it.
+pub const DROP_RULE: i32 = -2;
 /// A REJECT refused it: its verdict in bits 8.. (the program answers: one
 /// call deeper, the answer's walks would exceed the verifier's eight
 /// frames).
@@ -40,7 +42,7 @@ pub const REFUSED: i32 = 2;
 /// Runs nat OUTPUT for the packet in `skb`, which the host sent to one of
 /// its own addresses, and the hooks after it for a translated connection.
 /// Returns `PASS` (deliver locally, as it now is), `SENT` (redirected to
-/// its new destination), `REFUSED` or `DROP`.
+/// its new destination), `REFUSED`, `DROP` or `DROP_RULE`.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
@@ -56,19 +58,10 @@ pub extern "C" fn netctl_local_out(skb: *mut __sk_buff) -> i32 {
         return PASS;
     };
     let (raw_end, nat_start, nat_end) = (h.raw_end, h.nat_start, h.nat_end);
-    // raw OUTPUT comes before conntrack, which never sees what it drops
-    // (a dropped RST leaves its connection as it was): the conntrack match
-    // says INVALID there, and the packet is as the host sent it, to lo.
-    if raw_end > 0 {
-        netctl_load_fields(0, u32::from(ctbit::INVALID), 1);
-        filter::set(field::OUT, LOOPBACK);
-        let v = netctl_classify(generation, output, 0, 0, raw_end);
-        if v & 0xff == u32::from(verdict::REJECT) {
-            return REFUSED | ((v & 0xffff) as i32) << 8;
-        }
-        if v != u32::from(verdict::ACCEPT) {
-            return DROP;
-        }
+    // raw OUTPUT sees the packet as the host sent it, to lo (a dropped RST
+    // leaves its connection as it was). REJECT is not allowed in raw.
+    if filter::raw(generation, output, raw_end, 0, Some(LOOPBACK)) != u32::from(verdict::ACCEPT) {
+        return DROP_RULE;
     }
     let t = netctl_track(1);
     let first = (t >> 16) & 1 != 0;

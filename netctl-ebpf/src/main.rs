@@ -342,6 +342,10 @@ pub fn netctl_local(ctx: TcContext) -> i32 {
             maps::account(None, len, reason::DROP_NAT);
             TC_ACT_SHOT
         }
+        local::DROP_RULE => {
+            maps::account(None, len, reason::DROP_RULE);
+            TC_ACT_SHOT
+        }
         r if r & 0xff == local::REFUSED => {
             let (why, rc) = reject::answer_lo(&ctx, (r >> 8) as u32);
             maps::account(None, len, why);

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use netctl_common::{
     CtEntry, CtKey, FdbEntry, FdbKey, IfCounters, MAP_CONFIG_MAX, MAP_CT_MAX, MAP_FDB_MAX,
     MAP_NEIGH_MAX, MAP_PORTS_MAX, MAP_ROUTES_MAX, MAP_RS_CLASS_MAX, MAP_RS_SUMMARY_MAX,
-    MAP_RS_WORDS_MAX, NeighEntry, PORT_INDEX_SLOTS, PortInfo, PortStats, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX,
-    RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry, ct_timeout, flow_stat, hook,
-    reason,
+    MAP_RS_WORDS_MAX, NeighEntry, PORT_INDEX_SLOTS, PortInfo, PortStats, RS_ENTRIES_MAX,
+    RS_LOG_LEN, RS_LOG_MAX, RS_SLOTS_MAX, RouteValue, RsHook, RsSummary, RsWordKey, RuleEntry,
+    ct_timeout, flow_stat, hook, reason,
 };
 use netctl_common::{MAP_IFADDR_MAX, NatSrc, NatSrcKey, RS_NAT_MAX, RS_SLOTS_LOW, RsNat};
 

@@ -44,19 +44,56 @@ addresses = ["10.50.0.4/24"]
     )
 }
 
-/// The names of the programs the kernel runs from tcx on `dev` (in netns
+/// The programs (name, id) the kernel runs from tcx on `dev` (in netns
 /// `ns`) at `at`, asked of the kernel (`BPF_PROG_QUERY`), not of netctl.
-fn tcx_programs(ns: &str, dev: &str, at: aya::programs::TcAttachType) -> Vec<String> {
+fn tcx_query(ns: &str, dev: &str, at: aya::programs::TcAttachType) -> Vec<(String, u32)> {
     let dev = dev.to_string();
     netctl::netns::run_in(&netctl::netns::Netns::named(ns), move || {
         let (_, progs) =
             aya::programs::SchedClassifier::query_tcx(&dev, at).map_err(std::io::Error::other)?;
         Ok(progs
             .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .map(|p| (p.name_as_str().unwrap_or("?").to_string(), p.id()))
             .collect())
     })
     .unwrap()
+}
+
+/// The names of what `tcx_query` finds.
+fn tcx_programs(ns: &str, dev: &str, at: aya::programs::TcAttachType) -> Vec<String> {
+    tcx_query(ns, dev, at).into_iter().map(|(n, _)| n).collect()
+}
+
+/// `fdb show`'s entry for `mac`, if any.
+fn fdb_entry(name: &str, mac: &str) -> Option<serde_json::Value> {
+    let o = netctl(&["fdb", "show", "-t", name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mac"] == mac)
+        .cloned()
+}
+
+/// Polls until `mac`'s entry shows as expired: ageing is time itself.
+fn wait_expired(name: &str, mac: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fdb_entry(name, mac).is_some_and(|e| e["expired"] == true) {
+        assert!(std::time::Instant::now() < deadline, "entry never aged out");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Sends one UDP datagram from `ns` to `dst` port 9 (discard).
+fn send_one_udp(ns: &str, dst: &str) {
+    let fr = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('{dst}',9))"
+    );
+    assert!(in_ns(ns, &["python3", "-c", &fr]).status.success());
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The names of the cls_bpf filters on `dev`'s clsact `dir` (`tc` as witness).
@@ -219,31 +256,14 @@ fn fdb_entries_age_out_and_follow_a_moved_mac() {
         format!("{name}-c"),
     );
     assert!(ping(&a, "10.50.0.3"));
-    let fdb = |mac: &str| -> Option<serde_json::Value> {
-        let o = netctl(&["fdb", "show", "-t", &name, "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["mac"] == mac)
-            .cloned()
-    };
+    let fdb = |mac: &str| fdb_entry(&name, mac);
     let e = fdb("02:42:0a:32:00:02").expect("a's MAC learned");
     assert_eq!(e["port"], port_of(&name, "a").as_str());
     assert_eq!(e["expired"], false);
-    // Ageing is time itself: poll until the 2 s ageing time has passed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if fdb("02:42:0a:32:00:02").is_some_and(|e| e["expired"] == true) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "entry never aged out");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_expired(&name, "02:42:0a:32:00:02");
     // An expired entry is not used: the frame goes to the kernel (flood).
     let u0 = decision(&name, "pass_unknown_dst");
-    let fr = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('10.50.0.2',9))";
-    assert!(in_ns(&b, &["python3", "-c", fr]).status.success());
+    send_one_udp(&b, "10.50.0.2");
     assert!(decision(&name, "pass_unknown_dst") > u0);
 
     // a's MAC moves to c's port: c takes it over and sends.
@@ -260,14 +280,7 @@ fn fdb_entries_age_out_and_follow_a_moved_mac() {
         .status
         .success()
     );
-    assert!(
-        in_ns(
-            &c,
-            &["python3", "-c", &fr.replace("10.50.0.2", "10.50.0.3")]
-        )
-        .status
-        .success()
-    );
+    send_one_udp(&c, "10.50.0.3");
     let e = fdb("02:42:0a:32:00:02").unwrap();
     assert_eq!(
         e["port"],
@@ -280,8 +293,7 @@ fn fdb_entries_age_out_and_follow_a_moved_mac() {
 /// Pings `dst` from `ns` once from every CPU, so that each CPU's
 /// remembered forwarding answer for the frames' port is warm.
 fn ping_from_every_cpu(ns: &str, dst: &str) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for cpu in 0..cpus {
+    for cpu in 0..cpus() {
         let o = in_ns(
             ns,
             &[
@@ -335,14 +347,13 @@ fn remembered_forwarding_follows_a_moved_mac_at_once() {
     ] {
         assert!(in_ns(ns, args).status.success(), "{args:?}");
     }
-    let fr = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('10.50.0.3',9))";
-    assert!(in_ns(&c, &["python3", "-c", fr]).status.success());
+    send_one_udp(&c, "10.50.0.3");
     assert!(fdb_generation(&name).1 > moves, "the move was seen");
 
     // b still sends to that MAC (its neighbour entry is unchanged): every
     // frame must reach c now, as on the kernel bridge, on every CPU.
     let r0 = decision(&name, "redirect_l2");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = cpus();
     for cpu in 0..cpus {
         let got = udp_flow(&c, &b, "10.50.0.2", 7100 + cpu as u16, 50);
         assert_eq!(got, 50, "datagrams lost on CPU {cpu}'s run");
@@ -363,24 +374,10 @@ fn remembered_forwarding_obeys_a_shorter_ageing_time() {
     // under the old ageing time.
     apply_file(&name, &one_bridge(&name, 2));
     assert!(fdb_generation(&name).0 > writes, "the apply invalidated");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let o = netctl(&["fdb", "show", "-t", &name, "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        if v.as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["mac"] == "02:42:0a:32:00:02" && e["expired"] == true)
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "entry never aged out");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_expired(&name, "02:42:0a:32:00:02");
     // One frame: a's answer to it (an ICMP error) refreshes a's entry.
     let u0 = decision(&name, "pass_unknown_dst");
-    let fr = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'x',('10.50.0.2',9))";
-    assert!(in_ns(&b, &["python3", "-c", fr]).status.success());
+    send_one_udp(&b, "10.50.0.2");
     assert_eq!(
         decision(&name, "pass_unknown_dst") - u0,
         1,
@@ -563,16 +560,11 @@ fn attach_modes_switch_and_upgrades_swap_programs_in_place() {
     let progs = std::path::Path::new("/sys/fs/bpf/netctl")
         .join(&name)
         .join("progs");
-    let query = |at| {
-        let dev = pb.clone();
-        netctl::netns::run_in(&netctl::netns::Netns::named(&h), move || {
-            aya::programs::SchedClassifier::query_tcx(&dev, at).map_err(std::io::Error::other)
-        })
-        .unwrap()
-        .1
-        .iter()
-        .map(|p| p.id())
-        .collect::<Vec<u32>>()
+    let query = |at| -> Vec<u32> {
+        tcx_query(&h, &pb, at)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
     };
     let before = query(Ingress);
     let links_before = std::fs::read_dir(progs.parent().unwrap().join("links"))

@@ -12,7 +12,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::FdLink;
 use aya::programs::tc::{
-    NlOptions, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program,
+    NlOptions, SchedClassifierLink, TcAttachOptions, TcError, qdisc_add_clsact,
+    qdisc_detach_program,
 };
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
@@ -375,19 +376,30 @@ fn attach_tcx(
     at: TcAttachType,
     pin: &Path,
 ) -> Result<()> {
-    let id = prog
-        .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .map_err(|err| bpf_error(&format!("attaching {name} to {ifname} (tcx)"), &err))?;
-    let link = prog
-        .take_link(id)
-        .map_err(|err| bpf_error("taking the tcx link", &err))?;
-    let fd: FdLink = link
+    let order = TcAttachOptions::TcxOrder(LinkOrder::default());
+    let fd: FdLink = attach_tc(prog, name, ifname, at, order)?
         .try_into()
         .map_err(|err| bpf_error("tcx link as fd link", &err))?;
     // Until pinned, the link lives only as this fd: a failure here detaches.
     fd.pin(pin)
         .map_err(|err| bpf_error(&format!("pin {}", pin.display()), &err))?;
     Ok(())
+}
+
+/// Attaches `prog` (called `name`) to `ifname` as `options` say, and
+/// returns the link, which the caller owns from then on.
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    name: &str,
+    ifname: &str,
+    at: TcAttachType,
+    options: TcAttachOptions,
+) -> Result<SchedClassifierLink> {
+    let id = prog
+        .attach_with_options(ifname, at, options)
+        .map_err(|err| bpf_error(&format!("attaching {name} to {ifname}"), &err))?;
+    prog.take_link(id)
+        .map_err(|err| bpf_error("taking the tc link", &err))
 }
 
 /// Adds the clsact qdisc to `ifname` unless it has one.
@@ -407,12 +419,8 @@ fn attach_filter(
     ifname: &str,
     at: TcAttachType,
 ) -> Result<()> {
-    let id = prog
-        .attach_with_options(ifname, at, TcAttachOptions::Netlink(NlOptions::default()))
-        .map_err(|err| bpf_error(&format!("attaching {name} to {ifname}"), &err))?;
-    let link = prog
-        .take_link(id)
-        .map_err(|err| bpf_error("taking the tc link", &err))?;
+    let options = TcAttachOptions::Netlink(NlOptions::default());
+    let link = attach_tc(prog, name, ifname, at, options)?;
     // The filter lives on the qdisc; dropping the handle would delete it.
     std::mem::forget(link);
     Ok(())

@@ -109,8 +109,9 @@ impl SetupId {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Metric {
+/// What `--metrics` names (`tcp1`, `tcp4`, `udp64`, `rr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
     Tcp1,
     Tcp4,
     Udp64,
@@ -149,32 +150,9 @@ impl Metric {
     fn idx(self) -> usize {
         METRICS.iter().position(|m| *m == self).unwrap()
     }
-    /// The name `--metrics` knows it by.
-    fn arg(self) -> &'static str {
-        match self {
-            Metric::Tcp1 => "tcp1",
-            Metric::Tcp4 => "tcp4",
-            Metric::Udp64 => "udp64",
-            Metric::Rr => "rr",
-        }
-    }
-    /// `--metrics` names, in the benchmark's own order, each once.
-    fn parse_list(names: &[String]) -> Result<Vec<Metric>> {
-        let known = || METRICS.map(Metric::arg).join(", ");
-        let mut want = Vec::new();
-        for n in names {
-            let m = METRICS
-                .into_iter()
-                .find(|m| m.arg() == n.trim())
-                .ok_or_else(|| anyhow!("--metrics: unknown metric {n:?} (known: {})", known()))?;
-            want.push(m);
-        }
-        ensure!(
-            !want.is_empty(),
-            "--metrics: name at least one of {}",
-            known()
-        );
-        Ok(METRICS.into_iter().filter(|m| want.contains(m)).collect())
+    /// `want` in the benchmark's own order, each once.
+    fn in_order(want: &[Metric]) -> Vec<Metric> {
+        METRICS.into_iter().filter(|m| want.contains(m)).collect()
     }
 }
 
@@ -292,12 +270,13 @@ struct Report {
 pub fn run(
     runs: usize,
     duration: u64,
-    metrics: &[String],
+    metrics: &[Metric],
     no_pin: bool,
     json: Option<PathBuf>,
 ) -> Result<()> {
     ensure!(runs >= 1, "--runs must be at least 1");
-    let metrics = Metric::parse_list(metrics)?;
+    let metrics = Metric::in_order(metrics);
+    ensure!(!metrics.is_empty(), "--metrics: name at least one");
     ensure!(duration >= 1, "--duration must be at least 1 second");
     ensure!(
         netctl_bin().is_file(),
@@ -1059,25 +1038,33 @@ fn request_response(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{METRICS, Metric};
+    use clap::Parser;
 
-    fn names(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    use super::{METRICS, Metric};
+    use crate::bench::BenchCmd;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(subcommand)]
+        bench: BenchCmd,
+    }
+
+    fn metrics(list: &str) -> Result<Vec<Metric>, String> {
+        match Args::try_parse_from(["bench", "datapath", "--metrics", list]) {
+            Ok(Args {
+                bench: BenchCmd::Datapath { metrics, .. },
+            }) => Ok(Metric::in_order(&metrics)),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     #[test]
     fn metrics_are_parsed_in_the_benchmarks_order_each_once() {
-        let got = Metric::parse_list(&names(&["rr", "udp64", "rr"])).unwrap();
-        assert_eq!(got, [Metric::Udp64, Metric::Rr]);
-        let all = Metric::parse_list(&names(&["tcp1", "tcp4", "udp64", "rr"])).unwrap();
-        assert_eq!(all, METRICS);
-        let e = Metric::parse_list(&names(&["udp"]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unknown metric \"udp\"") && e.contains("udp64"),
-            "{e}"
-        );
-        assert!(Metric::parse_list(&[]).is_err());
+        assert_eq!(metrics("rr,udp64,rr").unwrap(), [Metric::Udp64, Metric::Rr]);
+        assert_eq!(metrics("tcp1,tcp4,udp64,rr").unwrap(), METRICS);
+        let e = metrics("udp").unwrap_err();
+        assert!(e.contains("'udp'") && e.contains("udp64"), "{e}");
+        assert!(Metric::in_order(&[]).is_empty());
     }
 }

@@ -52,7 +52,7 @@ pub enum BenchCmd {
         /// Metrics to measure, comma separated: tcp1, tcp4, udp64, rr. The
         /// targets are then judged on these only.
         #[arg(long, value_delimiter = ',', default_value = "tcp1,tcp4,udp64,rr")]
-        metrics: Vec<String>,
+        metrics: Vec<datapath::Metric>,
         /// Let the scheduler place client and server (default: pin them to
         /// two different CPUs).
         #[arg(long)]
