@@ -137,7 +137,19 @@ pub mod config {
     /// Set while a swap clears the old generation: if that is cut short,
     /// the next swap must first clear leftovers of the one it writes.
     pub const RULES_DIRTY: u32 = 5;
+    /// The revision of the maps' meaning that netctl last wrote them for
+    /// (see `netctl`'s `datapath::layout`): a map whose values mean
+    /// something else since, at the same size, is recreated.
+    pub const LAYOUT: u32 = 6;
 }
+
+/// `MAP_STATS` index past the reasons: the `PortStats::steady_l2` counts
+/// of ports that are gone, which netctl adds up there when it removes a
+/// port, so that the `REDIRECT_L2` total never goes backwards. Only
+/// netctl writes it.
+pub const STATS_STEADY_RETIRED: u32 = reason::COUNT;
+/// Entries of `MAP_STATS`.
+pub const MAP_STATS_ENTRIES: u32 = reason::COUNT + 1;
 
 /// What the datapath did with a packet: indexes of `MAP_STATS`.
 pub mod reason {
@@ -306,10 +318,15 @@ pub struct PortStats {
     /// Frames seen at ingress of the port.
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// Frames the datapath delivered itself (L2 or L3).
+    /// Frames the datapath delivered itself (L2 or L3); the others were
+    /// handed to the kernel or dropped.
     pub redirected: u64,
-    /// Frames handed to the kernel.
-    pub passed: u64,
+    /// Of those, the frames of steady bridged flows (see `netctl-ebpf`'s
+    /// `steady`), which are `reason::REDIRECT_L2` decisions counted here
+    /// only, not in `MAP_STATS`, to keep that map's cache lines off the
+    /// path: the decision's total is `MAP_STATS`'s count plus these of
+    /// every port plus `STATS_STEADY_RETIRED`.
+    pub steady_l2: u64,
     /// Not a counter: the source this CPU last learned on the port.
     pub learned: Learned,
     /// Not a counter: where this CPU last bridged a frame from the port.
@@ -329,8 +346,13 @@ pub struct Forwarded {
     pub generation: u64,
     /// The port the MAC is on.
     pub egress: u32,
-    pub mac: [u8; 6],
-    pub _pad: [u8; 6],
+    /// Non-zero: stored while the topology had no rules and tracing was
+    /// off, as read after `generation`; the steady path, which skips both,
+    /// may use it. (netctl changes the generation after turning either on.)
+    pub steady: u32,
+    /// The MAC, its bytes in the low 48 bits from the least significant
+    /// up (as a little-endian load of the header gives it).
+    pub mac: u64,
 }
 
 /// The FDB entry a CPU last found fresh or wrote for a port's source MAC,
@@ -342,8 +364,9 @@ pub struct Forwarded {
 pub struct Learned {
     pub refreshed_ns: u64,
     pub bridge: u32,
-    pub mac: [u8; 6],
-    pub _pad: [u8; 6],
+    pub _pad: u32,
+    /// As `Forwarded::mac`.
+    pub mac: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 32);

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer};
 use netctl_common::{
-    FdbEntry, FdbKey, Forwarded, Learned, PORT_F_HAIRPIN, PortInfo, PortStats, reason,
+    FdbEntry, FdbKey, Forwarded, Learned, PORT_F_HAIRPIN, PortInfo, PortStats, config, reason,
 };
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
 
 /// A learned entry is rewritten at most this often while the MAC stays on
 /// its port, which keeps map writes off most packets.
-const LEARN_REFRESH_NS: u64 = 1_000_000_000;
+pub const LEARN_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Records that `src` was seen on `ifindex`. `stats` is this CPU's value
 /// of the port in `NETCTL_PORT_STATS`, which `maps::account` updates for
@@ -37,7 +37,7 @@ pub fn learn(port: &PortInfo, stats: Option<*mut PortStats>, ifindex: u32, src: 
     // on another port since, it comes back here within that time, as a
     // flapping MAC's entry would on the kernel bridge at its next frame.)
     if l.bridge == port.bridge
-        && mac_u64(&l.mac) == mac_u64(&src)
+        && l.mac == mac_u64(&src)
         && now.saturating_sub(l.refreshed_ns) <= LEARN_REFRESH_NS
     {
         return;
@@ -48,8 +48,8 @@ pub fn learn(port: &PortInfo, stats: Option<*mut PortStats>, ifindex: u32, src: 
     let remember = |refreshed_ns| Learned {
         refreshed_ns,
         bridge: port.bridge,
-        mac: src,
-        _pad: [0; 6],
+        _pad: 0,
+        mac: mac_u64(&src),
     };
     if let Some(e) = found {
         *l = remember(e.last_seen_ns);
@@ -97,7 +97,7 @@ pub fn forward(
         // Same destination as this CPU's last frame from the port, nothing
         // moved or changed since, the entry not yet aged out: the lookup
         // below would answer the same.
-        if f.generation == generation && mac_u64(&f.mac) == mac_u64(&dst) && now <= f.until_ns {
+        if f.generation == generation && f.mac == mac_u64(&dst) && now <= f.until_ns {
             return Decision::redirect(reason::REDIRECT_L2, f.egress, port.bridge);
         }
     }
@@ -112,14 +112,18 @@ pub fn forward(
         return Decision::pass(reason::PASS_SAME_PORT, path::PRE, 0);
     }
     if let Some(s) = stats {
+        // Read after the generation: netctl turns rules or tracing on
+        // first and changes the generation after, so an answer marked
+        // steady here either predates that change or saw it.
+        let steady = maps::config(config::RULES_ON) == 0 && maps::config(config::TRACE) == 0;
         // SAFETY: as above.
         unsafe {
             (*s).forwarded = Forwarded {
                 until_ns,
                 generation,
                 egress: entry.port,
-                mac: dst,
-                _pad: [0; 6],
+                steady: u32::from(steady),
+                mac: mac_u64(&dst),
             };
         }
     }

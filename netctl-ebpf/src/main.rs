@@ -29,6 +29,7 @@ mod nat;
 mod packet;
 mod parse;
 mod reject;
+mod steady;
 mod trace;
 
 use aya_ebpf::{
@@ -175,6 +176,9 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
         }
         return TCX_NEXT;
     };
+    if let Some(rc) = steady::bridge(&ctx, port, len) {
+        return rc;
+    }
     // SAFETY: a live element of the ports map, valid until the program
     // returns; fields userspace rewrites concurrently are read whole.
     let (bridge, slot) = unsafe { ((*port).bridge, (*port).slot) };

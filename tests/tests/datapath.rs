@@ -385,6 +385,132 @@ fn remembered_forwarding_obeys_a_shorter_ageing_time() {
     );
 }
 
+/// Frames judged on the steady path (`PortStats::steady_l2`), all ports.
+fn steady(name: &str) -> u64 {
+    stats(name)["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["steady_l2"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn steady_flows_meet_rules_added_while_they_run() {
+    let name = unique("sty");
+    let _g = Cleanup::new(&name);
+    apply_file(&name, &one_bridge(&name, 300));
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    ping_from_every_cpu(&a, "10.50.0.3");
+    let s0 = steady(&name);
+    assert_eq!(udp_flow(&b, &a, "10.50.0.3", 7200, 50), 50);
+    assert!(steady(&name) > s0, "the flow never took the steady path");
+
+    // Every CPU remembers where b is, from a time without rules. A rule
+    // added now must judge the very next datagram, on every CPU.
+    let o = netctl(&[
+        "rules",
+        "--topology",
+        &name,
+        "-A",
+        "FORWARD",
+        "-p",
+        "udp",
+        "-j",
+        "DROP",
+    ]);
+    assert!(o.status.success(), "rules: {}", stderr(&o));
+    let d0 = decision(&name, "drop_rule");
+    for cpu in 0..cpus() {
+        let lost = in_ns(
+            &a,
+            &[
+                "taskset",
+                "-c",
+                &cpu.to_string(),
+                "python3",
+                "-c",
+                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 for i in range(10): s.sendto(b'x',('10.50.0.3',7201))",
+            ],
+        );
+        assert!(lost.status.success());
+    }
+    assert!(
+        decision(&name, "drop_rule") - d0 >= 10 * cpus() as u64,
+        "datagrams crossed a DROP rule"
+    );
+    // Nothing got through to b either.
+    assert_eq!(udp_flow(&b, &a, "10.50.0.3", 7202, 5), 0);
+}
+
+#[test]
+fn a_trace_ended_by_a_signal_turns_tracing_off() {
+    let name = unique("trs");
+    let _g = Cleanup::new(&name);
+    apply_file(&name, &one_bridge(&name, 300));
+    let trace_on = || {
+        let o = netctl(&["maps", "dump", "config", "-t", &name, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["trace"].as_u64().unwrap() != 0
+    };
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        let mut child = std::process::Command::new(netctl_bin())
+            .args(["trace", "--topology", &name])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !trace_on() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tracing never went on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: signalling our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        assert!(child.wait().unwrap().success(), "signal {sig}");
+        assert!(!trace_on(), "signal {sig} left tracing on");
+    }
+}
+
+#[test]
+fn decision_totals_keep_what_removed_ports_counted() {
+    let name = unique("ret");
+    let _g = Cleanup::new(&name);
+    let three = one_bridge(&name, 300);
+    apply_file(&name, &three);
+    let (a, c) = (format!("{name}-a"), format!("{name}-c"));
+    ping_from_every_cpu(&c, "10.50.0.2");
+    assert_eq!(udp_flow(&a, &c, "10.50.0.2", 7300, 200), 200);
+    let port_c = port_of(&name, "c");
+    let of_c = stats(&name)["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port_c.as_str())
+        .map(|p| p["steady_l2"].as_u64().unwrap())
+        .unwrap();
+    assert!(of_c >= 100, "c's flow took the steady path {of_c} times");
+    let before = decision(&name, "redirect_l2");
+
+    // c leaves: its port and its counters go, the decisions stay counted.
+    let cut = three.rfind("[[container]]").unwrap();
+    apply_file(&name, &three[..cut]);
+    let ports = stats(&name)["ports"].clone();
+    assert!(
+        !ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == port_c.as_str()),
+        "c's port is still listed"
+    );
+    let after = decision(&name, "redirect_l2");
+    assert!(after >= before, "redirect_l2 went from {before} to {after}");
+}
+
 #[test]
 fn the_port_index_answers_first_and_the_hash_behind_it() {
     let name = unique("pix");
@@ -570,13 +696,15 @@ fn attach_modes_switch_and_upgrades_swap_programs_in_place() {
     let links_before = std::fs::read_dir(progs.parent().unwrap().join("links"))
         .unwrap()
         .count();
-    for e in std::fs::read_dir(&progs).unwrap() {
-        let e = e.unwrap();
-        let old = e.file_name().to_string_lossy().to_string();
-        let kind = old.split('-').next().unwrap().to_string();
-        std::fs::rename(e.path(), progs.join(format!("{kind}-0000000000000000"))).unwrap();
-    }
-    apply_file(&name, &tcx);
+    pretend_another_build(&name);
+    let f = write_file(&name, "t.toml", &tcx);
+    let o = netctl(&["apply", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("~ ebpf datapath link tcx-ingress:{pb}")),
+        "the upgrade is reported: {}",
+        stdout(&o)
+    );
     let after = query(Ingress);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, before, "the new program runs");
@@ -607,6 +735,65 @@ fn attach_modes_switch_and_upgrades_swap_programs_in_place() {
     let tx0 = tx_packets(&h, &pb);
     assert!(ping(&a, "10.50.0.3"));
     assert!(tx_packets(&h, &pb) - tx0 >= 3, "the kernel bridge forwards");
+}
+
+/// Renames the topology's program pins as another build's would be named,
+/// so that the next apply loads (and upgrades) as a new netctl would.
+fn pretend_another_build(name: &str) {
+    let progs = std::path::Path::new("/sys/fs/bpf/netctl")
+        .join(name)
+        .join("progs");
+    for e in std::fs::read_dir(&progs).unwrap() {
+        let e = e.unwrap();
+        let old = e.file_name().to_string_lossy().to_string();
+        let kind = old.split('-').next().unwrap().to_string();
+        std::fs::rename(e.path(), progs.join(format!("{kind}-0000000000000000"))).unwrap();
+    }
+}
+
+#[test]
+fn maps_whose_meaning_changed_are_recreated_on_upgrade() {
+    use aya::maps::{Array, Map, MapData};
+    let name = unique("lay");
+    let _g = Cleanup::new(&name);
+    let text = one_bridge(&name, 300);
+    apply_file(&name, &text);
+    assert!(ping(&format!("{name}-a"), "10.50.0.3"));
+    let dir = std::path::Path::new("/sys/fs/bpf/netctl").join(&name);
+    let id = |map: &str| {
+        MapData::from_pin(dir.join(map))
+            .unwrap()
+            .info()
+            .unwrap()
+            .id()
+    };
+    let layout = || {
+        let o = netctl(&["maps", "dump", "config", "-t", &name, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["layout"].as_u64().unwrap()
+    };
+    let revision = layout();
+    assert!(revision > 0);
+    let (stats0, ports0) = (id("NETCTL_PORT_STATS"), id("NETCTL_PORTS"));
+
+    // Another build comes with the same maps at the same revision: all kept.
+    pretend_another_build(&name);
+    apply_file(&name, &text);
+    assert_eq!(id("NETCTL_PORT_STATS"), stats0);
+
+    // Maps an older netctl wrote (before revisions): the per-port values
+    // meant something else then, so they start afresh; the others stay.
+    let mut cfg: Array<MapData, u32> = Array::try_from(Map::Array(
+        MapData::from_pin(dir.join("NETCTL_CONFIG")).unwrap(),
+    ))
+    .unwrap();
+    cfg.set(6, 0, 0).unwrap();
+    pretend_another_build(&name);
+    apply_file(&name, &text);
+    assert_ne!(id("NETCTL_PORT_STATS"), stats0, "port values kept");
+    assert_eq!(id("NETCTL_PORTS"), ports0);
+    assert_eq!(layout(), revision);
+    assert!(ping(&format!("{name}-a"), "10.50.0.3"));
 }
 
 #[test]

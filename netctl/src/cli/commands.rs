@@ -66,7 +66,10 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                     for a in &d.detached {
                         println!("- ebpf datapath link {a}");
                     }
-                    count += d.attached.len() + d.detached.len();
+                    for a in &d.updated {
+                        println!("~ ebpf datapath link {a}: new program");
+                    }
+                    count += d.attached.len() + d.detached.len() + d.updated.len();
                 }
                 let verb = if dry_run { "would make" } else { "made" };
                 println!("topology {}: {verb} {count} change(s)", rep.topology,);

@@ -462,13 +462,13 @@ fn print_fdb(v: &[inspect::FdbRow]) {
 
 fn print_port_stats(v: &[inspect::PortStatsRow]) {
     println!(
-        "{:<16} {:>12} {:>14} {:>12} {:>12}",
-        "PORT", "RX_PACKETS", "RX_BYTES", "REDIRECTED", "PASSED"
+        "{:<16} {:>12} {:>14} {:>12} {:>12} {:>12}",
+        "PORT", "RX_PACKETS", "RX_BYTES", "REDIRECTED", "(STEADY)", "PASSED"
     );
     for p in v {
         println!(
-            "{:<16} {:>12} {:>14} {:>12} {:>12}",
-            p.port, p.rx_packets, p.rx_bytes, p.redirected, p.passed
+            "{:<16} {:>12} {:>14} {:>12} {:>12} {:>12}",
+            p.port, p.rx_packets, p.rx_bytes, p.redirected, p.steady_l2, p.passed
         );
     }
 }

@@ -13,8 +13,8 @@ use netctl_common::{
     MAP_RS_COUNTERS, MAP_RS_COUNTERS_LOW, MAP_RS_ENTRIES, MAP_RS_HOOKS, MAP_RS_LOG, MAP_RS_SUMMARY,
     MAP_RS_WORDS, MAP_STATS, MAP_XDP_STATS, NeighEntry, PORT_F_HAIRPIN, PortInfo, PortStats,
     RS_CLASS_WILD, RS_ENTRIES_MAX, RS_LOG_LEN, RS_LOG_MAX, RS_NO_SLOT, RS_SLOTS_LOW, RouteValue,
-    RsHook, RsSummary, RsWordKey, RuleEntry, config, ct_flag, ctbit, entry, field, flow_stat, hook,
-    reason, reject, route_kind, tcp_state,
+    RsHook, RsSummary, RsWordKey, RuleEntry, STATS_STEADY_RETIRED, config, ct_flag, ctbit, entry,
+    field, flow_stat, hook, reason, reject, route_kind, tcp_state,
 };
 use netctl_common::{
     MAP_CT_NAT, MAP_CT_TIMEOUTS, MAP_IFADDR, MAP_NAT_SRC, MAP_RS_NAT, NatSrc, NatSrcKey,
@@ -141,6 +141,9 @@ pub struct PortStatsRow {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub redirected: u64,
+    /// Of `redirected`, the frames of steady bridged flows, which the
+    /// datapath judged from what it remembered of the flow's last frame.
+    pub steady_l2: u64,
     pub passed: u64,
 }
 
@@ -324,7 +327,30 @@ pub fn neigh(topology: &str, names: &Names) -> Result<Vec<NeighRow>> {
 }
 
 pub fn decisions(topology: &str) -> Result<BTreeMap<&'static str, u64>> {
-    named_counts(topology, MAP_STATS, &reason::NAMES)
+    let mut out = named_counts(topology, MAP_STATS, &reason::NAMES)?;
+    let steady = steady_l2(topology)?;
+    *out.entry(reason::NAMES[reason::REDIRECT_L2 as usize])
+        .or_default() += steady;
+    Ok(out)
+}
+
+/// The `REDIRECT_L2` decisions counted outside `MAP_STATS`: in the values
+/// of the ports (`PortStats::steady_l2`), and for ports that are gone in
+/// `STATS_STEADY_RETIRED`.
+fn steady_l2(topology: &str) -> Result<u64> {
+    let ports: HashMap<MapData, u32, PortInfo> =
+        HashMap::try_from(open(topology, MAP_PORTS)?).map_err(me(MAP_PORTS))?;
+    let m: PerCpuArray<MapData, PortStats> =
+        PerCpuArray::try_from(open(topology, MAP_PORT_STATS)?).map_err(me(MAP_PORT_STATS))?;
+    let mut total = 0u64;
+    for (_, p) in ports.iter().filter_map(|r| r.ok()) {
+        let per_cpu = m.get(&u32::from(p.slot), 0).map_err(me(MAP_PORT_STATS))?;
+        total += per_cpu.iter().map(|s| s.steady_l2).sum::<u64>();
+    }
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open(topology, MAP_STATS)?).map_err(me(MAP_STATS))?;
+    let retired = stats.get(&STATS_STEADY_RETIRED, 0).map_err(me(MAP_STATS))?;
+    Ok(total + retired.iter().sum::<u64>())
 }
 
 /// The rule classifier's flow cache counters (hit, miss, stored).
@@ -362,14 +388,18 @@ pub fn port_stats(topology: &str, names: &Names) -> Result<Vec<PortStatsRow>> {
             rx_packets: 0,
             rx_bytes: 0,
             redirected: 0,
+            steady_l2: 0,
             passed: 0,
         };
         for s in per_cpu.iter() {
             row.rx_packets += s.rx_packets;
             row.rx_bytes += s.rx_bytes;
             row.redirected += s.redirected;
-            row.passed += s.passed;
+            row.steady_l2 += s.steady_l2;
         }
+        // Each CPU counts a frame and its outcome in one run, but this
+        // read may fall between the two.
+        row.passed = row.rx_packets.saturating_sub(row.redirected);
         v.push(row);
     }
     v.sort_by(|a, b| a.port.cmp(&b.port));
@@ -401,6 +431,7 @@ pub fn config_values(topology: &str) -> Result<BTreeMap<&'static str, u32>> {
             "rules_on",
             m.get(&config::RULES_ON, 0).map_err(me(MAP_CONFIG))?,
         ),
+        ("layout", m.get(&config::LAYOUT, 0).map_err(me(MAP_CONFIG))?),
     ]))
 }
 
@@ -438,7 +469,10 @@ pub fn ct_timeouts(topology: &str) -> BTreeMap<&'static str, u32> {
 pub fn set_config(topology: &str, index: u32, value: u32) -> Result<()> {
     let mut m: Array<MapData, u32> =
         Array::try_from(open(topology, MAP_CONFIG)?).map_err(me(MAP_CONFIG))?;
-    m.set(index, value, 0).map_err(me(MAP_CONFIG))
+    m.set(index, value, 0).map_err(me(MAP_CONFIG))?;
+    // Tracing (and the rules) must see every frame again: see
+    // `invalidate_remembered`.
+    super::install::invalidate_remembered(&topology_dir(topology))
 }
 
 fn xdp_counters(topology: &str, names: &Names) -> Result<Vec<(String, u64, u64)>> {

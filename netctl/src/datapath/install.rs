@@ -18,9 +18,9 @@ use aya::programs::tc::{
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use netctl_common::{
     FdbEntry, FdbKey, MAP_CONFIG, MAP_CT_TIMEOUTS, MAP_FDB, MAP_FDB_GEN, MAP_IFADDR, MAP_NEIGH,
-    MAP_PORT_INDEX, MAP_PORT_STATS, MAP_PORTS, MAP_PORTS_MAX, MAP_ROUTES, NeighEntry,
+    MAP_PORT_INDEX, MAP_PORT_STATS, MAP_PORTS, MAP_PORTS_MAX, MAP_ROUTES, MAP_STATS, NeighEntry,
     PORT_INDEX_SLOTS, PROG_EGRESS, PROG_INGRESS, PROG_LOCAL, PROG_XDP, PortInfo, PortStats,
-    RouteValue, config,
+    RouteValue, STATS_STEADY_RETIRED, config,
 };
 
 use super::desired::Desired;
@@ -36,6 +36,8 @@ pub struct SyncReport {
     pub loaded: bool,
     pub attached: Vec<String>,
     pub detached: Vec<String>,
+    /// tcx links (pin names) that run another build's program now.
+    pub updated: Vec<String>,
     /// How the ports are attached.
     pub attach: Attach,
 }
@@ -142,6 +144,7 @@ pub fn sync_blocking(topology: &str, d: &Desired) -> Result<SyncReport> {
     // Maps first, so the first packet through a new link finds its port.
     write_maps(&dir, d)?;
     update_links(&prog_pin, &links, &updated)?;
+    report.updated = updated;
     report.attached = attach_all(&prog_pin, &links, &missing, d.attach, stale_program)?;
     attach_local(
         &local_pin,
@@ -426,6 +429,40 @@ fn attach_filter(
     Ok(())
 }
 
+/// Adds the `steady_l2` counts of the ports leaving `slots` to
+/// `STATS_STEADY_RETIRED`, so that the `REDIRECT_L2` total keeps them.
+/// Only netctl writes that entry, so the read-modify-write races no
+/// datapath increment.
+fn retire_steady_counts(
+    dir: &Path,
+    stats: &PerCpuArray<MapData, PortStats>,
+    slots: impl Iterator<Item = u16>,
+) -> Result<()> {
+    let mut sum = 0u64;
+    for s in slots {
+        let per_cpu = stats.get(&u32::from(s), 0).map_err(e(MAP_PORT_STATS))?;
+        sum += per_cpu.iter().map(|v| v.steady_l2).sum::<u64>();
+    }
+    if sum == 0 {
+        return Ok(());
+    }
+    let mut counts: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(map_at(dir, MAP_STATS)?).map_err(e(MAP_STATS))?;
+    let mut values: Vec<u64> = counts
+        .get(&STATS_STEADY_RETIRED, 0)
+        .map_err(e(MAP_STATS))?
+        .iter()
+        .copied()
+        .collect();
+    if let Some(first) = values.first_mut() {
+        *first = first.wrapping_add(sum);
+    }
+    let values = PerCpuValues::try_from(values).map_err(|err| Error::io("per-CPU values", err))?;
+    counts
+        .set(STATS_STEADY_RETIRED, values, 0)
+        .map_err(e(MAP_STATS))
+}
+
 fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, err)| Error::io(what.to_string(), err))
 }
@@ -458,6 +495,12 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     let mut stats: PerCpuArray<MapData, PortStats> =
         PerCpuArray::try_from(map_at(dir, MAP_PORT_STATS)?).map_err(e(MAP_PORT_STATS))?;
     let cpus = nr_cpus()?;
+    // Before a slot set free is given to a new port and zeroed.
+    let gone = existing
+        .iter()
+        .filter(|(i, _)| !want_ports.contains_key(i))
+        .map(|(_, p)| p.slot);
+    retire_steady_counts(dir, &stats, gone)?;
     for s in &fresh_slots {
         let zero = PerCpuValues::try_from(vec![PortStats::default(); cpus])
             .map_err(|err| Error::io("per-CPU values", err))?;
@@ -548,17 +591,26 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
         Array::try_from(map_at(dir, MAP_CONFIG)?).map_err(e(MAP_CONFIG))?;
     cfg.set(config::FORWARD, u32::from(d.forward), 0)
         .map_err(e(MAP_CONFIG))?;
-    // Ports, ageing times or FDB entries may have changed: forwarding
-    // answers the CPUs remember are stale. The datapath adds 1 when a MAC
-    // moves, atomically; this adds 2^32, so that even when it overwrites
-    // such a bump the value is one no CPU has seen before.
+    cfg.set(config::LAYOUT, super::layout::REVISION, 0)
+        .map_err(e(MAP_CONFIG))?;
+    // Ports, ageing times or FDB entries may have changed.
+    invalidate_remembered(dir)
+}
+
+/// Makes the forwarding answers the CPUs remember (`PortStats::forwarded`)
+/// stale, by a new FDB generation. Needed after any change to what they
+/// depend on: ports, ageing times, FDB entries, and — for the steady path,
+/// which skips rules and tracing — `config::RULES_ON` and `config::TRACE`.
+/// The datapath adds 1 when a MAC moves, atomically; this adds 2^32, so
+/// that even when it overwrites such a bump the value is one no CPU has
+/// seen before.
+pub(crate) fn invalidate_remembered(dir: &Path) -> Result<()> {
     let mut fdb_gen: Array<MapData, u64> =
         Array::try_from(map_at(dir, MAP_FDB_GEN)?).map_err(e(MAP_FDB_GEN))?;
     let generation = fdb_gen.get(&0, 0).map_err(e(MAP_FDB_GEN))?;
     fdb_gen
         .set(0, generation.wrapping_add(1 << 32), 0)
-        .map_err(e(MAP_FDB_GEN))?;
-    Ok(())
+        .map_err(e(MAP_FDB_GEN))
 }
 
 /// Writes the direct-mapped port index: a slot holds the port of the

@@ -7,7 +7,7 @@
 use std::mem::size_of;
 use std::path::Path;
 
-use aya::maps::MapData;
+use aya::maps::{Array, Map, MapData};
 use netctl_common::*;
 
 /// `(name, key size, value size, max entries)` of every pinned map, as
@@ -27,7 +27,7 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
         ),
         (MAP_ROUTES, 8, size_of::<RouteValue>(), MAP_ROUTES_MAX),
         (MAP_NEIGH, 4, size_of::<NeighEntry>(), MAP_NEIGH_MAX),
-        (MAP_STATS, 4, 8, reason::COUNT),
+        (MAP_STATS, 4, 8, MAP_STATS_ENTRIES),
         (MAP_FLOW_STATS, 4, 8, flow_stat::COUNT),
         (MAP_PORT_STATS, 4, size_of::<PortStats>(), MAP_PORTS_MAX),
         (MAP_CONFIG, 4, 4, MAP_CONFIG_MAX),
@@ -74,10 +74,43 @@ fn expected() -> Vec<(&'static str, usize, usize, u32)> {
     ]
 }
 
-/// Unpins the maps in `dir` whose shape this build does not expect (they
-/// are recreated by the next load); returns their names.
+/// `BPF_F_MMAPABLE`, which `netctl-ebpf/src/maps.rs` sets on the arrays
+/// every frame reads for the alignment of their values.
+const ALIGNED: u32 = 1 << 10;
+
+/// Map flags that change where the values lie, of the maps that have them.
+fn expected_flags(name: &str) -> Option<u32> {
+    [MAP_PORT_INDEX, MAP_FDB_GEN, MAP_CONFIG]
+        .contains(&name)
+        .then_some(ALIGNED)
+}
+
+/// What `config::LAYOUT` holds once this build has written the maps.
+pub const REVISION: u32 = 1;
+
+/// Maps whose values changed meaning without changing size, with the
+/// revision that changed them: one pinned at an older revision is
+/// recreated like one of another shape.
+const MEANING_CHANGED: [(u32, &str); 1] = [
+    // `PortStats::passed` became `steady_l2`.
+    (1, MAP_PORT_STATS),
+];
+
+/// The revision the maps in `dir` were written at (0: before revisions).
+fn pinned_revision(dir: &Path) -> u32 {
+    MapData::from_pin(dir.join(MAP_CONFIG))
+        .ok()
+        .and_then(|md| Map::from_map_data(md).ok())
+        .and_then(|m| Array::<MapData, u32>::try_from(m).ok())
+        .and_then(|a| a.get(&config::LAYOUT, 0).ok())
+        .unwrap_or(0)
+}
+
+/// Unpins the maps in `dir` whose shape (or meaning) this build does not
+/// expect (they are recreated by the next load); returns their names.
 pub fn drop_incompatible(dir: &Path) -> Vec<String> {
     let mut dropped = Vec::new();
+    let revision = pinned_revision(dir);
     for (name, key, value, max) in expected() {
         let p = dir.join(name);
         let Ok(md) = MapData::from_pin(&p) else {
@@ -87,7 +120,10 @@ pub fn drop_incompatible(dir: &Path) -> Vec<String> {
             i.key_size() as usize == key
                 && i.value_size() as usize == value
                 && i.max_entries() == max
-        });
+                && expected_flags(name).is_none_or(|f| i.map_flags() == f)
+        }) && !MEANING_CHANGED
+            .iter()
+            .any(|(r, n)| *n == name && *r > revision);
         drop(md);
         if !ok && std::fs::remove_file(&p).is_ok() {
             dropped.push(name.to_string());

@@ -14,7 +14,7 @@ use netctl_common::{
     MAP_RS_WORDS, RS_LOG_LEN, RsClassKey, RsHook, RsNat, RsSummary, RsWordKey, config, hook,
 };
 
-use super::install::map_at;
+use super::install::{invalidate_remembered, map_at};
 use super::pins::topology_dir;
 use super::rule_counters::RuleCounters;
 use super::{batch, bpf_error};
@@ -186,6 +186,7 @@ struct Maps {
     words: MapData,
     /// Kernel ids of `class`, `summary`, `words`.
     ids: [u32; 3],
+    dir: std::path::PathBuf,
 }
 
 impl Maps {
@@ -211,6 +212,7 @@ impl Maps {
             nat: Array::try_from(map_at(&dir, MAP_RS_NAT)?).map_err(e(MAP_RS_NAT))?,
             counters: RuleCounters::open(&dir)?,
             entries: pin(MAP_RS_ENTRIES)?,
+            dir: dir.clone(),
             class,
             summary,
             words,
@@ -237,6 +239,9 @@ impl Maps {
             self.cfg
                 .set(config::RULES_ON, 1, 0)
                 .map_err(e(MAP_CONFIG))?;
+            // Frames of steady flows skip the rules on the strength of
+            // answers remembered while there were none.
+            invalidate_remembered(&self.dir)?;
         }
         // The switch: generation and serial change in one write.
         self.cfg

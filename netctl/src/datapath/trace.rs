@@ -9,6 +9,7 @@ use std::time::Duration;
 use aya::programs::SchedClassifier;
 use netctl_common::config;
 use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::bpf_error;
 use super::inspect::set_config;
@@ -109,12 +110,23 @@ pub async fn run(topology: &str, duration: Option<Duration>) -> Result<()> {
         }
         while set.join_next().await.is_some() {}
     };
+    // Ended by a signal, the process must still turn tracing off (`_off`):
+    // an interrupted trace left on would cost every packet an event. Ctrl-C
+    // and also `kill`, `timeout` and a closed terminal.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
     let stop = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
+        let until = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            _ = until => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
     };
     tokio::select! {

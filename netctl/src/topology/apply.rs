@@ -382,10 +382,9 @@ pub struct Report {
 impl Report {
     pub fn changed(&self) -> bool {
         !self.steps.is_empty()
-            || self
-                .datapath
-                .as_ref()
-                .is_some_and(|d| !d.attached.is_empty() || !d.detached.is_empty())
+            || self.datapath.as_ref().is_some_and(|d| {
+                !d.attached.is_empty() || !d.detached.is_empty() || !d.updated.is_empty()
+            })
     }
 }
 
