@@ -1,25 +1,29 @@
 //! `cargo xtask bench datapath`: what the eBPF fast path buys between two
 //! containers, against the limit (a plain veth pair) and the kernel bridge.
 //!
-//! Four setups, all built once at the start in namespaces of their own
+//! Five setups, all built once at the start in namespaces of their own
 //! (names `bd<pid>-…`), client in one namespace, server in the other:
 //!
 //! * (a) direct veth — `<p>d-a` 10.77.0.1/24 ⟷ `<p>d-b` 10.77.0.2/24;
 //! * (b) kernel bridge — topology `<p>k`, `datapath = "kernel"`, bridge br0
 //!   10.78.0.1/24 in `<p>k-h`, containers a 10.78.0.2 and b 10.78.0.3;
 //! * (c) netctl fast path — the same topology as `<p>e` with
-//!   `datapath = "ebpf"`: TC programs `bpf_redirect_peer` between the ports;
+//!   `datapath = "ebpf"`, attached with tcx as the datapath's design has it:
+//!   TC programs `bpf_redirect_peer` between the ports;
+//! * (e) the same with netctl's default attachment, cls_bpf (`<p>c`), which
+//!   attaches in a fraction of tcx's time (docs/datapath.md, "Attaching");
 //! * (d) fast path + XDP — `<p>x`, as (c) plus `netctl datapath xdp on`
 //!   (a pass-through XDP program on the host-side veth ends).
 //!
 //! Metrics: TCP throughput with iperf3 (1 and 4 streams), UDP 64-byte
-//! packets per second received (iperf3 `-u -l 64 -b 0`), and 1-byte TCP
+//! packets per second received (see `udp_phases`: all setups in turns of
+//! 10 ms within one run, from threads of the bench), and 1-byte TCP
 //! request/response transactions per second on one connection (client and
 //! server threads here, each entering its namespace with `setns`). Each
-//! repetition measures every metric on every setup, in the order a, c, b, d
-//! and the next one in reverse (see `run_order`); the tables show medians,
-//! and the medians of the ratios within a repetition (paired), by which the
-//! targets are judged.
+//! repetition measures every metric on every setup, in the order e, a, c,
+//! b, d and the next one in reverse (see `run_order`); the tables show
+//! medians, and the medians of the ratios within a repetition (paired), by
+//! which the targets are judged, on (c).
 //! For (b), (c) and (d) the datapath's counters (`netctl stats`) are read
 //! around every measurement to prove which path carried the traffic.
 
@@ -36,8 +40,9 @@ use anyhow::{Context, Result, anyhow, ensure};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::iperf::{self, READY_TIMEOUT, UDP_LEN};
+use super::iperf::{self, READY_TIMEOUT};
 use super::ns::{enter, open_ns, pin_thread};
+use super::udp_phases;
 use super::{
     Cleanup, check_interrupted, finite, kernel_release, median, median_ci95, nan_low, netctl_bin,
     netctl_stats, print_table, results_path, root_links, run_netctl, show_ratio, show_ratio_ci,
@@ -58,21 +63,36 @@ enum SetupId {
     Kernel,
     Ebpf,
     EbpfXdp,
+    EbpfCls,
 }
 
-const SETUPS: [SetupId; 4] = [
+const SETUPS: [SetupId; 5] = [
     SetupId::Direct,
     SetupId::Kernel,
     SetupId::Ebpf,
     SetupId::EbpfXdp,
+    SetupId::EbpfCls,
 ];
+const NS: usize = SETUPS.len();
 
-/// The setups' order in repetition `rep`: a, c, b, d, then reversed. (c)
-/// runs right next to (a) and to (b) every time, so their paired ratios
-/// compare measurements seconds apart, and over two repetitions each of a
-/// pair runs first once, which cancels a steady drift.
-fn run_order(rep: usize) -> [SetupId; 4] {
+/// The paired ratios reported, as (numerator, denominator) setups.
+const PAIRS: [(SetupId, SetupId); 5] = [
+    (SetupId::Ebpf, SetupId::Direct),
+    (SetupId::Ebpf, SetupId::Kernel),
+    (SetupId::EbpfXdp, SetupId::Ebpf),
+    (SetupId::EbpfCls, SetupId::Direct),
+    (SetupId::EbpfCls, SetupId::Kernel),
+];
+const NP: usize = PAIRS.len();
+
+/// The setups' order in repetition `rep`: e, a, c, b, d, then reversed.
+/// (c) runs right next to (a) and to (b) every time, and (e) next to (a),
+/// so their paired ratios compare measurements seconds apart, and over two
+/// repetitions each of a pair runs first once, which cancels a steady
+/// drift.
+fn run_order(rep: usize) -> [SetupId; NS] {
     let order = [
+        SetupId::EbpfCls,
         SetupId::Direct,
         SetupId::Ebpf,
         SetupId::Kernel,
@@ -94,14 +114,26 @@ impl SetupId {
             SetupId::Kernel => "kernel_bridge",
             SetupId::Ebpf => "netctl",
             SetupId::EbpfXdp => "netctl_xdp",
+            SetupId::EbpfCls => "netctl_cls_bpf",
         }
     }
     fn label(self) -> &'static str {
         match self {
             SetupId::Direct => "direct veth (a)",
             SetupId::Kernel => "kernel bridge (b)",
-            SetupId::Ebpf => "netctl (c)",
+            SetupId::Ebpf => "netctl tcx (c)",
             SetupId::EbpfXdp => "netctl+XDP (d)",
+            SetupId::EbpfCls => "netctl cls_bpf (e)",
+        }
+    }
+    /// The ratio's name in the tables and the JSON: `c/a`, `c_over_a`.
+    fn letter(self) -> char {
+        match self {
+            SetupId::Direct => 'a',
+            SetupId::Kernel => 'b',
+            SetupId::Ebpf => 'c',
+            SetupId::EbpfXdp => 'd',
+            SetupId::EbpfCls => 'e',
         }
     }
     fn idx(self) -> usize {
@@ -257,12 +289,12 @@ struct Report {
     samples: Vec<Sample>,
     /// metric → setup → median.
     medians: BTreeMap<&'static str, BTreeMap<&'static str, f64>>,
-    /// metric → {c_over_a, c_over_b, d_over_c}: ratios of the medians, and
+    /// metric → {c_over_a, c_over_b, d_over_c, e_over_a, e_over_b}: ratios of the medians, and
     /// the same with `_paired`: medians of the per-repetition ratios.
-    ratios: BTreeMap<&'static str, BTreeMap<&'static str, f64>>,
+    ratios: BTreeMap<&'static str, BTreeMap<String, f64>>,
     /// metric → paired ratio → 95% confidence interval of its median (null
     /// below 6 repetitions).
-    ratio_cis: BTreeMap<&'static str, BTreeMap<&'static str, Option<Interval>>>,
+    ratio_cis: BTreeMap<&'static str, BTreeMap<String, Option<Interval>>>,
     fast_path: Vec<FastPath>,
     targets: Value,
 }
@@ -292,7 +324,7 @@ pub fn run(
         scratch,
     } = super::start_run("bd", "datapath")?;
 
-    eprintln!("==> building the four setups ({prefix}…)");
+    eprintln!("==> building the five setups ({prefix}…)");
     let mut envs = vec![
         setup_direct(&prefix)?,
         setup_topology(SetupId::Kernel, &format!("{prefix}k"), &scratch, &mut guard)?,
@@ -303,6 +335,12 @@ pub fn run(
             &scratch,
             &mut guard,
         )?,
+        setup_topology(
+            SetupId::EbpfCls,
+            &format!("{prefix}c"),
+            &scratch,
+            &mut guard,
+        )?,
     ];
     let pin = if no_pin { None } else { two_cpus() };
     for e in &mut envs {
@@ -310,7 +348,8 @@ pub fn run(
     }
     match pin {
         Some((c, s)) => eprintln!(
-            "    iperf3 client on CPU {c}, server on CPU {s}; RR both on CPU {c} (--no-pin: unpinned)"
+            "    senders/clients on CPU {c}, receivers/servers on CPU {s}; RR both on CPU {c} \
+             (--no-pin: unpinned)"
         ),
         None => eprintln!("    client and server not pinned"),
     }
@@ -324,7 +363,7 @@ pub fn run(
         "the root namespace's links changed while building the setups"
     );
 
-    let total = runs * metrics.len() * SETUPS.len();
+    let total = runs * metrics.len() * NS;
     eprintln!(
         "==> {total} measurements of {duration} s (~{} min)",
         (total as u64 * (duration + 1)).div_ceil(60)
@@ -335,18 +374,63 @@ pub fn run(
     for rep in 0..runs {
         let order = run_order(rep);
         for &m in &metrics {
-            for (position, &id) in order.iter().enumerate() {
+            port = if port >= 60000 { FIRST_PORT } else { port + 1 };
+            let measured: Vec<(usize, SetupId, Measured)> = if m == Metric::Udp64 {
+                // All setups in one run, taking turns (see `udp_phases`).
                 check_interrupted()?;
-                let env = &envs[id.idx()];
-                port = if port >= 60000 { FIRST_PORT } else { port + 1 };
-                let before = env.topology.as_deref().and_then(stats);
+                let envs: Vec<&Env> = order.iter().map(|id| &envs[id.idx()]).collect();
+                let before: Vec<_> = envs.iter().map(|e| topology_stats(e)).collect();
                 let cpu0 = super::cpu_times();
-                let r = measure(env, m, dur, port);
+                let r = udp_interleaved(&envs, dur, port, pin);
                 let cpu1 = super::cpu_times();
-                let after = env.topology.as_deref().and_then(stats);
                 let load = cpu0.zip(cpu1).map(|(x, y)| y.share_since(&x));
-                let datapath = before.zip(after).map(|(b, a)| a.minus(&b));
-                let (value, detail, error) = match r {
+                envs.iter()
+                    .zip(before)
+                    .enumerate()
+                    .map(|(position, (e, b))| {
+                        let after = topology_stats(e);
+                        let result = match &r {
+                            Ok(v) => Ok(v[position].clone()),
+                            Err(err) => Err(anyhow!("{err:#}")),
+                        };
+                        (
+                            position,
+                            e.id,
+                            Measured {
+                                result,
+                                load,
+                                datapath: b.zip(after).map(|(b, a)| a.minus(&b)),
+                            },
+                        )
+                    })
+                    .collect()
+            } else {
+                let mut v = Vec::new();
+                for (position, &id) in order.iter().enumerate() {
+                    check_interrupted()?;
+                    let env = &envs[id.idx()];
+                    port = if port >= 60000 { FIRST_PORT } else { port + 1 };
+                    let before = topology_stats(env);
+                    let cpu0 = super::cpu_times();
+                    let result = measure(env, m, dur, port);
+                    let cpu1 = super::cpu_times();
+                    let after = topology_stats(env);
+                    let load = cpu0.zip(cpu1).map(|(x, y)| y.share_since(&x));
+                    let datapath = before.zip(after).map(|(b, a)| a.minus(&b));
+                    v.push((
+                        position,
+                        id,
+                        Measured {
+                            result,
+                            load,
+                            datapath,
+                        },
+                    ));
+                }
+                v
+            };
+            for (position, id, x) in measured {
+                let (value, detail, error) = match x.result {
                     Ok((v, d)) => (v, d, None),
                     Err(e) => {
                         eprintln!("  WARNING: {} {}: {e:#}", id.label(), m.label());
@@ -354,12 +438,12 @@ pub fn run(
                     }
                 };
                 eprintln!(
-                    "  run {}/{runs} {:<22} {:<18} {:>10}{}",
+                    "  run {}/{runs} {:<22} {:<20} {:>10}{}",
                     rep + 1,
                     m.label(),
                     id.label(),
                     m.show(value),
-                    datapath
+                    x.datapath
                         .as_ref()
                         .map(|c| format!(
                             "   redirect_l2 +{} pass +{}",
@@ -375,10 +459,10 @@ pub fn run(
                     metric: m.key(),
                     value,
                     error,
-                    machine_busy: load.map(|l| l.0),
-                    machine_steal: load.map(|l| l.1),
+                    machine_busy: x.load.map(|l| l.0),
+                    machine_steal: x.load.map(|l| l.1),
                     detail,
-                    datapath,
+                    datapath: x.datapath,
                 });
             }
         }
@@ -388,7 +472,7 @@ pub fn run(
     drop(guard);
 
     // Medians and ratios.
-    let mut med = [[f64::NAN; 4]; 4]; // [metric][setup]
+    let mut med = [[f64::NAN; NS]; 4]; // [metric][setup]
     for &m in &metrics {
         for s in SETUPS {
             let xs: Vec<f64> = samples
@@ -399,21 +483,20 @@ pub fn run(
             med[m.idx()][s.idx()] = median(&xs);
         }
     }
-    let (a, b, c, d) = (0, 1, 2, 3);
-    let ratio = |m: usize, x: usize, y: usize| med[m][x] / med[m][y];
+    let ratio = |m: usize, (x, y): (SetupId, SetupId)| med[m][x.idx()] / med[m][y.idx()];
     // Medians of the ratios within each repetition: the setups of one
     // repetition ran close together, so these cancel slow drifts in the
     // machine's load.
-    let mut paired = [[f64::NAN; 3]; 4]; // [metric][c/a, c/b, d/c]
-    let mut paired_ci = [[None; 3]; 4];
+    let mut paired = [[f64::NAN; NP]; 4]; // [metric][pair]
+    let mut paired_ci = [[None; NP]; 4];
     for &m in &metrics {
-        let value = |run: usize, s: usize| {
+        let value = |run: usize, s: SetupId| {
             samples
                 .iter()
-                .find(|x| x.run == run && x.metric == m.key() && x.setup == SETUPS[s].key())
+                .find(|x| x.run == run && x.metric == m.key() && x.setup == s.key())
                 .map_or(f64::NAN, |x| x.value)
         };
-        for (k, (x, y)) in [(c, a), (c, b), (d, c)].into_iter().enumerate() {
+        for (k, (x, y)) in PAIRS.into_iter().enumerate() {
             let rs: Vec<f64> = (0..runs)
                 .map(|r| value(r, x) / value(r, y))
                 .filter(|v| v.is_finite())
@@ -422,6 +505,10 @@ pub fn run(
             paired_ci[m.idx()][k] = median_ci95(&rs);
         }
     }
+    let pair_names: Vec<String> = PAIRS
+        .iter()
+        .map(|(x, y)| format!("{}/{}", x.letter(), y.letter()))
+        .collect();
 
     println!();
     println!(
@@ -430,18 +517,14 @@ pub fn run(
     );
     let mut head = vec!["metric"];
     head.extend(SETUPS.iter().map(|s| s.label()));
-    head.extend(["c/a", "c/b", "d/c"]);
+    head.extend(pair_names.iter().map(String::as_str));
     let rows: Vec<Vec<String>> = metrics
         .iter()
         .map(|&m| {
             let i = m.idx();
             let mut r = vec![m.label().to_string()];
             r.extend(SETUPS.iter().map(|s| m.show(med[i][s.idx()])));
-            r.extend(
-                [ratio(i, c, a), ratio(i, c, b), ratio(i, d, c)]
-                    .iter()
-                    .map(|x| show_ratio(*x)),
-            );
+            r.extend(PAIRS.iter().map(|p| show_ratio(ratio(i, *p))));
             r
         })
         .collect();
@@ -451,9 +534,10 @@ pub fn run(
         "noise: spread over runs (max/min of the samples), and the median of the per-run \
          (paired) ratios"
     );
+    let paired_names: Vec<String> = pair_names.iter().map(|n| format!("{n} paired")).collect();
     let mut head2 = vec!["metric"];
     head2.extend(SETUPS.iter().map(|s| s.label()));
-    head2.extend(["c/a paired", "c/b paired", "d/c paired"]);
+    head2.extend(paired_names.iter().map(String::as_str));
     let rows2: Vec<Vec<String>> = metrics
         .iter()
         .map(|&m| {
@@ -469,7 +553,7 @@ pub fn run(
                 show_ratio(hi / lo)
             }));
             let (p, ci) = (paired[m.idx()], paired_ci[m.idx()]);
-            r.extend((0..3).map(|k| show_ratio_ci(p[k], ci[k])));
+            r.extend((0..NP).map(|k| show_ratio_ci(p[k], ci[k])));
             r
         })
         .collect();
@@ -493,40 +577,75 @@ pub fn run(
             .collect::<Option<Vec<bool>>>()
             .map(|v| v.iter().all(|&ok| ok))
     };
-    let (wa_m, wa, wa_ci) = worst(0);
-    let (wb_m, wb, wb_ci) = worst(1);
-    let vs_direct = wa.is_finite() && wa >= 0.95;
-    let vs_bridge = wb.is_finite() && wb > 1.0;
-    let vs_direct_ci = clears(0, |lo| lo >= 0.95);
-    let vs_bridge_ci = clears(1, |lo| lo > 1.0);
     // A subset of the metrics (--metrics) is judged as such.
     let every = if metrics.len() == METRICS.len() {
         "every metric"
     } else {
         "every measured metric"
     };
+    // (c) against the targets; (e), netctl's default attachment, as well.
+    let judge = |fast: SetupId| {
+        let k_a = PAIRS
+            .iter()
+            .position(|p| *p == (fast, SetupId::Direct))
+            .unwrap();
+        let k_b = PAIRS
+            .iter()
+            .position(|p| *p == (fast, SetupId::Kernel))
+            .unwrap();
+        let (wa_m, wa, wa_ci) = worst(k_a);
+        let (wb_m, wb, wb_ci) = worst(k_b);
+        let vs_direct = wa.is_finite() && wa >= 0.95;
+        let vs_bridge = wb.is_finite() && wb > 1.0;
+        let vs_direct_ci = clears(k_a, |lo| lo >= 0.95);
+        let vs_bridge_ci = clears(k_b, |lo| lo > 1.0);
+        println!(
+            "{} >= 0.95x direct veth on {every} (paired medians): {} (worst {} on {}); \
+             with 95% confidence: {}",
+            fast.label(),
+            yes_no(vs_direct),
+            show_ratio_ci(wa, wa_ci),
+            wa_m.label(),
+            vs_direct_ci.map_or("- (6 or more runs give one)", yes_no)
+        );
+        println!(
+            "{} ahead of kernel bridge on {every} (paired medians): {} (worst {} on {}); \
+             with 95% confidence: {}",
+            fast.label(),
+            yes_no(vs_bridge),
+            show_ratio_ci(wb, wb_ci),
+            wb_m.label(),
+            vs_bridge_ci.map_or("- (6 or more runs give one)", yes_no)
+        );
+        let l = fast.letter();
+        json!({
+            "judged_by": "paired ratios",
+            "setup": fast.key(),
+            "ge_095_direct_every_metric": vs_direct,
+            "ge_095_direct_every_metric_95pct_confident": vs_direct_ci,
+            format!("worst_{l}_over_a_paired"): finite(wa),
+            format!("worst_{l}_over_a_paired_ci"): wa_ci,
+            format!("worst_{l}_over_a_metric"): wa_m.key(),
+            "ahead_of_bridge_every_metric": vs_bridge,
+            "ahead_of_bridge_every_metric_95pct_confident": vs_bridge_ci,
+            format!("worst_{l}_over_b_paired"): finite(wb),
+            format!("worst_{l}_over_b_paired_ci"): wb_ci,
+            format!("worst_{l}_over_b_metric"): wb_m.key(),
+        })
+    };
     println!();
-    println!(
-        "netctl >= 0.95x direct veth on {every} (paired medians): {} (worst {} on {}); \
-         with 95% confidence: {}",
-        yes_no(vs_direct),
-        show_ratio_ci(wa, wa_ci),
-        wa_m.label(),
-        vs_direct_ci.map_or("- (6 or more runs give one)", yes_no)
-    );
-    println!(
-        "netctl ahead of kernel bridge on {every} (paired medians): {} (worst {} on {}); \
-         with 95% confidence: {}",
-        yes_no(vs_bridge),
-        show_ratio_ci(wb, wb_ci),
-        wb_m.label(),
-        vs_bridge_ci.map_or("- (6 or more runs give one)", yes_no)
-    );
+    let targets_c = judge(SetupId::Ebpf);
+    let targets_e = judge(SetupId::EbpfCls);
 
     // Which path carried the traffic.
     println!();
     let mut fast_path = Vec::new();
-    for s in [SetupId::Kernel, SetupId::Ebpf, SetupId::EbpfXdp] {
+    for s in [
+        SetupId::Kernel,
+        SetupId::Ebpf,
+        SetupId::EbpfCls,
+        SetupId::EbpfXdp,
+    ] {
         let fp = fast_path_summary(s, &samples, &infos[s.idx()]);
         println!("datapath check, {}: {}", s.label(), describe(&fp));
         fast_path.push(fp);
@@ -537,33 +656,38 @@ pub fn run(
     }
 
     let notes = vec![
-        "each repetition runs every metric on every setup, in the order a, c, b, d in even \
-         repetitions and d, b, c, a in odd ones: (c) always runs right next to (a) and to (b), \
-         and with an even number of repetitions each comes first as often as second"
+        "each repetition runs every metric on every setup, in the order e, a, c, b, d in even \
+         repetitions and d, b, c, a, e in odd ones: (c) always runs right next to (a) and to \
+         (b), (e) next to (a), and with an even number of repetitions each comes first as \
+         often as second"
             .to_string(),
         "paired ratios: the median over repetitions of the ratio within one repetition; \
-         the targets are judged by them. The interval after one is a distribution-free 95% \
-         confidence interval of that median (order statistics; none below 6 repetitions)"
+         the targets are judged by them, on (c). The interval after one is a distribution-free \
+         95% confidence interval of that median (order statistics; none below 6 repetitions)"
             .into(),
+        "(c) and (d) attach with tcx, (e) with cls_bpf, netctl's default".into(),
         "TCP: iperf3 -t DUR -P N, end.sum_received.bits_per_second".into(),
         format!(
-            "UDP: iperf3 -u -l {UDP_LEN} -b 0; received packets/s = (sum_received.packets - \
-             sum_received.lost_packets) / sum_received.seconds (iperf3's `packets` is the \
-             number sent, as seen by the receiver's sequence numbers)"
+            "UDP: one run per repetition in which all setups take turns in phases of {} ms \
+             (in the repetition's order, then back), DUR seconds each in all, from one \
+             sender thread (send() of 64-byte datagrams, as fast as it goes) to a receiver \
+             thread per setup; value = datagrams received / seconds of the setup's phases",
+            udp_phases::PHASE.as_millis()
         ),
         "RR: one TCP connection, TCP_NODELAY, 1-byte write then 1-byte read, counted for DUR \
          after a 200 ms warm-up; client and server are threads of the bench that setns into \
          their namespaces"
             .into(),
         "datapath counters: `netctl stats -t TOPOLOGY --json` before and after each \
-         measurement; (b) has no datapath so no counters"
+         measurement (for UDP, around the run all setups share); (b) has no datapath so no \
+         counters"
             .into(),
         match pin {
             Some((c, s)) => format!(
-                "iperf3 client pinned to CPU {c}, server to CPU {s} (-A {c},{s}); the RR \
-                 client and server threads both on CPU {c} (sched_setaffinity): a \
-                 ping-pong on one CPU measures the path, not cross-CPU wakeups; pinning \
-                 keeps the scheduler's placement from making results bimodal"
+                "iperf3 client and the UDP sender pinned to CPU {c}, iperf3 server and the \
+                 UDP receivers to CPU {s}; the RR client and server threads both on CPU {c} \
+                 (sched_setaffinity): a ping-pong on one CPU measures the path, not cross-CPU \
+                 wakeups; pinning keeps the scheduler's placement from making results bimodal"
             ),
             None => "client and server not pinned (--no-pin)".into(),
         },
@@ -580,25 +704,16 @@ pub fn run(
             m.key(),
             SETUPS.iter().map(|s| (s.key(), med[i][s.idx()])).collect(),
         );
-        ratios.insert(
-            m.key(),
-            BTreeMap::from([
-                ("c_over_a", ratio(i, c, a)),
-                ("c_over_b", ratio(i, c, b)),
-                ("d_over_c", ratio(i, d, c)),
-                ("c_over_a_paired", paired[i][0]),
-                ("c_over_b_paired", paired[i][1]),
-                ("d_over_c_paired", paired[i][2]),
-            ]),
-        );
-        ratio_cis.insert(
-            m.key(),
-            BTreeMap::from([
-                ("c_over_a_paired", paired_ci[i][0]),
-                ("c_over_b_paired", paired_ci[i][1]),
-                ("d_over_c_paired", paired_ci[i][2]),
-            ]),
-        );
+        let mut r = BTreeMap::new();
+        let mut ci = BTreeMap::new();
+        for (k, (x, y)) in PAIRS.into_iter().enumerate() {
+            let name = format!("{}_over_{}", x.letter(), y.letter());
+            r.insert(name.clone(), ratio(i, (x, y)));
+            r.insert(format!("{name}_paired"), paired[i][k]);
+            ci.insert(format!("{name}_paired"), paired_ci[i][k]);
+        }
+        ratios.insert(m.key(), r);
+        ratio_cis.insert(m.key(), ci);
     }
     let report = Report {
         bench: "datapath",
@@ -616,19 +731,7 @@ pub fn run(
         ratios,
         ratio_cis,
         fast_path,
-        targets: json!({
-            "judged_by": "paired ratios",
-            "netctl_ge_095_direct_every_metric": vs_direct,
-            "netctl_ge_095_direct_every_metric_95pct_confident": vs_direct_ci,
-            "worst_c_over_a_paired": finite(wa),
-            "worst_c_over_a_paired_ci": wa_ci,
-            "worst_c_over_a_metric": wa_m.key(),
-            "netctl_ahead_of_bridge_every_metric": vs_bridge,
-            "netctl_ahead_of_bridge_every_metric_95pct_confident": vs_bridge_ci,
-            "worst_c_over_b_paired": finite(wb),
-            "worst_c_over_b_paired_ci": wb_ci,
-            "worst_c_over_b_metric": wb_m.key(),
-        }),
+        targets: json!({ "netctl": targets_c, "netctl_cls_bpf": targets_e }),
     };
     super::finish_run(&results_path(json, "datapath.json"), &report, &links_before)
 }
@@ -671,17 +774,17 @@ fn setup_direct(prefix: &str) -> Result<Env> {
     })
 }
 
-/// (b), (c), (d): one bridge, two containers; `netctl apply`.
+/// (b), (c), (d), (e): one bridge, two containers; `netctl apply`.
 fn setup_topology(id: SetupId, name: &str, scratch: &Path, guard: &mut Cleanup) -> Result<Env> {
-    let datapath = if id == SetupId::Kernel {
-        "kernel"
-    } else {
-        "ebpf"
+    let datapath = match id {
+        SetupId::Kernel => "datapath = \"kernel\"",
+        SetupId::EbpfCls => "datapath = \"ebpf\"\nattach = \"cls_bpf\"",
+        _ => "datapath = \"ebpf\"\nattach = \"tcx\"",
     };
     let toml = format!(
         "# generated by cargo xtask bench datapath\n\
          name = \"{name}\"\nhost_netns = \"{name}-h\"\nip_forward = true\n\
-         datapath = \"{datapath}\"\n\n\
+         {datapath}\n\n\
          [[bridge]]\nname = \"br0\"\naddresses = [\"10.78.0.1/24\"]\n\n\
          [[container]]\nname = \"a\"\nbridge = \"br0\"\naddresses = [\"10.78.0.2/24\"]\n\n\
          [[container]]\nname = \"b\"\nbridge = \"br0\"\naddresses = [\"10.78.0.3/24\"]\n"
@@ -742,7 +845,7 @@ fn check_env(e: &Env) -> Result<SetupInfo> {
         e.id.label()
     );
     let stats_available = e.topology.as_deref().and_then(stats).is_some();
-    let want_stats = matches!(e.id, SetupId::Ebpf | SetupId::EbpfXdp);
+    let want_stats = matches!(e.id, SetupId::Ebpf | SetupId::EbpfXdp | SetupId::EbpfCls);
     ensure!(
         stats_available == want_stats || e.id == SetupId::Kernel,
         "{}: netctl stats unavailable — is the eBPF datapath attached?",
@@ -790,6 +893,19 @@ impl Counters {
             port_passed: self.port_passed - before.port_passed,
         }
     }
+}
+
+/// What one measurement of one setup gave.
+struct Measured {
+    result: Result<(f64, Value)>,
+    /// (busy, stolen) shares of the machine's CPU time meanwhile.
+    load: Option<(f64, f64)>,
+    datapath: Option<Counters>,
+}
+
+/// The setup's datapath counters, if it has a topology with a datapath.
+fn topology_stats(e: &Env) -> Option<Counters> {
+    e.topology.as_deref().and_then(stats)
 }
 
 /// `netctl stats -t TOPOLOGY --json`, or None when it has no datapath.
@@ -890,7 +1006,8 @@ fn measure(e: &Env, m: Metric, dur: Duration, port: u16) -> Result<(f64, Value)>
     match m {
         Metric::Tcp1 => iperf_tcp(e, 1, dur, port),
         Metric::Tcp4 => iperf_tcp(e, 4, dur, port),
-        Metric::Udp64 => iperf_udp(e, dur, port),
+        Metric::Udp64 => udp_interleaved(&[e], dur, port, e.pin)
+            .map(|mut v| v.pop().expect("one setup, one result")),
         Metric::Rr => request_response(e, dur, port),
     }
 }
@@ -902,46 +1019,36 @@ fn iperf_tcp(e: &Env, streams: usize, dur: Duration, port: u16) -> Result<(f64, 
     Ok((bps, detail))
 }
 
-fn iperf_udp(e: &Env, dur: Duration, port: u16) -> Result<(f64, Value)> {
-    let len = UDP_LEN.to_string();
-    let v = iperf::client(&e.iperf(), port, dur, &["-u", "-l", &len, "-b", "0"])?;
-    let end = &v["end"];
-    let r = &end["sum_received"];
-    let field = |x: &Value, f: &str| {
-        x[f].as_f64()
-            .ok_or_else(|| anyhow!("iperf3 JSON has no end.sum_received.{f}"))
-    };
-    // Receiver side: `packets` is how many the sender's sequence numbers say
-    // were sent, `lost_packets` how many of those never arrived.
-    let (packets, lost, secs) = (
-        field(r, "packets")?,
-        field(r, "lost_packets")?,
-        field(r, "seconds")?,
-    );
-    ensure!(secs > 0.0, "iperf3 reports 0 seconds");
-    let received = packets - lost;
-    let by_bytes = field(r, "bytes")? / UDP_LEN as f64;
-    if (received - by_bytes).abs() > 0.01 * received.max(1.0) {
-        eprintln!(
-            "  note: UDP received packets {received} (packets - lost) vs {by_bytes} (bytes / \
-             {UDP_LEN})"
-        );
-    }
-    let sent_pps = end["sum_sent"]["packets"].as_f64().unwrap_or(f64::NAN)
-        / end["sum_sent"]["seconds"].as_f64().unwrap_or(f64::NAN);
-    Ok((
-        received / secs,
-        json!({
-            "received_packets": received,
-            "received_by_bytes": by_bytes,
-            "packets": packets,
-            "lost_packets": lost,
-            "lost_percent": r["lost_percent"],
-            "seconds": secs,
-            "sent_pps": finite(sent_pps),
-            "cpu": end["cpu_utilization_percent"],
-        }),
-    ))
+/// One interleaved UDP run over `envs` (see `udp_phases`): per setup,
+/// (received datagrams/s, detail).
+fn udp_interleaved(
+    envs: &[&Env],
+    each: Duration,
+    port: u16,
+    pin: Option<(usize, usize)>,
+) -> Result<Vec<(f64, Value)>> {
+    let targets: Vec<udp_phases::Target> = envs
+        .iter()
+        .map(|e| udp_phases::Target {
+            client: &e.client,
+            server: &e.server,
+            addr: e.server_addr,
+        })
+        .collect();
+    let o = udp_phases::run(&targets, each, port, pin)?;
+    Ok((0..envs.len())
+        .map(|i| {
+            (
+                o.rx_pps[i],
+                json!({
+                    "sent_pps": finite(o.tx_pps[i]),
+                    "lost_packets": o.lost[i],
+                    "seconds": o.seconds[i],
+                    "phases_all_setups": o.phases,
+                }),
+            )
+        })
+        .collect())
 }
 
 /// 1-byte ping-pong on one TCP connection for `dur`: transactions/s.

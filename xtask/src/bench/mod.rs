@@ -10,6 +10,7 @@ mod nat;
 mod ns;
 mod rules;
 mod setup;
+mod udp_phases;
 
 use std::collections::BTreeMap;
 use std::fs;
