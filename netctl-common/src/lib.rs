@@ -315,22 +315,54 @@ pub struct NeighEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
-    /// Frames seen at ingress of the port.
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    /// Frames the datapath delivered itself (L2 or L3); the others were
-    /// handed to the kernel or dropped.
-    pub redirected: u64,
-    /// Of those, the frames of steady bridged flows (see `netctl-ebpf`'s
-    /// `steady`), which are `reason::REDIRECT_L2` decisions counted here
-    /// only, not in `MAP_STATS`, to keep that map's cache lines off the
-    /// path: the decision's total is `MAP_STATS`'s count plus these of
-    /// every port plus `STATS_STEADY_RETIRED`.
+    /// Frames of steady bridged flows (see `netctl-ebpf`'s `steady`),
+    /// which are `reason::REDIRECT_L2` decisions counted here only, not in
+    /// `MAP_STATS` nor in `rx_packets` and `redirected`, so that such a
+    /// frame touches nothing but the first 56 bytes of this value: the
+    /// decision's total is `MAP_STATS`'s count plus these of every port
+    /// plus `STATS_STEADY_RETIRED`.
     pub steady_l2: u64,
+    /// Bytes of all frames seen at ingress of the port.
+    pub rx_bytes: u64,
+    /// Not a counter: what lets the next frame of the flow take the
+    /// steady path.
+    pub steady: Steady,
+    /// Frames seen at ingress of the port, but for `steady_l2`.
+    pub rx_packets: u64,
+    /// Of those, the frames the datapath delivered itself (L2 or L3); the
+    /// others were handed to the kernel or dropped.
+    pub redirected: u64,
     /// Not a counter: the source this CPU last learned on the port.
     pub learned: Learned,
     /// Not a counter: where this CPU last bridged a frame from the port.
     pub forwarded: Forwarded,
+}
+
+/// A steady bridged flow as this CPU last saw it on a port: frames from
+/// `src` to `dst` go to port `egress`, needing neither learning nor an FDB
+/// lookup nor rules, while the FDB generation is `generation` and the
+/// jiffies counter is below `until_jiffies`. Written by the full path when
+/// it bridged such a frame with the source's entry refreshed and the
+/// destination's fresh, no rules and tracing off (as read after the
+/// generation; netctl changes the generation after turning either on).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Steady {
+    pub generation: u64,
+    /// MACs as `Forwarded::mac`.
+    pub src: u64,
+    pub dst: u64,
+    /// The earlier of: when the source's entry is due for a refresh, and
+    /// when the destination's ages out; counted in jiffies as if one lasted
+    /// 10 ms (HZ = 100, the longest), so that it expires early, never late,
+    /// whatever the kernel's HZ.
+    pub until_jiffies: u64,
+    pub egress: u32,
+    /// The port (ifindex) the flow enters by; 0: nothing remembered. The
+    /// steady path finds the value by the ifindex alone (slot `ifindex %
+    /// MAP_PORTS_MAX`, which netctl gives a port whenever it can) and
+    /// checks it here.
+    pub ingress: u32,
 }
 
 /// The answer of the FDB this CPU last used to bridge a frame from a port:
@@ -346,10 +378,7 @@ pub struct Forwarded {
     pub generation: u64,
     /// The port the MAC is on.
     pub egress: u32,
-    /// Non-zero: stored while the topology had no rules and tracing was
-    /// off, as read after `generation`; the steady path, which skips both,
-    /// may use it. (netctl changes the generation after turning either on.)
-    pub steady: u32,
+    pub _pad: u32,
     /// The MAC, its bytes in the low 48 bits from the least significant
     /// up (as a little-endian load of the header gives it).
     pub mac: u64,
@@ -376,7 +405,8 @@ const _: () = assert!(core::mem::size_of::<RouteValue>() == 32);
 const _: () = assert!(core::mem::size_of::<NeighEntry>() == 12);
 const _: () = assert!(core::mem::size_of::<Learned>() == 24);
 const _: () = assert!(core::mem::size_of::<Forwarded>() == 32);
-const _: () = assert!(core::mem::size_of::<PortStats>() == 88);
+const _: () = assert!(core::mem::size_of::<Steady>() == 40);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 128);
 
 #[cfg(feature = "user")]
 mod user {

@@ -1,6 +1,6 @@
 //! The datapath's clock.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 /// CLOCK_MONOTONIC, as of the last tick: the datapath's times (conntrack
 /// timeouts, FDB ageing, refreshes) are in seconds, and the coarse clock
@@ -11,4 +11,14 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 pub fn now() -> u64 {
     // SAFETY: the helper takes no arguments and only reads the clock.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The kernel's jiffies counter. Unlike the helper above, the verifier
+/// inlines it (one load), which is what the steady path wants; its unit
+/// depends on the kernel's HZ, so what is compared with it is counted
+/// conservatively (see `netctl_common::Steady`).
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    // SAFETY: the helper takes no arguments and only reads a counter.
+    unsafe { bpf_jiffies64() }
 }

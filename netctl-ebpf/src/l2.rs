@@ -2,7 +2,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer};
 use netctl_common::{
-    FdbEntry, FdbKey, Forwarded, Learned, PORT_F_HAIRPIN, PortInfo, PortStats, config, reason,
+    FdbEntry, FdbKey, Forwarded, Learned, PORT_F_HAIRPIN, PortInfo, PortStats, reason,
 };
 
 use crate::{
@@ -77,60 +77,67 @@ pub fn learn(port: &PortInfo, stats: Option<*mut PortStats>, ifindex: u32, src: 
     }
 }
 
-/// Switches a unicast frame for `dst`, which is not the bridge itself, to
-/// the port that learned it. Bridged frames cross FORWARD with the bridge
-/// as both `-i` and `-o`, as with br_netfilter. `stats`: as for `learn`.
+/// Switches a unicast frame from `src` for `dst`, which is not the bridge
+/// itself, to the port that learned it. Bridged frames cross FORWARD with
+/// the bridge as both `-i` and `-o`, as with br_netfilter. `stats`: as for
+/// `learn`, which has run for the frame.
 #[inline(always)]
 pub fn forward(
     port: &PortInfo,
     stats: Option<*mut PortStats>,
     ifindex: u32,
+    src: [u8; 6],
     dst: [u8; 6],
     now: u64,
 ) -> Decision {
     // Read before the lookup, so that an answer stored with it is never
     // newer than the generation it claims.
     let generation = maps::fdb_generation();
-    if let Some(s) = stats {
-        // SAFETY: this CPU's copy of an array element, used by this CPU only.
-        let f = unsafe { &(*s).forwarded };
-        // Same destination as this CPU's last frame from the port, nothing
-        // moved or changed since, the entry not yet aged out: the lookup
-        // below would answer the same.
-        if f.generation == generation && f.mac == mac_u64(&dst) && now <= f.until_ns {
-            return Decision::redirect(reason::REDIRECT_L2, f.egress, port.bridge);
+    let (egress, until_ns) = 'found: {
+        if let Some(s) = stats {
+            // SAFETY: this CPU's copy of an array element, used by this CPU
+            // only.
+            let f = unsafe { &(*s).forwarded };
+            // Same destination as this CPU's last frame from the port,
+            // nothing moved or changed since, the entry not yet aged out:
+            // the lookup below would answer the same.
+            if f.generation == generation && f.mac == mac_u64(&dst) && now <= f.until_ns {
+                break 'found (f.egress, f.until_ns);
+            }
         }
-    }
-    let Some(entry) = maps::fdb(port.bridge, dst) else {
-        return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
+        let Some(entry) = maps::fdb(port.bridge, dst) else {
+            return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
+        };
+        let until_ns = entry.last_seen_ns.saturating_add(port.ageing_ns);
+        if now > until_ns {
+            return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
+        }
+        if entry.port == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
+            return Decision::pass(reason::PASS_SAME_PORT, path::PRE, 0);
+        }
+        if let Some(s) = stats {
+            // SAFETY: as above.
+            unsafe {
+                (*s).forwarded = Forwarded {
+                    until_ns,
+                    generation,
+                    egress: entry.port,
+                    _pad: 0,
+                    mac: mac_u64(&dst),
+                };
+            }
+        }
+        (entry.port, until_ns)
     };
-    let until_ns = entry.last_seen_ns.saturating_add(port.ageing_ns);
-    if now > until_ns {
-        return Decision::pass(reason::PASS_UNKNOWN, path::FORWARD, port.bridge);
-    }
-    if entry.port == ifindex && port.flags & PORT_F_HAIRPIN == 0 {
-        return Decision::pass(reason::PASS_SAME_PORT, path::PRE, 0);
-    }
     if let Some(s) = stats {
-        // Read after the generation: netctl turns rules or tracing on
-        // first and changes the generation after, so an answer marked
-        // steady here either predates that change or saw it.
-        let steady = maps::config(config::RULES_ON) == 0 && maps::config(config::TRACE) == 0;
-        // SAFETY: as above.
-        unsafe {
-            (*s).forwarded = Forwarded {
-                until_ns,
-                generation,
-                egress: entry.port,
-                steady: u32::from(steady),
-                mac: mac_u64(&dst),
-            };
-        }
+        crate::steady::remember(
+            port, ifindex, s, generation, src, dst, egress, until_ns, now,
+        );
     }
     // The key holds the bridge, so the entry's port is on this bridge; netctl
     // removes entries of ports that are gone or moved (and a redirect to a
     // vanished device fails and falls back to the kernel).
-    Decision::redirect(reason::REDIRECT_L2, entry.port, port.bridge)
+    Decision::redirect(reason::REDIRECT_L2, egress, port.bridge)
 }
 
 /// Delivers into the peer of host-side veth `d.egress` (the container's

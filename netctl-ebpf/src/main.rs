@@ -169,6 +169,10 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
     // run of a SCHED_CLS program; `ingress_ifindex` is a readable field.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let len = ctx.len();
+    let rc = steady::bridge(&ctx, ifindex, len);
+    if rc != steady::NOT_STEADY {
+        return rc as i32;
+    }
     let Some(port) = maps::port_ptr(ifindex) else {
         maps::account(None, len, reason::PASS_NOT_PORT);
         if maps::config(config::TRACE) != 0 {
@@ -176,9 +180,6 @@ pub fn netctl_ingress(ctx: TcContext) -> i32 {
         }
         return TCX_NEXT;
     };
-    if let Some(rc) = steady::bridge(&ctx, port, len) {
-        return rc;
-    }
     // SAFETY: a live element of the ports map, valid until the program
     // returns; fields userspace rewrites concurrently are read whole.
     let (bridge, slot) = unsafe { ((*port).bridge, (*port).slot) };
@@ -402,7 +403,7 @@ fn decide(ctx: &TcContext, port: *const PortInfo, d: &mut Decision, moved: bool,
         // Not bridged: a frame for another MAC is the kernel's to drop.
         Decision::pass(reason::PASS_UNKNOWN, path::NONE, 0)
     } else {
-        l2::forward(&port, stats, ifindex, dst, now)
+        l2::forward(&port, stats, ifindex, src, dst, now)
     };
     d.reason
 }

@@ -392,9 +392,10 @@ pub fn port_stats(topology: &str, names: &Names) -> Result<Vec<PortStatsRow>> {
             passed: 0,
         };
         for s in per_cpu.iter() {
-            row.rx_packets += s.rx_packets;
+            // Frames of steady flows count in `steady_l2` only.
+            row.rx_packets += s.rx_packets + s.steady_l2;
             row.rx_bytes += s.rx_bytes;
-            row.redirected += s.redirected;
+            row.redirected += s.redirected + s.steady_l2;
             row.steady_l2 += s.steady_l2;
         }
         // Each CPU counts a frame and its outcome in one run, but this

@@ -467,40 +467,89 @@ fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(what, err)| Error::io(what.to_string(), err))
 }
 
+/// Where each port's counters go (`PortInfo::slot`, set in `want`).
+#[derive(Debug, PartialEq, Eq)]
+struct SlotPlan {
+    /// Slots of new ports, to start from zero.
+    fresh: Vec<u16>,
+    /// Ports moving to their own slot: (from, to).
+    moves: Vec<(u16, u16)>,
+}
+
+/// A port's own slot is `ifindex % MAP_PORTS_MAX`: the steady path finds
+/// its value from the ifindex alone (netctl-ebpf `steady`). A port keeps
+/// its slot across applies (its counters survive) unless it can move to
+/// its own; a new port takes its own if free, else the first free one.
+/// Slots of ports that are gone are free.
+fn assign_slots(
+    existing: &BTreeMap<u32, PortInfo>,
+    want: &mut BTreeMap<u32, PortInfo>,
+) -> Result<SlotPlan> {
+    let own = |ifindex: u32| (ifindex % MAP_PORTS_MAX) as u16;
+    let mut used: BTreeSet<u16> = BTreeSet::new();
+    for (i, p) in want.iter_mut() {
+        if let Some(old) = existing.get(i) {
+            p.slot = old.slot;
+            used.insert(old.slot);
+        }
+    }
+    let mut plan = SlotPlan {
+        fresh: Vec::new(),
+        moves: Vec::new(),
+    };
+    for (i, p) in want.iter_mut() {
+        if existing.contains_key(i) && p.slot != own(*i) && !used.contains(&own(*i)) {
+            used.remove(&p.slot);
+            used.insert(own(*i));
+            plan.moves.push((p.slot, own(*i)));
+            p.slot = own(*i);
+        }
+    }
+    let mut placed = BTreeSet::new();
+    for (i, p) in want.iter_mut() {
+        if !existing.contains_key(i) && used.insert(own(*i)) {
+            p.slot = own(*i);
+            plan.fresh.push(p.slot);
+            placed.insert(*i);
+        }
+    }
+    let mut free = (0..MAP_PORTS_MAX as u16).filter(|s| !used.contains(s));
+    for (i, p) in want.iter_mut() {
+        if !existing.contains_key(i) && !placed.contains(i) {
+            p.slot = free.next().ok_or_else(|| {
+                Error::Invalid(format!("more than {MAP_PORTS_MAX} ports in one topology"))
+            })?;
+            plan.fresh.push(p.slot);
+        }
+    }
+    Ok(plan)
+}
+
 fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     let mut ports: HashMap<MapData, u32, PortInfo> =
         HashMap::try_from(map_at(dir, MAP_PORTS)?).map_err(e(MAP_PORTS))?;
     let existing: BTreeMap<u32, PortInfo> = ports.iter().filter_map(|r| r.ok()).collect();
     let mut want_ports: BTreeMap<u32, PortInfo> =
         d.ports.iter().map(|p| (p.ifindex, p.info)).collect();
-    // Stats slots: a port keeps its slot (its counters survive re-applies);
-    // new ports take free ones, and a slot set free starts from zero.
-    let mut used: BTreeSet<u16> = BTreeSet::new();
-    for (i, p) in want_ports.iter_mut() {
-        if let Some(old) = existing.get(i) {
-            p.slot = old.slot;
-            used.insert(old.slot);
-        }
-    }
-    let mut free = (0..MAP_PORTS_MAX as u16).filter(|s| !used.contains(s));
-    let mut fresh_slots = Vec::new();
-    for (i, p) in want_ports.iter_mut() {
-        if !existing.contains_key(i) {
-            p.slot = free.next().ok_or_else(|| {
-                Error::Invalid(format!("more than {MAP_PORTS_MAX} ports in one topology"))
-            })?;
-            fresh_slots.push(p.slot);
-        }
-    }
+    let plan = assign_slots(&existing, &mut want_ports)?;
     let mut stats: PerCpuArray<MapData, PortStats> =
         PerCpuArray::try_from(map_at(dir, MAP_PORT_STATS)?).map_err(e(MAP_PORT_STATS))?;
     let cpus = nr_cpus()?;
-    // Before a slot set free is given to a new port and zeroed.
+    // Before a slot set free is taken again.
     let gone = existing
         .iter()
         .filter(|(i, _)| !want_ports.contains_key(i))
         .map(|(_, p)| p.slot);
     retire_steady_counts(dir, &stats, gone)?;
+    // A port moving to its own slot takes its counters along (what the
+    // datapath counts in the old one meanwhile, microseconds, is lost).
+    for (from, to) in &plan.moves {
+        let values = stats.get(&u32::from(*from), 0).map_err(e(MAP_PORT_STATS))?;
+        stats
+            .set(u32::from(*to), values, 0)
+            .map_err(e(MAP_PORT_STATS))?;
+    }
+    let fresh_slots = plan.fresh;
     for s in &fresh_slots {
         let zero = PerCpuValues::try_from(vec![PortStats::default(); cpus])
             .map_err(|err| Error::io("per-CPU values", err))?;
@@ -871,5 +920,62 @@ mod tests {
         assert_eq!(slots.len(), 2);
         assert_eq!(slots[&7].ifindex, 7);
         assert_eq!(slots[&9].ifindex, 9);
+    }
+
+    fn ports(slots: &[(u32, u16)]) -> BTreeMap<u32, PortInfo> {
+        slots
+            .iter()
+            .map(|&(ifindex, slot)| {
+                (
+                    ifindex,
+                    PortInfo {
+                        ifindex,
+                        slot,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn slots(want: &BTreeMap<u32, PortInfo>) -> Vec<(u32, u16)> {
+        want.iter().map(|(i, p)| (*i, p.slot)).collect()
+    }
+
+    #[test]
+    fn new_ports_take_the_slot_their_ifindex_names() {
+        let mut want = ports(&[(3, 0), (4, 0), (4096 + 3, 0)]);
+        let plan = assign_slots(&BTreeMap::new(), &mut want).unwrap();
+        // 4099 names slot 3 as well: it gets the first free one.
+        assert_eq!(slots(&want), [(3, 3), (4, 4), (4099, 0)]);
+        assert_eq!(plan.fresh, [3, 4, 0]);
+        assert!(plan.moves.is_empty());
+    }
+
+    #[test]
+    fn kept_ports_keep_their_counters_and_move_to_their_own_slot_when_free() {
+        // 10 sits in slot 0 (an older build's choice), 20 in 20, 30 in 10.
+        let existing = ports(&[(10, 0), (20, 20), (30, 10)]);
+        let mut want = ports(&[(10, 0), (20, 0), (30, 0), (40, 0)]);
+        let plan = assign_slots(&existing, &mut want).unwrap();
+        // 10's own slot is 30's: it stays. 30 moves to its own, which 40
+        // (new) does not then take.
+        assert_eq!(slots(&want), [(10, 0), (20, 20), (30, 30), (40, 40)]);
+        assert_eq!(plan.moves, [(10, 30)]);
+        assert_eq!(plan.fresh, [40]);
+        // Once 30 has left slot 10, 10 moves there on the next apply.
+        let mut again = want.clone();
+        let plan = assign_slots(&want, &mut again).unwrap();
+        assert_eq!(plan.moves, [(0, 10)]);
+        assert_eq!(again[&10].slot, 10);
+    }
+
+    #[test]
+    fn slots_of_removed_ports_are_free_again() {
+        let existing = ports(&[(5, 5), (6, 6)]);
+        let mut want = ports(&[(6, 0), (4096 + 5, 0)]);
+        let plan = assign_slots(&existing, &mut want).unwrap();
+        assert_eq!(slots(&want), [(6, 6), (4101, 5)]);
+        assert_eq!(plan.fresh, [5]);
     }
 }
