@@ -20,10 +20,11 @@ use netctl_common::{MAP_IFADDR_MAX, NatSrc, NatSrcKey, RS_NAT_MAX, RS_SLOTS_LOW,
 /// `BPF_F_MMAPABLE`, for what it does to the layout rather than for
 /// mmap: the values of such an array start on a page boundary, where a
 /// plain array's start 312 bytes into the kernel's `struct bpf_array`
-/// (x86-64, 6.x), 56 bytes into a cache line. Every `PortInfo` of the
-/// index then straddles two lines, and the config flags each frame reads
-/// sit in two; page-aligned, each is one line, which the fast path, short
-/// of cache between frames, notices.
+/// (x86-64, 6.x), 56 bytes into a cache line, and every `PortInfo` of the
+/// index straddles two lines; page-aligned, each is one line, which the
+/// full path, short of cache between frames, notices. (Not on
+/// `NETCTL_CONFIG`: a new flag recreates a pinned map on upgrade, and the
+/// config holds the live ruleset's generation.)
 const ALIGNED: u32 = 1 << 10;
 
 #[map]
@@ -57,7 +58,7 @@ pub static NETCTL_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::pinned(flow_stat::
 pub static NETCTL_PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::pinned(MAP_PORTS_MAX, 0);
 
 #[map]
-pub static NETCTL_CONFIG: Array<u32> = Array::pinned(MAP_CONFIG_MAX, ALIGNED);
+pub static NETCTL_CONFIG: Array<u32> = Array::pinned(MAP_CONFIG_MAX, 0);
 
 /// `ifindex -> IfCounters` for `netctl_xdp` (`netctl_common::MAP_XDP_STATS`).
 #[map]

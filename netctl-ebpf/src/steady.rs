@@ -22,7 +22,7 @@
 //! the jiffies counter (an inlined load).
 
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, programs::TcContext};
-use netctl_common::{MAP_PORTS_MAX, PortInfo, PortStats, Steady, TCX_NEXT, config, reason};
+use netctl_common::{MAP_PORTS_MAX, PortInfo, PortStats, Steady, config, reason};
 
 use crate::{
     Decision, clock, l2, maps,
@@ -44,9 +44,12 @@ fn macs(ctx: &TcContext) -> Option<(u64, u64)> {
     let (d_lo, d_hi, s_lo, s_hi): (u64, u64, u64, u64);
     // SAFETY: four loads within the 14 bytes checked above. Written as
     // instructions because a Rust load must be aligned, and LLVM splits
-    // unaligned ones into single bytes (five shifts and ors per MAC); the
-    // header's alignment varies with the skb's headroom, and the verifier
-    // and x86 (where the JIT runs them) accept any.
+    // unaligned ones into single bytes (five shifts and ors per MAC). The
+    // header's alignment varies with the skb's headroom (the 32-bit loads
+    // are misaligned under NET_IP_ALIGN = 2); the verifier accepts that on
+    // architectures with efficient unaligned access, which x86-64 and
+    // arm64 are, and refuses the program elsewhere (`datapath verify`
+    // says so) rather than run it wrong.
     unsafe {
         core::arch::asm!(
             "{a} = *(u32 *)({p} + 0)",
@@ -93,8 +96,8 @@ pub fn bridge(ctx: &TcContext, ifindex: u32, len: u32) -> i64 {
     let mut d = Decision::redirect(reason::REDIRECT_L2, st.egress, 0);
     l2::redirect_peer(&mut d);
     if d.reason != reason::REDIRECT_L2 {
-        maps::account(Some(slot as u16), len, d.reason);
-        return i64::from(TCX_NEXT);
+        // The full path tries again, and counts what it decides.
+        return NOT_STEADY;
     }
     // SAFETY: as above.
     unsafe {

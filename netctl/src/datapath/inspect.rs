@@ -473,6 +473,9 @@ pub fn set_config(topology: &str, index: u32, value: u32) -> Result<()> {
     m.set(index, value, 0).map_err(me(MAP_CONFIG))?;
     // Tracing (and the rules) must see every frame again: see
     // `invalidate_remembered`.
+    if value != 0 {
+        super::install::wait_for_program_runs()?;
+    }
     super::install::invalidate_remembered(&topology_dir(topology))
 }
 

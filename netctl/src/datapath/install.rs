@@ -535,12 +535,19 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
     let mut stats: PerCpuArray<MapData, PortStats> =
         PerCpuArray::try_from(map_at(dir, MAP_PORT_STATS)?).map_err(e(MAP_PORT_STATS))?;
     let cpus = nr_cpus()?;
-    // Before a slot set free is taken again.
-    let gone = existing
+    // Ports that are gone leave the map first: `netctl stats` then never
+    // counts them twice (in their slot and as retired), and an apply that
+    // fails further on does not retire them again. Their counts move
+    // before their slots are taken again.
+    let gone: Vec<(u32, u16)> = existing
         .iter()
         .filter(|(i, _)| !want_ports.contains_key(i))
-        .map(|(_, p)| p.slot);
-    retire_steady_counts(dir, &stats, gone)?;
+        .map(|(i, p)| (*i, p.slot))
+        .collect();
+    for (i, _) in &gone {
+        let _ = ports.remove(i);
+    }
+    retire_steady_counts(dir, &stats, gone.iter().map(|g| g.1))?;
     // A port moving to its own slot takes its counters along (what the
     // datapath counts in the old one meanwhile, microseconds, is lost).
     for (from, to) in &plan.moves {
@@ -561,9 +568,10 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
         ports.insert(k, v, 0).map_err(e(MAP_PORTS))?;
     }
     write_port_index(dir, &want_ports, &existing)?;
-    for k in existing.keys().filter(|k| !want_ports.contains_key(k)) {
-        let _ = ports.remove(k);
-    }
+    // At once, not only at the end: the steady path does not look a port
+    // up, so until then it would still use what it remembered of ports
+    // that are gone or changed.
+    invalidate_remembered(dir)?;
 
     let mut routes: LpmTrie<MapData, [u8; 4], RouteValue> =
         LpmTrie::try_from(map_at(dir, MAP_ROUTES)?).map_err(e(MAP_ROUTES))?;
@@ -653,6 +661,29 @@ fn write_maps(dir: &Path, d: &Desired) -> Result<()> {
 /// The datapath adds 1 when a MAC moves, atomically; this adds 2^32, so
 /// that even when it overwrites such a bump the value is one no CPU has
 /// seen before.
+/// `MEMBARRIER_CMD_GLOBAL` (linux/membarrier.h).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Returns once every program run that started before the call has
+/// finished. Programs run under RCU, and `membarrier(MEMBARRIER_CMD_GLOBAL)`
+/// waits for an RCU grace period. Between turning rules or tracing on and
+/// invalidating the remembered flows, this makes the order hold on any
+/// architecture: a run that read the old config ended before the new
+/// generation, so what it recorded is stale; a run after it sees the new
+/// config. (The datapath's two loads are not ordered on weakly ordered
+/// CPUs.)
+pub(crate) fn wait_for_program_runs() -> Result<()> {
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    if rc < 0 {
+        return Err(Error::io(
+            "membarrier (waiting for running eBPF programs)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn invalidate_remembered(dir: &Path) -> Result<()> {
     let mut fdb_gen: Array<MapData, u64> =
         Array::try_from(map_at(dir, MAP_FDB_GEN)?).map_err(e(MAP_FDB_GEN))?;

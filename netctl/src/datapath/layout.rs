@@ -80,7 +80,7 @@ const ALIGNED: u32 = 1 << 10;
 
 /// Map flags that change where the values lie, of the maps that have them.
 fn expected_flags(name: &str) -> Option<u32> {
-    [MAP_PORT_INDEX, MAP_FDB_GEN, MAP_CONFIG]
+    [MAP_PORT_INDEX, MAP_FDB_GEN]
         .contains(&name)
         .then_some(ALIGNED)
 }

@@ -14,7 +14,7 @@ use netctl_common::{
     MAP_RS_WORDS, RS_LOG_LEN, RsClassKey, RsHook, RsNat, RsSummary, RsWordKey, config, hook,
 };
 
-use super::install::{invalidate_remembered, map_at};
+use super::install::{invalidate_remembered, map_at, wait_for_program_runs};
 use super::pins::topology_dir;
 use super::rule_counters::RuleCounters;
 use super::{batch, bpf_error};
@@ -236,12 +236,16 @@ impl Maps {
             self.hooks.set(*i, v, 0).map_err(e(MAP_RS_HOOKS))?;
         }
         if any {
+            let was_on = self.cfg.get(&config::RULES_ON, 0).unwrap_or(0) != 0;
             self.cfg
                 .set(config::RULES_ON, 1, 0)
                 .map_err(e(MAP_CONFIG))?;
             // Frames of steady flows skip the rules on the strength of
-            // answers remembered while there were none.
-            invalidate_remembered(&self.dir)?;
+            // flows remembered while there were none.
+            if !was_on {
+                wait_for_program_runs()?;
+                invalidate_remembered(&self.dir)?;
+            }
         }
         // The switch: generation and serial change in one write.
         self.cfg

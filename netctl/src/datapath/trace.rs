@@ -93,6 +93,15 @@ pub async fn run(topology: &str, duration: Option<Duration>) -> Result<()> {
             .map_err(|e| Error::io("watch event log", e.into()))?;
         loggers.push(afd);
     }
+    // Ended by a signal, the process must still turn tracing off (`_off`):
+    // an interrupted trace left on would cost every packet an event. Ctrl-C
+    // and also `kill`, `timeout` and a closed terminal; the handlers are in
+    // place before tracing goes on.
+    let handler =
+        |kind, name: &str| signal(kind).map_err(|e| Error::io(format!("{name} handler"), e));
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut hup = handler(SignalKind::hangup(), "SIGHUP")?;
     set_config(topology, config::TRACE, 1)?;
     let _off = TraceOn(topology);
     let drain = async {
@@ -110,11 +119,6 @@ pub async fn run(topology: &str, duration: Option<Duration>) -> Result<()> {
         }
         while set.join_next().await.is_some() {}
     };
-    // Ended by a signal, the process must still turn tracing off (`_off`):
-    // an interrupted trace left on would cost every packet an event. Ctrl-C
-    // and also `kill`, `timeout` and a closed terminal.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
     let stop = async {
         let until = async {
             match duration {
@@ -124,7 +128,7 @@ pub async fn run(topology: &str, duration: Option<Duration>) -> Result<()> {
         };
         tokio::select! {
             _ = until => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {}
         }

@@ -669,7 +669,8 @@ pub fn run(
         "TCP: iperf3 -t DUR -P N, end.sum_received.bits_per_second".into(),
         format!(
             "UDP: one run per repetition in which all setups take turns in phases of {} ms \
-             (in the repetition's order, then back), DUR seconds each in all, from one \
+             (every setup once per cycle, a new shuffled order each cycle), DUR seconds \
+             each in all, from one \
              sender thread (send() of 64-byte datagrams, as fast as it goes) to a receiver \
              thread per setup; value = datagrams received / seconds of the setup's phases",
             udp_phases::PHASE.as_millis()

@@ -1,6 +1,7 @@
 //! 64-byte UDP packets per second through several setups at once, taking
-//! turns in short phases (a, b, c, … then back: c, b, a, …), from one
-//! sender thread to one receiver thread per setup.
+//! turns in short phases (every setup once per cycle, in a new shuffled
+//! order each cycle), from one sender thread to one receiver thread per
+//! setup.
 //!
 //! Why not one setup after the other: on a small VM the rate of 64-byte
 //! UDP swings by ±25% from one run of a few seconds to the next (the host's
@@ -133,12 +134,20 @@ pub fn run(
             pin_thread(cpu)?;
         }
         let mut buf = [0u8; UDP_LEN];
-        let mut phases = Vec::new();
+        let mut phases: Vec<(usize, u64, Duration)> = Vec::new();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let start = Instant::now();
         'run: loop {
-            for k in 0..2 * n {
-                // a, b, c, … then c, b, a: each target as often first as last.
-                let i = if k < n { k } else { 2 * n - 1 - k };
+            // A new order every cycle: each setup follows each other one
+            // about equally often (the one before leaves a backlog on the
+            // receivers' CPU and state in the caches), and none runs twice
+            // in a row.
+            shuffle(&mut order, &mut rng);
+            if n > 1 && phases.last().is_some_and(|p| p.0 == order[0]) {
+                order.swap(0, n - 1);
+            }
+            for &i in &order {
                 if start.elapsed() >= total || phases.len() >= most {
                     break 'run;
                 }
@@ -183,4 +192,35 @@ pub fn run(
         seconds: secs,
         phases: phases.len(),
     })
+}
+
+/// Fisher-Yates with xorshift64: a fixed sequence of orders, the same in
+/// every run of the bench.
+fn shuffle(v: &mut [usize], state: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        v.swap(i, (*state % (i as u64 + 1)) as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shuffle;
+
+    #[test]
+    fn orders_are_permutations_and_vary() {
+        let mut rng = 1u64;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let mut v: Vec<usize> = (0..5).collect();
+            shuffle(&mut v, &mut rng);
+            let mut sorted = v.clone();
+            sorted.sort();
+            assert_eq!(sorted, [0, 1, 2, 3, 4]);
+            seen.insert(v);
+        }
+        assert!(seen.len() > 20, "{} orders in 50 cycles", seen.len());
+    }
 }
