@@ -395,21 +395,6 @@ fn steady(name: &str) -> u64 {
         .sum()
 }
 
-/// CLOCK_MONOTONIC in seconds, the clock Python's `time.monotonic()` reads
-/// (one clock for all namespaces).
-fn monotonic() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) },
-        0
-    );
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
 #[test]
 fn steady_flows_meet_rules_added_while_they_run() {
     use std::io::BufRead;
@@ -464,7 +449,9 @@ fn steady_flows_meet_rules_added_while_they_run() {
         "-j",
         "DROP",
     ]);
-    let ruled = monotonic();
+    // CLOCK_MONOTONIC, the clock `time.monotonic()` reads, one for all
+    // namespaces.
+    let ruled = netctl::datapath::inspect::monotonic_ns() as f64 * 1e-9;
     assert!(o.status.success(), "rules: {}", stderr(&o));
     assert!(tx.wait().unwrap().success());
     let last: f64 = lines.next().unwrap().unwrap().trim().parse().unwrap();

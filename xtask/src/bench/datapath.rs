@@ -1007,8 +1007,7 @@ fn measure(e: &Env, m: Metric, dur: Duration, port: u16) -> Result<(f64, Value)>
     match m {
         Metric::Tcp1 => iperf_tcp(e, 1, dur, port),
         Metric::Tcp4 => iperf_tcp(e, 4, dur, port),
-        Metric::Udp64 => udp_interleaved(&[e], dur, port, e.pin)
-            .map(|mut v| v.pop().expect("one setup, one result")),
+        Metric::Udp64 => unreachable!("64-byte UDP measures all setups at once (udp_interleaved)"),
         Metric::Rr => request_response(e, dur, port),
     }
 }
